@@ -1,0 +1,328 @@
+"""The command line: ``python -m scgraph_core COMMAND ...``.
+
+Every error a user can cause is printed as one readable message on stderr with exit code 2; no
+traceback is shown unless ``SCGRAPH_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+from . import params
+from .errors import ScgraphError
+
+EXIT_USER_ERROR = 2
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _read_input(args: argparse.Namespace):
+    from . import data
+
+    if args.input == "demo":
+        return data.load_demo()
+    return data.read(args.input, orientation=args.orientation, fmt=args.format)
+
+
+def _add_input(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input",
+        metavar="FILE",
+        help="data file (.h5ad, 10x .h5, 10x folder or .zip, .csv/.tsv[.gz], .loom) or 'demo' for the built-in PBMC demo",
+    )
+    parser.add_argument(
+        "--orientation",
+        default="auto",
+        choices=("auto", "cells_x_genes", "genes_x_cells"),
+        help="for CSV/TSV tables: which way round the matrix is (default: detect)",
+    )
+    parser.add_argument("--format", default=None, help="override the format detected from the file name")
+
+
+# ---- inspect ---------------------------------------------------------------------------------
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import data
+
+    adata = _read_input(args)
+    report = data.validate(adata, min_cells=args.min_cells)
+    summary = data.summarize(adata)
+    if args.json:
+        _print_json({"summary": summary, "errors": report.errors, "warnings": report.warnings})
+    else:
+        kind = {"counts": "raw counts", "lognorm": "normalised (log) values", "scaled": "scaled values"}
+        print(f"file:     {args.input}")
+        print(f"cells:    {summary['n_cells']}")
+        print(f"genes:    {summary['n_genes']}")
+        print(f"X holds:  {kind.get(summary['x_kind'], summary['x_kind'])}")
+        print(f"counts:   {'yes' if summary['x_kind'] == 'counts' or summary['has_counts_layer'] else 'no'}")
+        print(f"storage:  {'sparse' if summary['sparse'] else 'dense'}, {summary['density']:.1%} non-zero")
+        if summary.get("layers"):
+            print(f"layers:   {', '.join(summary['layers'])}")
+        cols = summary.get("obs_columns") or {}
+        if cols:
+            print("obs columns:")
+            for name, desc in cols.items():
+                print(f"  {name}: {desc}")
+        else:
+            print("obs columns: none")
+        for w in report.warnings:
+            print(f"warning: {w}")
+    if report.errors:
+        for e in report.errors:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+# ---- graph -----------------------------------------------------------------------------------
+def cmd_graph(args: argparse.Namespace) -> int:
+    from . import data, graphs
+
+    prep_spec = params.from_dict(data.PrepareSpec, params.given(args, data.PrepareSpec), where="--")
+    graph_spec = params.from_dict(graphs.GraphSpec, params.given(args, graphs.GraphSpec), where="--")
+    adata = _read_input(args)
+    data.validate(adata, min_cells=graph_spec.k + 1).raise_if_errors()
+    prepared = data.prepare(adata, prep_spec)
+    start = time.perf_counter()
+    graph = graphs.build_graph(
+        graphs.graph_matrix(prepared, graph_spec), graph_spec, cell_names=list(prepared.adata.obs_names)
+    )
+    seconds = time.perf_counter() - start
+    stats = graph.stats()
+    stats["seconds"] = round(seconds, 3)
+    stats["backend"] = graph.info.get("backend")
+    if args.save_edges:
+        import pandas as pd
+
+        names = prepared.adata.obs_names.to_numpy()
+        table = pd.DataFrame({"source": names[graph.edge_index[0]], "target": names[graph.edge_index[1]]})
+        if graph.weight is not None:
+            table["weight"] = graph.weight
+        table.to_csv(args.save_edges, index=False)
+        stats["edges_file"] = args.save_edges
+    if args.json:
+        _print_json(stats)
+    else:
+        for key, value in stats.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+# ---- runs ------------------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import RunStore
+
+    store = RunStore(args.store)
+    if args.action == "list":
+        infos = store.list()
+        if args.json:
+            _print_json([{**i.__dict__, "path": str(i.path)} for i in infos])
+        elif not infos:
+            print(f"no runs in {store.root}")
+        else:
+            for i in infos:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created))
+                print(f"{i.id}  {i.state:8s} {i.model:12s} {when}  {i.name}  [{i.dataset}]")
+    elif args.action == "rename":
+        if len(args.rest) != 2:
+            raise ScgraphError("usage: runs rename RUN_ID NEW_NAME")
+        store.rename(args.rest[0], args.rest[1])
+        print(f"renamed {args.rest[0]}")
+    elif args.action == "delete":
+        if len(args.rest) != 1:
+            raise ScgraphError("usage: runs delete RUN_ID")
+        store.delete(args.rest[0])
+        print(f"deleted {args.rest[0]}")
+    elif args.action == "stop":
+        if len(args.rest) != 1:
+            raise ScgraphError("usage: runs stop RUN_ID")
+        store.open(args.rest[0]).request_stop()
+        print(f"stop requested for {args.rest[0]}")
+    return 0
+
+
+# ---- train -----------------------------------------------------------------------------------
+def _progress_callback(enabled: bool):
+    """A progress bar on stderr driven by the trainer's epoch events."""
+    if not enabled:
+        return lambda event: None
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def on_event(event: dict) -> None:
+        kind = event.get("kind")
+        if kind == "stage_start":
+            bars[event["stage"]] = tqdm(total=event["epochs"], desc=event["stage"], unit="epoch",
+                                        file=sys.stderr, leave=True)
+        elif kind == "epoch" and event.get("stage") in bars:
+            bar = bars[event["stage"]]
+            postfix = {"loss": f"{event['loss']:.4f}"}
+            for key, value in (event.get("validation") or {}).items():
+                postfix[key] = f"{value:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+        elif kind == "stage_end" and event.get("stage") in bars:
+            bars.pop(event["stage"]).close()
+        elif kind == "pipeline" and event.get("step") != "train":
+            print(f"[scgraph] {event['step']}...", file=sys.stderr)
+
+    return on_event
+
+
+def _print_metrics(metrics: dict) -> None:
+    shown = ("ari", "nmi", "silhouette", "n_clusters", "noise", "seconds_per_epoch", "epochs_run",
+             "val_auc", "val_ap", "test_auc", "test_ap", "device", "precision")
+    for key in shown:
+        if key in metrics:
+            value = metrics[key]
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import pipeline
+    from .runs import Run, RunStore
+
+    sections = pipeline.sections_for(args.model)
+    overrides = {name: params.given(args, schema) for name, schema in sections.items()}
+    config = pipeline.resolve_config(args.model, args.preset, overrides, label_key=args.label_key)
+    adata = _read_input(args)
+    record = config.to_dict()
+    record["input"] = {"path": str(args.input), "orientation": args.orientation, "format": args.format}
+    dataset = os.path.basename(str(args.input).rstrip("/"))
+    if args.out:
+        run = Run.create_at(args.out, name=args.name, model=args.model, dataset=dataset, config=record)
+    else:
+        run = RunStore().create(model=args.model, name=args.name, dataset=dataset, config=record)
+    print(f"run folder: {run.path}", file=sys.stderr)
+    from .train import StopSignal
+
+    _, result = pipeline.execute(adata, config, run=run, callbacks=[_progress_callback(not args.quiet)],
+                                 stop=StopSignal(run.stop_requested))
+    _print_metrics(result.metrics)
+    print(f"results: {run.file('result.h5ad')}")
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    """Run a queued run folder (what the app starts in the background)."""
+    from . import pipeline
+    from .runs import Run
+
+    run = Run(args.run_dir)
+    if run.state != "queued":
+        print(f"error: run {run.id} is {run.state}, not queued; nothing to do.", file=sys.stderr)
+        return EXIT_USER_ERROR
+    _, result = pipeline.run_folder(run)
+    _print_metrics(result.metrics)
+    return 0
+
+
+def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
+    from . import pipeline
+    from .models import base
+
+    # The model decides which flags exist, so read --model first.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="cellvgae")
+    known, _ = pre.parse_known_args(argv)
+    model = known.model if known.model in base.available() else "cellvgae"
+    cls = base.get(model)
+    p = sub.add_parser(
+        "train",
+        help="train a model and write a run folder (result.h5ad, metrics.json, tables)",
+        description=f"Train a model. Flags below are those of {cls.title}; pass --model NAME --help for another.",
+    )
+    p.add_argument("--model", default="cellvgae", choices=sorted(base.available()), help="which model to train")
+    p.add_argument("--input", required=True, metavar="FILE", help="data file, or 'demo' for the built-in PBMC demo")
+    p.add_argument("--orientation", default="auto", choices=("auto", "cells_x_genes", "genes_x_cells"),
+                   help="for CSV/TSV tables: which way round the matrix is (default: detect)")
+    p.add_argument("--format", default=None, help="override the format detected from the file name")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder to create (default: a new run in the store)")
+    p.add_argument("--name", default=None, help="a display name for the run")
+    p.add_argument("--preset", default="paper", choices=sorted(cls.presets),
+                   help="starting settings: paper = the authors' settings, quick = a demo that trains in seconds")
+    p.add_argument("--label-key", default=None, metavar="COL", help="obs column with known cell types, for ARI/NMI")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, schema in pipeline.sections_for(model).items():
+        params.add_arguments(p, schema, title={"model": f"{cls.title} model"}.get(name, name))
+    p.set_defaults(func=cmd_train)
+
+    w = sub.add_parser("work", help="run a queued run folder (used by the app)")
+    w.add_argument("run_dir", metavar="RUN_DIR")
+    w.set_defaults(func=cmd_work)
+
+
+# ---- parser ----------------------------------------------------------------------------------
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    from . import data, graphs
+
+    parser = argparse.ArgumentParser(
+        prog="python -m scgraph_core",
+        description="scgraph: graph neural networks on single-cell RNA-seq data, from the command line.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="summarise and validate a data file")
+    _add_input(p)
+    p.add_argument("--min-cells", type=int, default=10, help="fewest cells a usable file must have (default 10)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("graph", help="build a cell graph and report its statistics")
+    _add_input(p)
+    params.add_arguments(p, data.PrepareSpec, title="preprocessing")
+    params.add_arguments(p, graphs.GraphSpec, title="graph")
+    p.add_argument("--save-edges", metavar="CSV", help="also write the edge list (source, target[, weight])")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("runs", help="list, rename, stop or delete runs in the run store")
+    p.add_argument("action", choices=("list", "rename", "delete", "stop"))
+    p.add_argument("rest", nargs="*", help="RUN_ID [NEW_NAME]")
+    p.add_argument("--store", default=None, help="run store folder (default: $SCGRAPH_HOME/runs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    _add_train_parser(sub, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = os.environ.get("SCGRAPH_DEBUG") == "1"
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        with warnings.catch_warnings():
+            if not debug:
+                # Library chatter (deprecations) is not for the user; our own warnings are printed.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+            return args.func(args)
+    except ScgraphError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for SCGRAPH_DEBUG=1
+        if debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in scgraph; run again with SCGRAPH_DEBUG=1 for details.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1480 @@
+"""Load single-cell data, check it once, and prepare the matrices the graphs and models use.
+
+Three steps, in the order a user takes them:
+
+* :func:`read` turns a file (h5ad, 10x h5, 10x matrix folder or zip, csv/tsv, loom) into an
+  ``AnnData`` with cells as rows, a float32 ``X`` (CSR when sparse or mostly zeros), unique names
+  and ``uns["scgraph_source"]``. Every problem a user can cause becomes a :class:`DataError` that
+  says what is wrong and what to do. :func:`load_demo` gives the built-in demo dataset.
+* :func:`validate` / :func:`summarize` report what the data holds (raw counts, log-normalised or
+  scaled values, empty cells and genes, duplicated names) without changing it.
+* :func:`prepare` applies a :class:`PrepareSpec` recipe (filters, normalisation, HVG and KHVG
+  selection, per-gene scaling) and returns a :class:`Prepared` bundle: a new ``AnnData`` with
+  ``counts`` / ``lognorm`` layers plus the dense model features and graph input.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import gzip
+import io
+import re
+import shutil
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+
+from .errors import ConfigError, DataError
+from .params import from_dict, param, to_dict
+
+__all__ = [
+    "DEMO_PATH",
+    "FORMATS",
+    "DataWarning",
+    "PrepareSpec",
+    "Prepared",
+    "ValidationReport",
+    "detect_x_kind",
+    "load_demo",
+    "mask_nonzero",
+    "prepare",
+    "read",
+    "summarize",
+    "validate",
+]
+
+DEMO_PATH = "builtin:pbmc68k_reduced"
+
+#: Format names accepted by ``read(fmt=...)`` and what each one is.
+FORMATS: dict[str, str] = {
+    "h5ad": "an AnnData .h5ad file",
+    "10x_h5": "a 10x Genomics .h5 file",
+    "10x_mtx": "a 10x Genomics matrix folder",
+    "csv": "a comma-separated table",
+    "tsv": "a tab-separated table",
+    "loom": "a .loom file",
+    "zip": "a .zip of a 10x matrix folder",
+}
+
+_SUPPORTED = (
+    ".h5ad, .h5 (10x), a 10x matrix folder (matrix.mtx[.gz] with features.tsv or genes.tsv and "
+    "barcodes.tsv), a .zip of such a folder, .csv, .tsv or .txt (each optionally .gz), .loom"
+)
+_ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
+_TEXT_FORMATS = ("csv", "tsv")
+
+# CSR stores 8 bytes per non-zero (value + column index) against 4 per dense float32 entry,
+# so below half non-zero it is both smaller and faster for the row-wise work done here.
+_SPARSE_BELOW = 0.5
+# ln(1 + 1e6) is 13.8 and log2(1 + 1e6) is 19.9: log-normalised data stays well under this.
+_LOG_MAX = 30.0
+_KIND_SAMPLE = 100_000
+_WHOLE_TOL = 1e-4
+
+
+class DataWarning(UserWarning):
+    """Something in the data was changed or guessed on load (names made unique, orientation)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def read(path: str | Path, *, orientation: str = "auto", fmt: str | None = None) -> ad.AnnData:
+    """Read a single-cell expression file into an ``AnnData`` with cells as rows.
+
+    Parameters
+    ----------
+    path
+        A file or a 10x matrix folder. ``"builtin:pbmc68k_reduced"`` gives :func:`load_demo`.
+    orientation
+        For text tables (csv/tsv/txt): ``"cells_x_genes"``, ``"genes_x_cells"`` or ``"auto"``.
+        Auto decides from the names first: cell barcodes (runs of 8+ ``ACGTN``) or names like
+        ``cell_12`` mark the cell axis; Ensembl ids (``ENSG…``, ``ENSMUSG…``) or at least two
+        mitochondrial/ribosomal genes (``MT-``, ``RPL``, ``RPS``, any case) mark the gene axis.
+        Without such evidence it decides from the shape: a table with more columns than rows is
+        read as genes x cells (the usual layout of expression tables, e.g. the CellVGAE paper's
+        HVG csv; data for graph models is usually restricted to fewer genes than cells),
+        otherwise as cells x genes; that guess is announced with a :class:`DataWarning`.
+        For ``.h5ad`` files ``"genes_x_cells"`` transposes the stored matrix; 10x and loom files
+        have a fixed layout and ignore this argument.
+    fmt
+        Overrides detection from the extension: one of :data:`FORMATS`.
+
+    Returns
+    -------
+    ``AnnData`` with float32 ``X`` (CSR when the input is sparse or less than half non-zero),
+    unique cell and gene names (duplicates get ``-1``, ``-2`` … suffixes and a
+    :class:`DataWarning`), and ``uns["scgraph_source"] = {"path", "format"}`` (text tables add
+    ``"orientation"`` and ``"orientation_reason"``; zips add ``"member"``).
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, content that does not match the extension, an empty matrix,
+        non-numeric or missing values in a table, NaN/inf values, or an unsupported extension.
+    """
+    if fmt == "builtin" or str(path) == DEMO_PATH:
+        return load_demo()
+    if orientation not in _ORIENTATIONS:
+        raise DataError(f"orientation must be one of {', '.join(_ORIENTATIONS)}; got {orientation!r}.")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"No file or folder at {path}. Check the path and its spelling "
+            f"(a relative path starts from {Path.cwd()})."
+        )
+    if fmt is None:
+        fmt = _detect_format(path)
+    elif fmt not in FORMATS:
+        raise DataError(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    extra: dict[str, Any] = {}
+    adata = _read_any(path, fmt, orientation, extra)
+    # A .h5 that turned out to be an h5ad is recorded as what it is.
+    fmt = extra.pop("_format", fmt)
+    return _finish(adata, path.name, {"path": str(path.absolute()), "format": fmt, **extra})
+
+
+def _read_any(path: Path, fmt: str, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
+    """Dispatch to one reader and turn any library error into a DataError."""
+    readers: dict[str, Callable[[Path, str, dict[str, Any]], ad.AnnData]] = {
+        "h5ad": _read_h5ad,
+        "10x_h5": _read_10x_h5,
+        "10x_mtx": _read_10x_mtx,
+        "csv": _read_table,
+        "tsv": _read_table,
+        "loom": _read_loom,
+        "zip": _read_zip,
+    }
+    try:
+        with warnings.catch_warnings():
+            # Libraries complain about duplicated names and string indexes; _finish handles both.
+            warnings.filterwarnings("ignore", message=r".*names are not unique")
+            warnings.filterwarnings("ignore", message=r".*Transforming to str index")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return readers[fmt](path, orientation, extra)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(
+            f"{path.name} does not fit in memory. Use a machine with more memory, or subset the "
+            "data (fewer cells or genes) before loading it here."
+        ) from None
+    except Exception as exc:  # any library failure is a file the user must fix
+        raise DataError(
+            f"Could not read {path.name} as {FORMATS[fmt]}: {_short(exc)}. The file may be "
+            f"corrupt, truncated or in another format than its name says ({_sniff(path)}); "
+            "check that the download or export finished, or pass the right fmt."
+        ) from exc
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir():
+        return "10x_mtx"
+    name = path.name.lower()
+    stem = name[:-3] if name.endswith(".gz") else name
+    if stem.endswith(".mtx"):
+        return "10x_mtx"  # the matrix file of a 10x folder: read the whole folder
+    if name.endswith(".h5ad"):
+        return "h5ad"
+    if name.endswith((".h5", ".hdf5")):
+        return "10x_h5"
+    if name.endswith(".loom"):
+        return "loom"
+    if name.endswith(".zip"):
+        return "zip"
+    if stem.endswith(".csv"):
+        return "csv"
+    if stem.endswith((".tsv", ".txt", ".tab")):
+        return "tsv"
+    raise DataError(
+        f"Unsupported file type: {path.name}. Supported: {_SUPPORTED}. If the file holds one "
+        f"of these under another name, rename it or pass fmt (one of {', '.join(FORMATS)})."
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    first = first[:300]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _magic(path: Path) -> tuple[str, bytes]:
+    """The kind of a file from its first bytes: hdf5, zip, gzip, empty, text, binary, folder."""
+    if path.is_dir():
+        return "folder", b""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return "unreadable", b""
+    if not head:
+        return "empty", head
+    for kind, magic in (("hdf5", b"\x89HDF"), ("zip", b"PK\x03\x04"), ("gzip", b"\x1f\x8b")):
+        if head.startswith(magic):
+            return kind, head
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary", head
+    return ("binary" if b"\x00" in head else "text"), head
+
+
+def _sniff(path: Path) -> str:
+    """What a file looks like from its first bytes, for error messages."""
+    kind, head = _magic(path)
+    if kind == "text":
+        lines = head.decode("utf-8").splitlines()
+        first = lines[0][:40] if lines else ""
+        return f"it looks like a text file starting with {first!r}"
+    return {
+        "folder": "it is a folder",
+        "unreadable": "it cannot be opened",
+        "empty": "it is an empty file",
+        "hdf5": "it is an HDF5 file",
+        "zip": "it is a zip archive",
+        "gzip": "it is gzip-compressed",
+    }.get(kind, "it holds binary data of an unknown kind")
+
+
+def _require_hdf5(path: Path, what: str) -> None:
+    if not h5py.is_hdf5(path):
+        raise DataError(
+            f"{path.name} is not an HDF5 file, so it cannot be read as {what}: {_sniff(path)}. "
+            "Check that the download or export finished, or rename the file (or pass fmt) to "
+            "match what it holds."
+        )
+
+
+def _hdf5_keys(path: Path) -> set[str]:
+    with h5py.File(path, "r") as f:
+        return set(f.keys())
+
+
+def _read_h5ad(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
+    _require_hdf5(path, FORMATS["h5ad"])
+    keys = _hdf5_keys(path)
+    if "X" not in keys and "matrix" in keys and "row_attrs" in keys:
+        raise DataError(f"{path.name} is a loom file: rename it to .loom or pass fmt='loom'.")
+    if "X" not in keys and "matrix" in keys:
+        raise DataError(f"{path.name} is a 10x .h5 file: rename it to .h5 or pass fmt='10x_h5'.")
+    if "obs" not in keys or "var" not in keys:
+        raise DataError(
+            f"{path.name} is an HDF5 file but not an AnnData file (no obs/var groups). "
+            "Export it with anndata's write_h5ad, or pick the reader for its real format with fmt."
+        )
+    adata = ad.read_h5ad(path)
+    if adata.X is None:
+        if "counts" not in adata.layers:
+            layers = ", ".join(adata.layers) or "none"
+            raise DataError(
+                f"{path.name} has no expression matrix in X (layers: {layers}). Save the file "
+                "with the matrix in X, or with a layer named 'counts'."
+            )
+        adata.X = adata.layers["counts"]
+    if orientation == "genes_x_cells":
+        adata = adata.T.copy()
+    return adata
+
+
+def _read_10x_h5(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
+    _require_hdf5(path, FORMATS["10x_h5"])
+    keys = _hdf5_keys(path)
+    if "X" in keys and "obs" in keys:
+        extra["_format"] = "h5ad"  # an AnnData file saved as .h5
+        return _read_h5ad(path, orientation, extra)
+    import scanpy as sc  # heavy import, only where needed
+
+    return sc.read_10x_h5(path)
+
+
+def _read_loom(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
+    _require_hdf5(path, FORMATS["loom"])
+    with h5py.File(path, "r") as f:
+        if "matrix" not in f:
+            raise DataError(
+                f"{path.name} is an HDF5 file without a loom 'matrix'; if it is an AnnData "
+                "file rename it to .h5ad, if a 10x file to .h5."
+            )
+        col_keys = set(f["col_attrs"].keys()) if "col_attrs" in f else set()
+        row_keys = set(f["row_attrs"].keys()) if "row_attrs" in f else set()
+    # Loom writers disagree on where names live; take the first common spelling found.
+    obs_key = _first_present(
+        col_keys, ("CellID", "obs_names", "cell_names", "CellId", "cell_id", "Barcode", "barcodes")
+    )
+    var_key = _first_present(
+        row_keys, ("Gene", "var_names", "gene_names", "Gene_names", "gene_symbols", "Accession")
+    )
+    return ad.read_loom(path, obs_names=obs_key or "", var_names=var_key or "")
+
+
+def _first_present(keys: set[str], candidates: Iterable[str]) -> str | None:
+    return next((c for c in candidates if c in keys), None)
+
+
+# 10x matrix folders ---------------------------------------------------------------------------
+
+_MTX_RE = re.compile(r"^(?P<prefix>.*?)matrix\.mtx(\.gz)?$", re.IGNORECASE)
+
+
+def _mtx_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and _MTX_RE.match(p.name))
+    except OSError:
+        return []
+
+
+def _find_mtx(root: Path, depth: int = 2) -> list[Path]:
+    """Matrix files in ``root`` or up to ``depth`` folder levels below it (v2 nests genome dirs)."""
+    found = _mtx_files(root)
+    if found or depth == 0:
+        return found
+    out: list[Path] = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if sub.name.startswith((".", "__MACOSX")):
+            continue
+        out.extend(_find_mtx(sub, depth - 1))
+    return out
+
+
+def _read_10x_mtx(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
+    if path.is_file():
+        if not _MTX_RE.match(path.name):
+            raise DataError(
+                f"{path.name} is a Matrix Market file without 10x naming. Put it in a folder as "
+                "matrix.mtx with features.tsv (or genes.tsv) and barcodes.tsv beside it, and "
+                "read that folder."
+            )
+        matrices = [path]  # the user pointed at matrix.mtx itself
+    else:
+        matrices = _find_mtx(path)
+    if not matrices:
+        raise DataError(
+            f"No matrix.mtx or matrix.mtx.gz in {path.name} or its sub-folders. A 10x matrix "
+            "folder holds matrix.mtx[.gz], features.tsv[.gz] (genes.tsv in older versions) and "
+            "barcodes.tsv[.gz]; point to that folder."
+        )
+    if len(matrices) > 1:
+        listed = ", ".join(str(m.relative_to(path)) for m in matrices[:6])
+        raise DataError(
+            f"{path.name} holds several 10x matrices ({listed}). Point to the folder or the "
+            "matrix.mtx file of the one sample you want."
+        )
+    matrix = matrices[0]
+    if path.is_dir() and matrix.parent != path:
+        extra["member"] = str(matrix.parent.relative_to(path))
+    return _read_mtx_set(matrix)
+
+
+def _companion(folder: Path, prefix: str, stems: tuple[str, ...]) -> Path | None:
+    by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
+    for stem in stems:
+        for suffix in (".tsv.gz", ".tsv"):
+            hit = by_name.get((prefix + stem + suffix).lower())
+            if hit is not None:
+                return hit
+    return None
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    """Open a file for reading, decompressing it when it is gzip whatever its name says."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_names(path: Path) -> pd.DataFrame:
+    with _open_bytes(path) as fh:
+        table = pd.read_csv(
+            fh, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
+        )
+    return table
+
+
+def _read_mtx_set(matrix: Path) -> ad.AnnData:
+    folder = matrix.parent
+    prefix = _MTX_RE.match(matrix.name).group("prefix")  # type: ignore[union-attr]
+    features = _companion(folder, prefix, ("features", "genes"))
+    barcodes = _companion(folder, prefix, ("barcodes",))
+    missing = [
+        name
+        for name, hit in (("features.tsv or genes.tsv", features), ("barcodes.tsv", barcodes))
+        if hit is None
+    ]
+    if missing:
+        raise DataError(
+            f"The 10x folder {folder.name} has {matrix.name} but no {' and no '.join(missing)} "
+            f"(optionally .gz{', named with the prefix ' + repr(prefix) if prefix else ''}). "
+            "Copy the complete folder written by Cell Ranger."
+        )
+    assert features is not None and barcodes is not None
+    with _open_bytes(matrix) as fh:
+        m = scipy.io.mmread(fh)
+    genes = _read_names(features)
+    cells = _read_names(barcodes)
+    n_genes, n_cells = len(genes), len(cells)
+    if m.shape == (n_genes, n_cells):
+        X = sp.csr_matrix(m.T)  # 10x stores genes x cells
+    elif m.shape == (n_cells, n_genes):
+        X = sp.csr_matrix(m)
+    else:
+        raise DataError(
+            f"{matrix.name} is {m.shape[0]} x {m.shape[1]}, but {features.name} lists {n_genes} "
+            f"genes and {barcodes.name} {n_cells} cells: the three files do not belong together. "
+            "Copy all three from the same Cell Ranger output folder."
+        )
+    var = pd.DataFrame(index=pd.Index(genes.iloc[:, 1 if genes.shape[1] > 1 else 0], dtype=str))
+    var["gene_ids"] = genes.iloc[:, 0].to_numpy(dtype=str)
+    if genes.shape[1] > 2:
+        var["feature_types"] = genes.iloc[:, 2].to_numpy(dtype=str)
+    obs = pd.DataFrame(index=pd.Index(cells.iloc[:, 0], dtype=str))
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    if "feature_types" in var and (var["feature_types"] == "Gene Expression").any():
+        # Like scanpy's 10x h5 reader: antibody / CRISPR features are not genes.
+        adata = adata[:, (var["feature_types"] == "Gene Expression").to_numpy()].copy()
+    return adata
+
+
+# Zip --------------------------------------------------------------------------------------------
+
+
+def _unsafe_member(name: str) -> bool:
+    name = name.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return True
+    return ".." in PurePosixPath(name).parts
+
+
+def _read_zip(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path.name} is not a zip archive ({_sniff(path)}). Re-create it with a zip tool, "
+            "or rename the file to match what it holds."
+        )
+    with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory(prefix="scgraph_zip_") as tmp:
+        members = zf.infolist()
+        bad = [m.filename for m in members if _unsafe_member(m.filename)]
+        if bad:
+            raise DataError(
+                f"{path.name} contains unsafe paths ({', '.join(bad[:3])}): absolute paths and "
+                "'..' are refused. Zip the matrix folder itself, with relative paths."
+            )
+        total = sum(m.file_size for m in members)
+        if total > shutil.disk_usage(tmp).free:
+            raise DataError(
+                f"{path.name} unpacks to {total / 1e9:.1f} GB, more than the free space in the "
+                "temporary folder. Unzip it yourself and read the folder, or free disk space."
+            )
+        zf.extractall(tmp)
+        root = Path(tmp)
+        matrices = _find_mtx(root)
+        if len(matrices) == 1:
+            if matrices[0].parent != root:
+                extra["member"] = str(matrices[0].parent.relative_to(root))
+            return _read_mtx_set(matrices[0])
+        if len(matrices) > 1:
+            listed = ", ".join(str(m.relative_to(root)) for m in matrices[:6])
+            raise DataError(f"{path.name} holds several 10x matrices ({listed}); zip one sample at a time.")
+        # Not a 10x folder: accept a zip that wraps exactly one other supported file.
+        inner = [p for p in root.rglob("*") if p.is_file() and "__MACOSX" not in p.parts]
+        readable = [p for p in inner if _format_or_none(p) not in (None, "zip", "10x_mtx")]
+        if len(readable) != 1:
+            raise DataError(
+                f"{path.name} holds no 10x matrix folder (matrix.mtx[.gz], features.tsv or "
+                "genes.tsv, barcodes.tsv). Zip the folder Cell Ranger wrote, or read the file "
+                "directly."
+            )
+        inner_fmt = _format_or_none(readable[0])
+        assert inner_fmt is not None
+        extra["member"] = str(readable[0].relative_to(root))
+        extra["inner_format"] = inner_fmt
+        return _read_any(readable[0], inner_fmt, orientation, extra)
+
+
+def _format_or_none(path: Path) -> str | None:
+    try:
+        return _detect_format(path)
+    except DataError:
+        return None
+
+
+# Text tables --------------------------------------------------------------------------------------
+
+_BARCODE_RE = re.compile(r"[ACGTN]{8,}")
+_CELL_WORD_RE = re.compile(r"^(cell|barcode)[\s_.:\-]?\d+", re.IGNORECASE)
+_ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}", re.IGNORECASE)
+_MARKER_GENE_RE = re.compile(r"^(MT-|RPL\d|RPS\d)", re.IGNORECASE)
+
+
+def _looks_like_cells(names: list[str]) -> bool:
+    if not names:
+        return False
+    hits = sum(bool(_BARCODE_RE.search(n) or _CELL_WORD_RE.match(n)) for n in names)
+    return hits >= 0.5 * len(names)
+
+
+def _looks_like_genes(names: list[str]) -> bool:
+    if not names:
+        return False
+    ensembl = sum(bool(_ENSEMBL_RE.match(n)) for n in names)
+    markers = sum(bool(_MARKER_GENE_RE.match(n)) for n in names)
+    return ensembl >= 0.5 * len(names) or markers >= 2
+
+
+def _guess_orientation(rows: list[str], cols: list[str]) -> tuple[str, str, bool]:
+    """(orientation, reason, guessed_from_shape) for a table with these row and column names."""
+    rows_are_genes = _looks_like_genes(rows) or _looks_like_cells(cols)
+    cols_are_genes = _looks_like_genes(cols) or _looks_like_cells(rows)
+    if rows_are_genes and not cols_are_genes:
+        return "genes_x_cells", "row names look like genes or column names like cells", False
+    if cols_are_genes and not rows_are_genes:
+        return "cells_x_genes", "column names look like genes or row names like cells", False
+    if len(cols) > len(rows):
+        reason = f"no telling names; more columns ({len(cols)}) than rows ({len(rows)})"
+        return "genes_x_cells", reason, True
+    reason = f"no telling names; at least as many rows ({len(rows)}) as columns ({len(cols)})"
+    return "cells_x_genes", reason, True
+
+
+def _pick_separator(line: str, preferred: str) -> str:
+    if preferred in line:
+        return preferred
+    for sep in ("\t", ",", ";"):
+        if sep in line:
+            return sep
+    return r"\s+"
+
+
+def _split_header(line: str, sep: str) -> list[str]:
+    if sep == r"\s+":
+        return line.split()
+    return next(csv.reader([line], delimiter=sep))
+
+
+def _read_table(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
+    if _magic(path)[0] in ("hdf5", "zip", "binary"):
+        raise DataError(
+            f"{path.name} should be a text table but {_sniff(path)}. Rename it to match what "
+            "it holds (.h5ad, .h5, .loom, .zip) or pass the right fmt."
+        )
+    name = path.name.lower()
+    preferred = "," if name.endswith((".csv", ".csv.gz")) else "\t"
+    with _open_bytes(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        try:
+            header = text.readline()
+            while header and not header.strip():
+                header = text.readline()
+        except UnicodeDecodeError:
+            raise DataError(
+                f"{path.name} is not UTF-8 text. Save the table as UTF-8 csv/tsv and load it again."
+            ) from None
+        header = header.rstrip("\r\n")
+        if not header.strip():
+            raise DataError(f"{path.name} is empty (0 cells, 0 genes). Export the expression table again.")
+        sep = _pick_separator(header, preferred)
+        names = [h.strip() for h in _split_header(header, sep)]
+        try:
+            table = pd.read_csv(
+                text,
+                sep=sep,
+                header=None,
+                index_col=0,
+                dtype={0: str},
+                skip_blank_lines=True,
+                low_memory=False,
+            )
+        except pd.errors.EmptyDataError:
+            raise DataError(
+                f"{path.name} has a header row but no data rows: the matrix is empty "
+                "(0 rows). Export the expression values, not only the names."
+            ) from None
+        except UnicodeDecodeError:
+            raise DataError(
+                f"{path.name} is not UTF-8 text. Save the table as UTF-8 csv/tsv and load it again."
+            ) from None
+        except pd.errors.ParserError as exc:
+            raise DataError(
+                f"{path.name} has rows of different lengths ({_short(exc)}). Every row needs a "
+                "name followed by one value per column; check for stray separators or quotes."
+            ) from None
+    n_rows, n_cols = table.shape
+    if n_cols == len(names) - 1:
+        col_names = names[1:]  # the header has a corner cell above the row names
+    elif n_cols == len(names):
+        col_names = names  # R's write.table leaves the corner out
+    else:
+        raise DataError(
+            f"{path.name}: the header row has {len(names)} names but the data rows have "
+            f"{n_cols + 1} fields. The first line must name every column (the corner may be "
+            "empty); check the separator and quoting."
+        )
+    if n_cols == 0 or n_rows == 0:
+        raise DataError(
+            f"{path.name} holds an empty matrix ({n_rows} rows x {n_cols} value columns). "
+            "The first column must hold names and the others expression values."
+        )
+    if _looks_numeric_header(col_names):
+        raise DataError(
+            f"The first line of {path.name} looks like data ({', '.join(col_names[:3])} …), not "
+            "names. Add a header row with the gene or cell names."
+        )
+    row_names = [str(r) for r in table.index]
+    table.columns = pd.RangeIndex(n_cols)
+    values = _numeric_values(table, row_names, col_names, path.name)
+
+    if orientation == "auto":
+        orientation, reason, guessed = _guess_orientation(row_names, col_names)
+        if guessed:
+            rows_as = "genes" if orientation == "genes_x_cells" else "cells"
+            other = "cells_x_genes" if orientation == "genes_x_cells" else "genes_x_cells"
+            warnings.warn(
+                f"{path.name}: read rows as {rows_as} ({reason}). If that is wrong, load it "
+                f"again with orientation='{other}'.",
+                DataWarning,
+                stacklevel=4,
+            )
+    else:
+        reason = "given"
+    extra["orientation"] = orientation
+    extra["orientation_reason"] = reason
+    if orientation == "genes_x_cells":
+        values = values.T
+        row_names, col_names = col_names, row_names
+    return ad.AnnData(
+        X=np.ascontiguousarray(values),
+        obs=pd.DataFrame(index=pd.Index(row_names, dtype=str)),
+        var=pd.DataFrame(index=pd.Index(col_names, dtype=str)),
+    )
+
+
+def _looks_numeric_header(names: list[str]) -> bool:
+    def is_fraction(text: str) -> bool:
+        try:
+            return not float(text).is_integer()
+        except ValueError:
+            return False
+
+    return bool(names) and all(is_fraction(n) for n in names[:20])
+
+
+def _numeric_values(
+    table: pd.DataFrame, row_names: list[str], col_names: list[str], fname: str
+) -> np.ndarray:
+    """The table as float32, or a DataError naming the first non-numeric or missing cell."""
+    for j in range(table.shape[1]):
+        column = table[j]
+        if column.dtype.kind in "iuf":
+            continue
+        numeric = pd.to_numeric(column, errors="coerce") if column.dtype.kind == "O" else None
+        if numeric is None:
+            bad = np.zeros(len(column), dtype=bool)
+            bad[0] = True  # booleans and the like: every entry is wrong
+        else:
+            bad = (numeric.isna() & column.notna()).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = str(column.iloc[i])
+            hint = " Use '.' as the decimal separator." if re.fullmatch(r"-?\d+,\d+", value) else ""
+            raise DataError(
+                f"{fname} holds a value that is not a number: {value!r} in row {row_names[i]!r}, "
+                f"column {col_names[j]!r} (line {i + 2} of the file). Only the first column and "
+                "the header row may hold names; remove annotation columns or text and save them "
+                f"in a separate file.{hint}"
+            )
+        table[j] = numeric
+    values = table.to_numpy(dtype=np.float32)
+    finite = np.isfinite(values)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        n_bad = int((~finite).sum())
+        raise DataError(
+            f"{fname} has {n_bad} missing (empty/NA) or infinite value(s); the first is in row "
+            f"{row_names[i]!r}, column {col_names[j]!r} (line {i + 2} of the file). Fill missing "
+            "values with 0 or remove those rows/columns, then load the file again."
+        )
+    return values
+
+
+# Shared finishing -----------------------------------------------------------------------------
+
+
+def _as_float32(X: Any) -> np.ndarray | sp.csr_matrix:
+    """float32 CSR for sparse or mostly-zero input, float32 dense otherwise (no copy if already)."""
+    if sp.issparse(X):
+        out = sp.csr_matrix(X, dtype=np.float32)
+        out.sum_duplicates()
+        return out
+    arr = np.asarray(X, dtype=np.float32)
+    if arr.ndim != 2:
+        raise DataError(f"The expression matrix must be 2-D; got shape {arr.shape}.")
+    if arr.size and np.count_nonzero(arr) < _SPARSE_BELOW * arr.size:
+        return sp.csr_matrix(arr)
+    return arr
+
+
+def _values_of(X: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Stored values: the non-zeros of a sparse matrix, every entry of a dense one."""
+    if sp.issparse(X):
+        return np.asarray(X.data)
+    return np.ravel(np.asarray(X))
+
+
+def _n_nonfinite(X: np.ndarray | sp.spmatrix) -> int:
+    values = _values_of(X)
+    if values.dtype.kind not in "fc":
+        return 0
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def _unique_names(names: pd.Index) -> tuple[pd.Index, int, tuple[str, str] | None]:
+    """Names made unique with -1, -2 … suffixes; also how many changed and one example."""
+    values = [str(v) for v in names]
+    original = set(values)
+    if len(original) == len(values):
+        return pd.Index(values), 0, None
+    taken: set[str] = set()
+    counters: dict[str, int] = {}
+    out: list[str] = []
+    example = None
+    for v in values:
+        if v not in taken:
+            taken.add(v)
+            out.append(v)
+            continue
+        k = counters.get(v, 0)
+        while True:  # skip suffixes that are real names elsewhere in the list
+            k += 1
+            candidate = f"{v}-{k}"
+            if candidate not in original and candidate not in taken:
+                break
+        counters[v] = k
+        taken.add(candidate)
+        out.append(candidate)
+        example = example or (v, candidate)
+    return pd.Index(out), len(values) - len(original), example
+
+
+def _dedupe(adata: ad.AnnData, fname: str) -> None:
+    for axis, what in (("obs", "cell"), ("var", "gene")):
+        index = getattr(adata, f"{axis}_names")
+        new, n_dup, example = _unique_names(index)
+        if n_dup:
+            assert example is not None
+            warnings.warn(
+                f"{fname}: {n_dup} duplicated {what} name(s) were made unique by adding -1, -2 … "
+                f"(for example {example[0]!r} became {example[1]!r}).",
+                DataWarning,
+                stacklevel=4,
+            )
+        setattr(adata, f"{axis}_names", new)
+
+
+def _finish(adata: ad.AnnData, fname: str, source: dict[str, Any]) -> ad.AnnData:
+    """Enforce the reader contract: non-empty, float32, finite, unique names, source recorded."""
+    n_cells, n_genes = adata.shape
+    if n_cells == 0 or n_genes == 0:
+        raise DataError(
+            f"{fname} holds an empty matrix ({n_cells} cells x {n_genes} genes). Check that the "
+            "export is complete (for 10x data use the filtered matrix, which holds the cells)."
+        )
+    adata.X = _as_float32(adata.X)
+    n_bad = _n_nonfinite(adata.X)
+    if n_bad:
+        raise DataError(
+            f"{fname} holds {n_bad} NaN or infinite value(s) in its expression matrix. Replace "
+            "them (for example with 0) or remove the affected cells/genes, then load it again."
+        )
+    _dedupe(adata, fname)
+    adata.uns["scgraph_source"] = source
+    return adata
+
+
+# --------------------------------------------------------------------------------------------
+# Demo dataset
+# --------------------------------------------------------------------------------------------
+
+
+def load_demo() -> ad.AnnData:
+    """The built-in demo: scanpy's bundled ``pbmc68k_reduced`` (700 cells x 765 genes, offline).
+
+    The bundled ``X`` holds z-scored values (negatives, clipped at 10), which suit neither count
+    models nor min-max features. Its ``.raw`` holds the log-normalised values (log1p of
+    library-size normalised counts) of the same 700 cells and 765 genes, so when ``.raw`` is
+    there and log-normalised the demo's ``X`` is built from it (float32 CSR); otherwise the
+    scaled ``X`` is kept. ``obs`` (``bulk_labels``, ``louvain``, QC columns), ``obsm``
+    (``X_pca``, ``X_umap``), ``var`` and the colour palettes are kept; ``obs["celltype"]`` is a
+    copy of ``bulk_labels`` so the demo names its labels like the shared datasets do. The
+    precomputed neighbour graph and rankings are dropped (they were made from the scaled X).
+    No raw counts exist in this dataset.
+    """
+    try:
+        import scanpy as sc
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bundled = sc.datasets.pbmc68k_reduced()
+    except Exception as exc:  # a broken install, not a user file
+        raise DataError(
+            f"The built-in demo dataset could not be loaded ({_short(exc)}). Reinstall scanpy "
+            "(pip install --force-reinstall scanpy) or load your own file."
+        ) from exc
+
+    X: Any = bundled.X
+    var = bundled.var.copy()
+    raw = bundled.raw
+    if raw is not None and raw.shape[0] == bundled.n_obs and detect_x_kind(raw.X) == "lognorm":
+        X = raw.X
+        if not raw.var_names.equals(bundled.var_names):
+            var = raw.var.copy()
+    obs = bundled.obs.copy()
+    obs["celltype"] = obs["bulk_labels"]
+    uns: dict[str, Any] = {}
+    for key in ("bulk_labels", "louvain"):
+        colors = bundled.uns.get(f"{key}_colors")
+        if colors is not None:
+            uns[f"{key}_colors"] = list(colors)
+    if "bulk_labels_colors" in uns:
+        uns["celltype_colors"] = list(uns["bulk_labels_colors"])
+    adata = ad.AnnData(
+        X=_as_float32(X),
+        obs=obs,
+        var=var,
+        obsm={k: np.asarray(v).copy() for k, v in bundled.obsm.items()},
+        uns=uns,
+    )
+    return _finish(adata, "pbmc68k_reduced", {"path": DEMO_PATH, "format": "builtin"})
+
+
+# --------------------------------------------------------------------------------------------
+# What X holds; validation; summary
+# --------------------------------------------------------------------------------------------
+
+
+def detect_x_kind(X: Any) -> str:
+    """What an expression matrix holds, from its values.
+
+    * ``"scaled"``: any negative value (z-scored or otherwise centred data);
+    * ``"counts"``: no negatives and every sampled non-zero is a whole number (within 1e-4);
+      up to 100,000 non-zeros are sampled with a fixed seed, so the answer is fast and stable;
+    * ``"lognorm"``: no negatives, not whole numbers, maximum at most 30 (log-normalised data:
+      ln(1 + 1e6) is 13.8, log2 19.9);
+    * ``"normalized"``: no negatives, not whole numbers, maximum above 30: normalised but not
+      log-transformed (CPM, TPM, estimated counts).
+
+    An all-zero matrix counts as ``"counts"``. NaN entries are ignored here (:func:`validate`
+    reports them).
+    """
+    if X is None:
+        raise DataError("There is no expression matrix (X is empty). Load a file with values.")
+    if not sp.issparse(X):
+        X = np.asarray(X)
+    values = _values_of(X)
+    if values.size == 0:
+        return "counts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        vmin = np.nanmin(values)
+    if vmin < 0:
+        return "scaled"
+    rng = np.random.default_rng(0)
+    sample = values
+    if values.size > 10 * _KIND_SAMPLE:
+        # Dense matrices are mostly zeros in this field: draw more than needed, keep non-zeros.
+        sample = values[rng.integers(0, values.size, 10 * _KIND_SAMPLE)]
+    sample = sample[(sample != 0) & np.isfinite(sample)]
+    if sample.size == 0 and values.size > 10 * _KIND_SAMPLE:
+        sample = values[(values != 0) & np.isfinite(values)]
+    if sample.size > _KIND_SAMPLE:
+        sample = sample[rng.integers(0, sample.size, _KIND_SAMPLE)]
+    if sample.size == 0 or np.all(np.abs(sample - np.round(sample)) <= _WHOLE_TOL):
+        return "counts"
+    finite = values[np.isfinite(values)] if not np.isfinite(values).all() else values
+    return "lognorm" if float(np.max(finite)) <= _LOG_MAX else "normalized"
+
+
+_KIND_WORDS = {
+    "counts": "raw counts",
+    "lognorm": "log-normalised values",
+    "normalized": "normalised values that are not log-transformed (CPM/TPM-like)",
+    "scaled": "scaled values (it has negative numbers)",
+}
+
+
+def _nonzero_per(X: np.ndarray | sp.spmatrix, axis: int) -> np.ndarray:
+    """Number of non-zero entries per row (axis=1) or per column (axis=0)."""
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        nz = X.data != 0  # explicit zeros do not count as expressed
+        if axis == 1:
+            rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+            return np.bincount(rows[nz], minlength=X.shape[0])
+        return np.bincount(X.indices[nz], minlength=X.shape[1])
+    return np.count_nonzero(np.asarray(X), axis=axis)
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate` found. ``errors`` block use; ``warnings`` are for the user to read."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    x_kind: str = "unknown"
+    n_cells: int = 0
+    n_genes: int = 0
+    n_zero_cells: int = 0
+    n_zero_genes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_if_errors(self) -> None:
+        """Raise one :class:`DataError` listing every error, one per line."""
+        if self.errors:
+            raise DataError("\n".join(self.errors))
+
+
+def validate(adata: ad.AnnData, *, min_cells: int = 10, require_counts: bool = False) -> ValidationReport:
+    """Check that ``adata`` can be used; never changes it.
+
+    Errors: empty matrix; fewer than ``min_cells`` cells (a cell graph needs neighbours); NaN or
+    infinite values; with ``require_counts``, no raw counts (X is not whole non-negative numbers
+    and there is no ``counts`` layer that is). Warnings: all-zero cells or genes (dropped by
+    :func:`prepare`), duplicated names, scaled X.
+    """
+    n_cells, n_genes = adata.shape
+    report = ValidationReport(n_cells=int(n_cells), n_genes=int(n_genes))
+    if adata.X is None or n_cells == 0 or n_genes == 0:
+        report.errors.append(
+            f"The data is empty ({n_cells} cells x {n_genes} genes). Load a file with an expression matrix."
+        )
+        return report
+    X = adata.X
+    report.x_kind = detect_x_kind(X)
+    if n_cells < min_cells:
+        report.errors.append(
+            f"The data has only {n_cells} cells; building a cell graph needs at least "
+            f"{min_cells}. Load a dataset with more cells."
+        )
+    n_bad = _n_nonfinite(X)
+    if n_bad:
+        report.errors.append(
+            f"X holds {n_bad} NaN or infinite value(s). Replace them (for example with 0) or "
+            "remove the affected cells/genes, then load the data again."
+        )
+    genes_per_cell = _nonzero_per(X, axis=1)
+    cells_per_gene = _nonzero_per(X, axis=0)
+    report.n_zero_cells = int(np.count_nonzero(genes_per_cell == 0))
+    report.n_zero_genes = int(np.count_nonzero(cells_per_gene == 0))
+    if report.n_zero_cells or report.n_zero_genes:
+        report.warnings.append(
+            f"{report.n_zero_cells} cell(s) have no expressed gene and {report.n_zero_genes} "
+            "gene(s) are zero in every cell; preparing the data drops them."
+        )
+    for names, what in ((adata.obs_names, "cell"), (adata.var_names, "gene")):
+        n_dup = int(names.duplicated().sum())
+        if n_dup:
+            report.warnings.append(
+                f"{n_dup} duplicated {what} name(s); call var_names_make_unique / "
+                "obs_names_make_unique or load the file with scgraph's reader."
+            )
+    if require_counts:
+        layer = adata.layers["counts"] if "counts" in adata.layers else None
+        if layer is not None:
+            layer_kind = detect_x_kind(layer)
+            if layer_kind != "counts":
+                report.errors.append(
+                    f"This model needs raw counts, but the 'counts' layer holds "
+                    f"{_KIND_WORDS[layer_kind]}. Provide a file with raw counts in X or in a "
+                    "`counts` layer."
+                )
+        elif report.x_kind != "counts":
+            report.errors.append(
+                f"This model needs raw counts, but X holds {_KIND_WORDS[report.x_kind]}. "
+                "Provide a file with raw counts in X or a `counts` layer (for example the "
+                "Cell Ranger output), or choose a model that works on log-normalised data."
+            )
+    elif report.x_kind == "scaled":
+        report.warnings.append(
+            "X holds scaled values (negative numbers): gene selection and min-max features work "
+            "best on log-normalised data or raw counts."
+        )
+    return report
+
+
+def summarize(adata: ad.AnnData) -> dict[str, Any]:
+    """JSON-ready overview of a dataset (``python -m scgraph_core inspect`` prints it)."""
+    X = adata.X
+    n_cells, n_genes = adata.shape
+    if X is None or n_cells == 0 or n_genes == 0:
+        nnz = 0
+        kind = "empty"
+    else:
+        nnz = int(X.count_nonzero()) if sp.issparse(X) else int(np.count_nonzero(X))
+        kind = detect_x_kind(X)
+    obs_columns: dict[str, dict[str, Any]] = {}
+    for name in adata.obs.columns:
+        column = adata.obs[name]
+        labels = isinstance(column.dtype, pd.CategoricalDtype) or column.dtype.kind in "OSUb"
+        obs_columns[str(name)] = {
+            "dtype": str(column.dtype),
+            "n_unique": int(column.nunique()) if labels else None,
+        }
+    source = adata.uns.get("scgraph_source")
+    return {
+        "n_cells": int(n_cells),
+        "n_genes": int(n_genes),
+        "x_kind": kind,
+        "has_counts_layer": "counts" in adata.layers,
+        "sparse": bool(sp.issparse(X)),
+        "density": float(nnz / (n_cells * n_genes)) if n_cells and n_genes else 0.0,
+        "obs_columns": obs_columns,
+        "layers": [str(k) for k in adata.layers],
+        "source": {str(k): str(v) for k, v in source.items()} if isinstance(source, dict) else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing features and graph input
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrepareSpec:
+    """Preprocessing recipe: filters, normalisation, gene selection and feature scaling.
+
+    Defaults follow CellVGAE (MODELS.md 1.1): log-normalised matrix, 1000 HVGs as min-max scaled
+    node features and a separate set of 250 KHVGs (unscaled log values) for building the graph.
+    """
+
+    min_genes_per_cell: int = param(
+        0, "Drop cells with fewer expressed genes than this", min=0, advanced=True
+    )
+    min_cells_per_gene: int = param(0, "Drop genes expressed in fewer cells than this", min=0, advanced=True)
+    normalize: str = param(
+        "auto",
+        "auto: library-size normalise + log1p when X holds counts, else use X as is; "
+        "library_log1p; log1p only; none",
+        choices=("auto", "library_log1p", "log1p", "none"),
+    )
+    target_sum: float = param(1e4, "Total per cell after library-size normalisation", min=1.0, advanced=True)
+    n_hvg: int = param(1000, "Highly variable genes used as model features (0 = all)", min=0)
+    n_graph_genes: int = param(
+        250, "Highly variable genes used to build the cell graph, KHVG (0 = all)", min=0
+    )
+    hvg_flavor: str = param(
+        "seurat",
+        "scanpy HVG method (seurat_v3 ranks raw counts and needs scikit-misc)",
+        choices=("seurat", "cell_ranger", "seurat_v3"),
+        advanced=True,
+    )
+    scale: str = param(
+        "minmax",
+        "Per-gene feature scaling: min-max to [0, 1], z-score, or none",
+        choices=("minmax", "zscore", "none"),
+    )
+    max_value: float | None = param(
+        None, "Clip z-scores to [-max_value, max_value] (zscore only)", min=0.0, advanced=True
+    )
+
+    def check(self) -> None:
+        """Cross-field rules (called by ``from_dict``)."""
+        if self.max_value is not None and self.scale != "zscore":
+            raise ConfigError(
+                f"max_value clips z-scores, but scale is {self.scale!r}: set scale='zscore' or "
+                "leave max_value empty."
+            )
+        if self.max_value is not None and self.max_value <= 0:
+            raise ConfigError(f"max_value must be positive; got {self.max_value}.")
+
+
+@dataclass
+class Prepared:
+    """Output of :func:`prepare`.
+
+    ``adata``: new AnnData of the kept cells x kept genes, X = layers["lognorm"] (a copy),
+    layers ``counts`` (when raw counts exist) and ``lognorm``, var ``hvg`` / ``graph_genes``,
+    obs ``size_factor`` (with counts), ``uns["scgraph"]["prepare"]`` = ``record``.
+    ``features``: float32 N x D, the HVG columns of lognorm scaled per gene.
+    ``graph_input``: float32 N x KHVG, lognorm restricted to the graph genes, unscaled.
+    """
+
+    adata: ad.AnnData
+    features: np.ndarray
+    feature_genes: list[str]
+    graph_input: np.ndarray
+    graph_genes: list[str]
+    record: dict[str, Any]
+
+
+def _take(X: np.ndarray | sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> Any:
+    """A copy of X restricted to the given rows and columns."""
+    all_rows = rows.size == X.shape[0]
+    all_cols = cols.size == X.shape[1]
+    if sp.issparse(X):
+        out = sp.csr_matrix(X)
+        out = out if all_rows else out[rows]
+        out = out if all_cols else out[:, cols]
+        return sp.csr_matrix(out, dtype=np.float32, copy=True)
+    arr = np.asarray(X, dtype=np.float32)
+    if all_cols:
+        return arr[rows] if not all_rows else arr.copy()
+    return arr[np.ix_(rows, cols)]
+
+
+def _row_sums(X: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    return np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
+
+
+def _scale_rows_log1p(X: Any, factor: np.ndarray | None) -> Any:
+    """In place on X (a private copy): multiply row i by factor[i], then log1p."""
+    if sp.issparse(X):
+        if factor is not None:
+            X.data *= np.repeat(factor, np.diff(X.indptr)).astype(np.float32)
+        np.log1p(X.data, out=X.data)
+        return X
+    if factor is not None:
+        X *= factor[:, None].astype(np.float32)
+    np.log1p(X, out=X)
+    return X
+
+
+def _dense_columns(X: Any, cols: np.ndarray) -> np.ndarray:
+    part = X[:, cols]
+    part = part.toarray() if sp.issparse(part) else np.array(part)
+    return np.ascontiguousarray(part, dtype=np.float32)
+
+
+def _scale_features(F: np.ndarray, how: str, max_value: float | None) -> np.ndarray:
+    """Per-gene scaling in place. Min-max maps constant genes to 0; z-score uses ddof=1."""
+    if how == "minmax":
+        lo = F.min(axis=0)
+        span = F.max(axis=0) - lo
+        F -= lo
+        F /= np.where(span > 0, span, 1.0).astype(np.float32)
+    elif how == "zscore":
+        mean = F.mean(axis=0, dtype=np.float64)
+        std = F.std(axis=0, dtype=np.float64, ddof=1 if F.shape[0] > 1 else 0)
+        F -= mean.astype(np.float32)
+        F /= np.where(std > 0, std, 1.0).astype(np.float32)
+        if max_value is not None:
+            np.clip(F, -max_value, max_value, out=F)
+    return F
+
+
+def _select_hvg(
+    matrix: Any,
+    var_names: pd.Index,
+    n_top: int,
+    flavor: str,
+    what: str,
+    notes: list[str],
+) -> np.ndarray:
+    """Boolean mask of the top ``n_top`` genes by scanpy's HVG ranking (all genes if too few)."""
+    n_cells, n_genes = matrix.shape
+    if n_top == 0 or n_top >= n_genes:
+        if n_top > n_genes:
+            notes.append(f"{what}={n_top} asks for more genes than the {n_genes} kept; all genes are used.")
+        return np.ones(n_genes, dtype=bool)
+    import scanpy as sc
+
+    tmp = ad.AnnData(
+        X=matrix,
+        obs=pd.DataFrame(index=pd.RangeIndex(n_cells).astype(str)),
+        var=pd.DataFrame(index=var_names),
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            table = sc.pp.highly_variable_genes(tmp, flavor=flavor, n_top_genes=n_top, inplace=False)
+    except ImportError as exc:
+        raise DataError(
+            f"hvg_flavor={flavor!r} needs a package that is not installed ({_short(exc)}). "
+            "Install it (pip install scikit-misc) or choose hvg_flavor='seurat'."
+        ) from exc
+    except Exception as exc:  # scanpy fails on tiny or degenerate data
+        raise DataError(
+            f"Selecting {n_top} highly variable genes ({what}, flavor {flavor!r}) failed on "
+            f"{n_cells} cells x {n_genes} genes: {_short(exc)}. With very few cells or genes set "
+            f"{what}=0 to use all genes, or try another hvg_flavor."
+        ) from exc
+    if not table.index.equals(var_names) and var_names.is_unique:
+        table = table.reindex(var_names)
+    mask = table["highly_variable"].to_numpy(dtype=bool)
+    if mask.sum() > n_top:
+        # scanpy keeps every gene tied at the cut-off (common on tiny data, where single-gene
+        # bins all get the same score); keep exactly n_top, best score first, then gene order.
+        if flavor == "seurat_v3":
+            score = -table["highly_variable_rank"].to_numpy(dtype=float)
+        else:
+            score = table["dispersions_norm"].to_numpy(dtype=float)
+        score = np.where(np.isfinite(score), score, -np.inf)
+        chosen = np.flatnonzero(mask)
+        chosen = chosen[np.argsort(-score[chosen], kind="stable")[:n_top]]
+        notes.append(
+            f"scanpy marked {int(mask.sum())} genes for {what}={n_top} (ties at the cut-off); "
+            f"the {n_top} with the highest score were kept."
+        )
+        mask = np.zeros_like(mask)
+        mask[chosen] = True
+    if not mask.any():
+        raise DataError(
+            f"No highly variable genes were found for {what}={n_top}: the genes barely vary "
+            f"across these {n_cells} cells. Set {what}=0 to use all genes."
+        )
+    return mask
+
+
+def prepare(adata: ad.AnnData, spec: PrepareSpec | None = None) -> Prepared:
+    """Filter, normalise, select genes and scale; returns new objects, never changes ``adata``.
+
+    Steps:
+
+    1. Drop cells with fewer than ``max(1, min_genes_per_cell)`` expressed genes, then genes
+       expressed in fewer than ``max(1, min_cells_per_gene)`` of the kept cells, then cells left
+       without any expressed gene. "Expressed" is read from the raw counts when there are any,
+       else from X.
+    2. Raw counts come from a ``counts`` layer holding whole numbers, else from X when X holds
+       counts. ``lognorm`` is, per ``normalize``: ``library_log1p``:
+       log1p(x_ij * target_sum / sum_j x_ij) on the counts (or on non-log normalised X);
+       ``log1p``: log1p(X); ``none``: X as is; ``auto``: ``library_log1p`` when X holds counts
+       (or CPM/TPM-like values), otherwise ``none`` (X already log-normalised, as in the
+       CellVGAE paper pipeline). Log-transforming scaled data (negatives) is refused.
+    3. HVGs (``n_hvg``) and the separate graph genes / KHVG (``n_graph_genes``) are each the
+       scanpy ``highly_variable_genes(flavor=hvg_flavor, n_top_genes=n)`` selection on lognorm
+       (``seurat_v3`` ranks the counts). 0, or more than the kept genes, means all genes.
+    4. ``features`` = the HVG columns of lognorm (original gene order) scaled per gene;
+       ``graph_input`` = the KHVG columns of lognorm, unscaled. ``size_factor`` = total counts
+       / median total counts of the kept cells.
+    """
+    spec = PrepareSpec() if spec is None else from_dict(PrepareSpec, to_dict(spec))
+    report = validate(adata, min_cells=1)
+    report.raise_if_errors()
+    x_kind = report.x_kind
+    X = _as_float32(adata.X)
+    notes: list[str] = []
+
+    counts = None
+    counts_from = None
+    if "counts" in adata.layers and detect_x_kind(adata.layers["counts"]) == "counts":
+        counts, counts_from = _as_float32(adata.layers["counts"]), "counts layer"
+    elif x_kind == "counts":
+        counts, counts_from = X, "X"
+
+    method = spec.normalize
+    if method == "auto":
+        method = "library_log1p" if x_kind in ("counts", "normalized") else "none"
+    if method == "library_log1p":
+        if counts is not None:
+            source, source_name = counts, counts_from
+        elif x_kind == "normalized":
+            source, source_name = X, "X"
+        elif x_kind == "scaled":
+            raise DataError(
+                "normalize='library_log1p' would log-transform X, but X holds negative values: "
+                "it is already scaled. Use normalize='none' to keep it, or load raw counts or "
+                "log-normalised data instead."
+            )
+        else:
+            raise DataError(
+                "normalize='library_log1p' needs raw counts, but X holds log-normalised values "
+                "and there is no `counts` layer. Use normalize='auto' or 'none' to keep X as "
+                "it is, or load a file with raw counts."
+            )
+    elif method == "log1p":
+        if x_kind == "scaled":
+            raise DataError(
+                "normalize='log1p' would log-transform X, but X holds negative values: it is "
+                "already scaled. Use normalize='none', or load raw counts or log-normalised data."
+            )
+        if x_kind == "lognorm":
+            notes.append("normalize='log1p' applied to X that already looked log-normalised.")
+        source, source_name = X, "X"
+    else:
+        source, source_name = X, "X"
+        if x_kind == "scaled":
+            notes.append("X holds scaled values (negatives); it is used as is.")
+    if spec.hvg_flavor == "seurat_v3" and counts is None:
+        raise DataError(
+            "hvg_flavor='seurat_v3' ranks genes on raw counts, but this data has none (X is "
+            f"{_KIND_WORDS[x_kind]} and there is no `counts` layer). Use hvg_flavor='seurat', "
+            "or load a file with raw counts."
+        )
+
+    # 1. Filters, judged on the counts when present (X may be scaled and dense).
+    base = counts if counts is not None else X
+    n_cells, n_genes = adata.shape
+    cell_keep = _nonzero_per(base, axis=1) >= max(1, spec.min_genes_per_cell)
+    cells = np.flatnonzero(cell_keep)
+    if cells.size == 0:
+        raise DataError(
+            f"No cell has at least {max(1, spec.min_genes_per_cell)} expressed genes. Lower "
+            "min_genes_per_cell."
+        )
+    gene_counts = _nonzero_per(_take(base, cells, np.arange(n_genes)), axis=0)
+    genes = np.flatnonzero(gene_counts >= max(1, spec.min_cells_per_gene))
+    if genes.size == 0:
+        raise DataError(
+            f"No gene is expressed in at least {max(1, spec.min_cells_per_gene)} of the "
+            f"{cells.size} kept cells. Lower min_cells_per_gene."
+        )
+    base_kept = _take(base, cells, genes)
+    still_expressed = _nonzero_per(base_kept, axis=1) > 0
+    if not still_expressed.all():  # their only genes were filtered out
+        cells = cells[still_expressed]
+        base_kept = base_kept[still_expressed]
+
+    # 2. Normalisation on private copies.
+    counts_kept = base_kept if counts is not None else None
+    totals = None
+    if counts_kept is not None:
+        totals = _row_sums(counts_kept)
+    if method == "library_log1p":
+        lognorm = _take(source, cells, genes)
+        src_totals = totals if source is counts and totals is not None else _row_sums(lognorm)
+        factor = np.divide(spec.target_sum, src_totals, out=np.zeros_like(src_totals), where=src_totals > 0)
+        lognorm = _scale_rows_log1p(lognorm, factor)
+    elif method == "log1p":
+        lognorm = _scale_rows_log1p(_take(source, cells, genes), None)
+    else:
+        lognorm = _take(source, cells, genes)
+
+    var_names = adata.var_names[genes]
+    # 3. Gene selection (scanpy reads its own copy; lognorm is not touched).
+    hvg_input = counts_kept if spec.hvg_flavor == "seurat_v3" else lognorm
+    hvg = _select_hvg(hvg_input, var_names, spec.n_hvg, spec.hvg_flavor, "n_hvg", notes)
+    if spec.n_graph_genes == spec.n_hvg:
+        graph = hvg.copy()
+    else:
+        graph = _select_hvg(hvg_input, var_names, spec.n_graph_genes, spec.hvg_flavor, "n_graph_genes", notes)
+    hvg_idx = np.flatnonzero(hvg)
+    graph_idx = np.flatnonzero(graph)
+
+    # 4. Dense outputs.
+    features = _scale_features(_dense_columns(lognorm, hvg_idx), spec.scale, spec.max_value)
+    graph_input = _dense_columns(lognorm, graph_idx)
+
+    record: dict[str, Any] = {
+        "spec": to_dict(spec),
+        "x_kind": x_kind,
+        "normalization_applied": method,
+        "normalization_source": source_name,
+        "counts_source": counts_from,
+        "n_hvg_used": int(hvg_idx.size),
+        "n_graph_genes_used": int(graph_idx.size),
+        "cells_removed": int(n_cells - cells.size),
+        "genes_removed": int(n_genes - genes.size),
+        "n_cells": int(cells.size),
+        "n_genes": int(genes.size),
+        "notes": notes,
+    }
+    out = _new_adata(adata, cells, genes, lognorm, counts_kept, totals)
+    out.var["hvg"] = hvg
+    out.var["graph_genes"] = graph
+    out.uns.setdefault("scgraph", {})["prepare"] = copy.deepcopy(record)
+    return Prepared(
+        adata=out,
+        features=features,
+        feature_genes=[str(g) for g in var_names[hvg_idx]],
+        graph_input=graph_input,
+        graph_genes=[str(g) for g in var_names[graph_idx]],
+        record=record,
+    )
+
+
+def _rows_of(value: Any, rows: np.ndarray) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return value.iloc[rows].copy()
+    if sp.issparse(value):
+        return sp.csr_matrix(value)[rows]
+    return np.asarray(value)[rows].copy()
+
+
+def _new_adata(
+    adata: ad.AnnData,
+    cells: np.ndarray,
+    genes: np.ndarray,
+    lognorm: Any,
+    counts: Any,
+    totals: np.ndarray | None,
+) -> ad.AnnData:
+    """The prepared AnnData: kept cells x kept genes, annotations copied, graphs dropped."""
+    obs = adata.obs.iloc[cells].copy()
+    var = adata.var.iloc[genes].copy()
+    layers: dict[str, Any] = {"lognorm": lognorm}
+    if counts is not None:
+        layers["counts"] = counts
+    if totals is not None:
+        median = float(np.median(totals))
+        obs["size_factor"] = (totals / median if median > 0 else np.ones_like(totals)).astype(np.float32)
+    uns = copy.deepcopy(dict(adata.uns))
+    uns.pop("neighbors", None)  # refers to obsp graphs, which are not carried over
+    return ad.AnnData(
+        X=lognorm.copy(),
+        obs=obs,
+        var=var,
+        layers=layers,
+        obsm={k: _rows_of(v, cells) for k, v in adata.obsm.items()},
+        varm={k: _rows_of(v, genes) for k, v in adata.varm.items()},
+        uns=uns,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Utilities
+# --------------------------------------------------------------------------------------------
+
+
+def mask_nonzero(
+    X: Any, fraction: float = 0.1, seed: int = 0
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """Hide a random ``fraction`` of the non-zero entries (set them to 0), for imputation tests.
+
+    Returns ``(X_masked, rows, cols, values)``: a copy of X (CSR for sparse input, ndarray for
+    dense) and the positions and original values of the hidden entries, sorted by row then
+    column. At least one entry is hidden when X has any non-zero. The input is not changed.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"fraction must be between 0 and 1 (exclusive); got {fraction}.")
+    rng = np.random.default_rng(seed)
+    if sp.issparse(X):
+        out = sp.csr_matrix(X, copy=True)
+        out.sum_duplicates()
+        out.eliminate_zeros()
+        nnz = out.nnz
+        k = min(nnz, max(1, int(round(fraction * nnz)))) if nnz else 0
+        pick = np.sort(rng.choice(nnz, size=k, replace=False))
+        rows = np.repeat(np.arange(out.shape[0]), np.diff(out.indptr))[pick].astype(np.int64)
+        cols = out.indices[pick].astype(np.int64)
+        values = out.data[pick].copy()
+        out.data[pick] = 0
+        out.eliminate_zeros()
+        return out, rows, cols, values
+    out = np.array(X, copy=True)
+    if out.ndim != 2:
+        raise ConfigError(f"X must be a 2-D matrix; got shape {out.shape}.")
+    r, c = np.nonzero(out)
+    nnz = r.size
+    k = min(nnz, max(1, int(round(fraction * nnz)))) if nnz else 0
+    pick = np.sort(rng.choice(nnz, size=k, replace=False))
+    rows, cols = r[pick].astype(np.int64), c[pick].astype(np.int64)
+    values = out[rows, cols].copy()
+    out[rows, cols] = 0
+    return out, rows, cols, values

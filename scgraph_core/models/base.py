@@ -1,0 +1,141 @@
+"""What every model provides, and the result object that every model returns.
+
+A model is a subclass of :class:`Model` registered with :func:`register`. It declares its parameter
+schema (``Params``), named presets covering preprocessing, graph, model and training settings, and
+``fit()``, which trains with the shared :class:`~scgraph_core.train.Trainer` and returns a
+:class:`Result`. The result is written into the AnnData (``Result.write``) in slots scanpy and
+cellxgene read: ``obsm`` embeddings, ``obs`` clusters, ``layers`` imputed values, ``varm`` gene
+weights, ``obsp`` attention, ``uns`` everything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import anndata
+
+    from ..data import Prepared
+    from ..graphs import Graph
+    from ..train import Trainer
+
+
+@dataclass
+class Result:
+    """Everything a trained model hands back, ready to be written into an AnnData."""
+
+    model: str
+    embedding_key: str
+    obs: dict[str, Any] = field(default_factory=dict)
+    obsm: dict[str, np.ndarray] = field(default_factory=dict)
+    obsp: dict[str, Any] = field(default_factory=dict)
+    varm: dict[str, np.ndarray] = field(default_factory=dict)
+    layers: dict[str, Any] = field(default_factory=dict)
+    uns: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)  # the trained state_dict (tensors)
+
+    @property
+    def embedding(self) -> np.ndarray:
+        return self.obsm[self.embedding_key]
+
+    def write(self, adata: anndata.AnnData) -> anndata.AnnData:
+        """Write the result into ``adata`` in place and return it."""
+        for key, value in self.obs.items():
+            adata.obs[key] = value
+        for key, value in self.obsm.items():
+            adata.obsm[key] = value
+        for key, value in self.obsp.items():
+            adata.obsp[key] = value
+        for key, value in self.varm.items():
+            adata.varm[key] = value
+        for key, value in self.layers.items():
+            adata.layers[key] = value
+        uns = dict(self.uns)
+        uns["metrics"] = plain(self.metrics)
+        for name, table in self.tables.items():
+            uns[name] = h5_safe_table(table)
+        adata.uns[self.model] = uns
+        return adata
+
+
+def h5_safe_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy h5ad can store: list cells become 'a; b' text, other mixed columns become text."""
+    out = table.reset_index(drop=True).copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = [
+                "; ".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else ("" if v is None else str(v))
+                for v in out[col]
+            ]
+    out.columns = [str(c) for c in out.columns]
+    return out
+
+
+def plain(obj: Any) -> Any:
+    """Make a nested structure writable by h5py (no None, no tuples, numpy scalars to Python)."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+class Model:
+    """Base class: subclasses set the class attributes and implement ``fit``."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]  # one plain-language line for the model picker
+    paper: ClassVar[str]
+    Params: ClassVar[type]
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]]  # preset -> section -> values
+    requires_counts: ClassVar[bool] = False
+    uses_labels: ClassVar[bool] = False
+
+    def fit(
+        self,
+        prepared: Prepared,
+        graph: Graph,
+        params: Any,
+        trainer: Trainer,
+        *,
+        cluster: Any,
+        label_key: str | None = None,
+    ) -> Result:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Model]] = {}
+
+
+def register(cls: type[Model]) -> type[Model]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> dict[str, type[Model]]:
+    from . import cellvgae  # noqa: F401  (registers itself)
+
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> type[Model]:
+    models = available()
+    if name not in models:
+        raise ConfigError(f"Unknown model {name!r}; available models: {', '.join(sorted(models))}.")
+    return models[name]
+
+
+def fields_of(schema: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(schema)}

@@ -1,0 +1,226 @@
+"""Typed parameter schemas, declared once.
+
+A schema is a frozen dataclass whose fields are made with :func:`param`. The same declaration gives
+the command line its flags (:func:`add_arguments`), the app its form (:func:`describe`), and a run
+its ``config.json`` (:func:`to_dict` / :func:`from_dict`, which validates types, ranges and choices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+_MISSING = dataclasses.MISSING
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: typing.Sequence[Any] | None = None,
+    label: str | None = None,
+    advanced: bool = False,
+) -> Any:
+    """Declare one parameter: its default, a one-line help text and its allowed values."""
+    meta = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "choices": tuple(choices) if choices is not None else None,
+        "label": label,
+        "advanced": advanced,
+    }
+    if isinstance(default, list):
+        default = tuple(default)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What the app and the command line need to know about one parameter."""
+
+    name: str
+    kind: str  # "int", "float", "bool", "str", "ints", "floats"
+    optional: bool
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+    choices: tuple[Any, ...] | None
+    label: str
+    advanced: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+_SCALARS = {int: "int", float: "float", bool: "bool", str: "str"}
+_SEQS = {int: "ints", float: "floats"}
+
+
+def _kind_of(annotation: Any) -> tuple[str, bool]:
+    optional = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        if len(args) != 1:
+            raise TypeError(f"unsupported parameter type {annotation!r}")
+        annotation = args[0]
+        origin = typing.get_origin(annotation)
+    if annotation in _SCALARS:
+        return _SCALARS[annotation], optional
+    if origin in (tuple, list):
+        inner = typing.get_args(annotation)[0]
+        if inner in _SEQS:
+            return _SEQS[inner], optional
+    raise TypeError(f"unsupported parameter type {annotation!r}")
+
+
+def describe(schema: type) -> list[ParamInfo]:
+    """The parameters of ``schema`` in declaration order."""
+    hints = typing.get_type_hints(schema)
+    out = []
+    for f in dataclasses.fields(schema):
+        if "help" not in f.metadata:
+            continue
+        kind, optional = _kind_of(hints[f.name])
+        m = f.metadata
+        out.append(
+            ParamInfo(
+                name=f.name,
+                kind=kind,
+                optional=optional,
+                default=f.default,
+                help=m["help"],
+                min=m["min"],
+                max=m["max"],
+                choices=m["choices"],
+                label=m["label"] or f.name.replace("_", " "),
+                advanced=m["advanced"],
+            )
+        )
+    return out
+
+
+def _coerce(info: ParamInfo, value: Any, where: str) -> Any:
+    if value is None:
+        if info.optional:
+            return None
+        raise ConfigError(f"{where}{info.name} must be set ({info.help}).")
+    try:
+        if info.kind == "bool":
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                value = low in ("true", "1", "yes")
+            elif not isinstance(value, (bool, int)):
+                raise ValueError(value)
+            value = bool(value)
+        elif info.kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            value = int(value)
+        elif info.kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            value = float(value)
+        elif info.kind == "str":
+            value = str(value)
+        else:
+            item = int if info.kind == "ints" else float
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            elif not isinstance(value, (list, tuple)):
+                value = [value]
+            converted = []
+            for v in value:
+                if item is int and isinstance(v, float) and not v.is_integer():
+                    raise ValueError(v)
+                converted.append(item(v))
+            value = tuple(converted)
+    except (TypeError, ValueError):
+        expected = {
+            "int": "a whole number",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "text",
+            "ints": "a list of whole numbers such as 128,128",
+            "floats": "a list of numbers such as 0.4,0.4",
+        }[info.kind]
+        raise ConfigError(f"{where}{info.name} must be {expected}; got {value!r}.") from None
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if info.choices is not None and v not in info.choices:
+            allowed = ", ".join(str(c) for c in info.choices)
+            raise ConfigError(f"{where}{info.name} must be one of {allowed}; got {v!r}.")
+        if info.min is not None and v < info.min:
+            raise ConfigError(f"{where}{info.name} must be at least {info.min}; got {v!r}.")
+        if info.max is not None and v > info.max:
+            raise ConfigError(f"{where}{info.name} must be at most {info.max}; got {v!r}.")
+    return value
+
+
+def from_dict(schema: type, values: dict[str, Any] | None = None, *, where: str = "") -> Any:
+    """Build ``schema`` from a mapping, validating every value; unknown keys are an error."""
+    values = dict(values or {})
+    infos = {i.name: i for i in describe(schema)}
+    unknown = sorted(set(values) - set(infos))
+    if unknown:
+        known = ", ".join(sorted(infos))
+        raise ConfigError(f"{where}unknown parameter(s) {', '.join(unknown)}. Known parameters: {known}.")
+    kwargs = {name: _coerce(info, values.get(name, info.default), where) for name, info in infos.items()}
+    obj = schema(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """JSON-ready values of a schema instance (tuples become lists)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, schema: type, *, title: str | None = None) -> None:
+    """Add one flag per parameter. Flags default to "not given" so presets can fill the rest.
+
+    A name already on the parser is not added twice; :func:`given` then hands its value to every
+    schema that declares it.
+    """
+    group = parser.add_argument_group(title) if title else parser
+    for info in describe(schema):
+        if info.flag in parser._option_string_actions:
+            continue  # shared name (such as --seed): one flag sets it in every schema that has it
+        shown = list(info.default) if isinstance(info.default, tuple) else info.default
+        help_text = f"{info.help} (default: {shown})"
+        if info.choices is not None:
+            help_text += f"; one of: {', '.join(str(c) for c in info.choices)}"
+        metavar = {"ints": "N,N,...", "floats": "X,X,..."}.get(info.kind)
+        group.add_argument(
+            info.flag,
+            dest=info.name,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            metavar=metavar,
+        )
+
+
+def given(namespace: argparse.Namespace, schema: type) -> dict[str, Any]:
+    """The schema's parameters that were given on the command line (as raw strings)."""
+    names = {i.name for i in describe(schema)}
+    return {k: v for k, v in vars(namespace).items() if k in names}

@@ -1,0 +1,231 @@
+"""One analysis from data to results: resolve the configuration, prepare, build the graph, train,
+cluster, interpret, write. The command line, the app's background worker and the Python API all
+call :func:`execute`, so they produce the same result for the same configuration.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import params
+from .cluster import ClusterParams
+from .data import PrepareSpec
+from .errors import ConfigError, ScgraphError
+from .graphs import GraphSpec
+from .models import base
+from .runs import Run
+from .train import StopSignal, Trainer, TrainSpec
+
+SECTIONS: dict[str, type] = {"prepare": PrepareSpec, "graph": GraphSpec, "train": TrainSpec, "cluster": ClusterParams}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    preset: str
+    prepare: PrepareSpec
+    graph: GraphSpec
+    params: Any
+    train: TrainSpec
+    cluster: ClusterParams
+    label_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "preset": self.preset,
+            "label_key": self.label_key,
+            "prepare": params.to_dict(self.prepare),
+            "graph": params.to_dict(self.graph),
+            "model_params": params.to_dict(self.params),
+            "train": params.to_dict(self.train),
+            "cluster": params.to_dict(self.cluster),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        overrides = {k: d.get(key, {}) for k, key in
+                     (("prepare", "prepare"), ("graph", "graph"), ("model", "model_params"),
+                      ("train", "train"), ("cluster", "cluster"))}
+        return resolve_config(d["model"], d.get("preset", "paper"), overrides, label_key=d.get("label_key"))
+
+
+def sections_for(model: str) -> dict[str, type]:
+    return {**SECTIONS, "model": base.get(model).Params}
+
+
+def resolve_config(
+    model: str,
+    preset: str = "paper",
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    label_key: str | None = None,
+) -> RunConfig:
+    """Start from the model's preset and apply ``overrides`` (section -> {parameter: value})."""
+    cls = base.get(model)
+    if preset not in cls.presets:
+        raise ConfigError(f"{cls.title} has no preset {preset!r}; choose one of {', '.join(cls.presets)}.")
+    chosen = cls.presets[preset]
+    overrides = overrides or {}
+    unknown = set(overrides) - set(sections_for(model))
+    if unknown:
+        raise ConfigError(f"unknown configuration section(s): {', '.join(sorted(unknown))}")
+    built = {}
+    for section, schema in sections_for(model).items():
+        values = {**chosen.get(section, {}), **(overrides.get(section) or {})}
+        built[section] = params.from_dict(schema, values, where=f"{section}.")
+    return RunConfig(
+        model=model,
+        preset=preset,
+        prepare=built["prepare"],
+        graph=built["graph"],
+        params=built["model"],
+        train=built["train"],
+        cluster=built["cluster"],
+        label_key=label_key,
+    )
+
+
+def environment() -> dict[str, str]:
+    """Versions recorded with every run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    out = {"scgraph": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for package in ("torch", "torch_geometric", "scanpy", "anndata", "numpy", "scipy", "umap-learn", "hdbscan"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def execute(
+    adata: Any,
+    config: RunConfig,
+    *,
+    run: Run | None = None,
+    callbacks: Iterable[Callable[[dict], None]] = (),
+    stop: StopSignal | None = None,
+) -> tuple[Any, base.Result]:
+    """Run one analysis. Returns the prepared AnnData with results written in, and the Result.
+
+    With ``run``, events, status, weights, tables and ``result.h5ad`` go into the run folder, and a
+    failure is recorded as the run's status before the error is raised again.
+    """
+    from . import data, graphs
+
+    callbacks = list(callbacks)
+    if run is not None:
+        callbacks.insert(0, run.append_event)
+        if stop is None:
+            stop = StopSignal(run.stop_requested)
+        run.set_status("running", "preparing data")
+    model = base.get(config.model)()
+    started = time.time()
+    try:
+        if config.label_key is not None and config.label_key not in adata.obs:
+            cols = ", ".join(map(str, adata.obs.columns)) or "none"
+            raise ConfigError(f"Label column {config.label_key!r} is not in the data; obs columns: {cols}.")
+        report = data.validate(adata, min_cells=config.graph.k + 1, require_counts=model.requires_counts)
+        report.raise_if_errors()
+        prepared = data.prepare(adata, config.prepare)
+        _stage(callbacks, "graph", run)
+        graph = graphs.build_graph(
+            graphs.graph_matrix(prepared, config.graph), config.graph, cell_names=list(prepared.adata.obs_names)
+        )
+        trainer = Trainer(config.train, callbacks=callbacks, stop=stop)
+        _stage(callbacks, "train", run, device=str(trainer.device), precision=trainer.precision_name)
+        result = model.fit(prepared, graph, config.params, trainer, cluster=config.cluster,
+                           label_key=config.label_key)
+        result.metrics["graph"] = graph.stats()
+        result.metrics["seconds_total"] = time.time() - started
+        result.metrics["device"] = str(trainer.device)
+        result.metrics["precision"] = trainer.precision_name
+        out = result.write(prepared.adata)
+        out.uns["scgraph"] = base.plain({**out.uns.get("scgraph", {}), "config": config.to_dict(),
+                                         "environment": environment()})
+        if run is not None:
+            _save(run, out, result)
+            stopped = bool(result.metrics.get("stopped"))
+            run.set_status("stopped" if stopped else "done",
+                           "stopped by request; results are from the best checkpoint" if stopped else "finished")
+        return out, result
+    except ScgraphError as exc:
+        if run is not None:
+            run.append_event({"kind": "error", "message": str(exc)})
+            run.set_status("failed", str(exc))
+        raise
+    except Exception as exc:
+        if run is not None:
+            run.append_event({"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
+            run.set_status("failed", f"internal error: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _stage(callbacks: list, name: str, run: Run | None, **extra: Any) -> None:
+    event = {"kind": "pipeline", "step": name, **extra}
+    for cb in callbacks:
+        cb(event)
+    if run is not None:
+        run.set_status("running", {"graph": "building the cell graph", "train": "training"}[name])
+
+
+def _save(run: Run, adata: Any, result: base.Result) -> None:
+    if result.weights:
+        run.save_weights("final", result.weights)
+    for name, table in result.tables.items():
+        table.to_csv(run.file(f"{name}.csv"), index=False)
+    run.write_json("metrics.json", result.metrics)
+    run.write_result(adata)
+
+
+def fit(
+    adata: Any,
+    model: str = "cellvgae",
+    *,
+    preset: str = "paper",
+    label_key: str | None = None,
+    run_dir: str | Path | None = None,
+    **overrides: dict[str, Any],
+) -> Any:
+    """Train ``model`` on ``adata`` and return a new AnnData with the results (scanpy habit).
+
+    ``overrides`` are sections of settings, e.g. ``fit(adata, "cellvgae", preset="quick",
+    train={"seed": 1}, graph={"k": 10})``. With ``run_dir`` the run folder is written there too.
+    """
+    config = resolve_config(model, preset, overrides, label_key=label_key)
+    run = None
+    if run_dir is not None:
+        run = Run.create_at(run_dir, model=model, dataset=str(adata.uns.get("scgraph_source", {}).get("path", "")),
+                            config=config.to_dict())
+    out, _ = execute(adata, config, run=run)
+    return out
+
+
+def run_folder(run: Run) -> tuple[Any, base.Result]:
+    """The worker: read the run's config and input, train, and write everything into the folder."""
+    from . import data
+
+    cfg = run.config
+    if "model" not in cfg or "input" not in cfg:
+        raise ConfigError(f"{run.path}/config.json has no model or input; it was not made by scgraph.")
+    config = RunConfig.from_dict(cfg)
+    source = cfg["input"]
+    try:
+        adata = data.load_demo() if source.get("path") == "builtin:pbmc68k_reduced" else data.read(
+            source["path"], orientation=source.get("orientation", "auto"), fmt=source.get("format"))
+    except ScgraphError as exc:
+        run.set_status("failed", str(exc))
+        raise
+    return execute(adata, config, run=run)
+
+

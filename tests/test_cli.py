@@ -1,0 +1,96 @@
+"""The command line as other tools call it (contract: exit codes, messages, files)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scgraph_core.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scgraph_core", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def _counts_file(path: Path, n_cells: int = 120, n_genes: int = 60, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 3, n_cells)
+    rates = rng.gamma(2.0, 1.0, size=(3, n_genes))
+    X = rng.poisson(rates[groups]).astype(np.float32)
+    adata = ad.AnnData(sp.csr_matrix(X))
+    adata.obs_names = [f"cell{i}" for i in range(n_cells)]
+    adata.var_names = [f"gene{j}" for j in range(n_genes)]
+    adata.obs["celltype"] = [f"type{g}" for g in groups]
+    adata.write_h5ad(path)
+    return path
+
+
+def test_help_lists_commands():
+    proc = _cli("--help")
+    assert proc.returncode == 0
+    for command in ("inspect", "graph", "runs", "train"):
+        assert command in proc.stdout
+
+
+def test_inspect_valid_file(tmp_path):
+    path = _counts_file(tmp_path / "x.h5ad")
+    proc = _cli("inspect", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "cells:    120" in proc.stdout and "genes:    60" in proc.stdout
+    assert "raw counts" in proc.stdout and "celltype" in proc.stdout
+
+
+def test_inspect_invalid_file_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "broken.h5ad"
+    bad.write_text("cell,gene\n1,2\n")
+    proc = _cli("inspect", str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_inspect_nan_values_exit_2(tmp_path):
+    X = np.ones((30, 5), dtype=np.float32)
+    X[3, 2] = np.nan
+    path = tmp_path / "nan.h5ad"
+    ad.AnnData(X).write_h5ad(path)
+    proc = _cli("inspect", str(path))
+    assert proc.returncode == 2
+    assert "NaN" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_inspect_missing_file(capsys):
+    assert main(["inspect", "/nonexistent/file.h5ad"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_graph_reports_statistics(tmp_path, capsys):
+    path = _counts_file(tmp_path / "x.h5ad")
+    edges = tmp_path / "edges.csv"
+    code = main(["graph", str(path), "--k", "4", "--n-hvg", "40", "--n-graph-genes", "30", "--json",
+                 "--save-edges", str(edges)])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_nodes"] == 120 and stats["min_degree"] >= 4
+    assert edges.read_text().startswith("source,target")
+
+
+def test_graph_bad_flag_value_is_a_clear_error(tmp_path, capsys):
+    path = _counts_file(tmp_path / "x.h5ad")
+    assert main(["graph", str(path), "--k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "k must be at least 1" in err
+
+
+def test_runs_list_empty(capsys):
+    assert main(["runs", "list"]) == 0
+    assert "no runs" in capsys.readouterr().out

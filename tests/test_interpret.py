@@ -1,0 +1,134 @@
+"""Tests of the interpretation helpers (MODELS.md 1.6) on tiny hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scgraph_core.interpret import (
+    head_summary,
+    latent_participation,
+    learnt_expression,
+    node_attention,
+    p_matrix,
+    top_edges,
+    top_genes,
+    top_genes_per_dimension,
+)
+
+
+def test_p_matrix_equals_explicit_loops() -> None:
+    rng = np.random.default_rng(0)
+    d, k1, h1, k2, h2, kmu, lat = 3, 2, 2, 2, 3, 2, 2
+    w1 = rng.normal(size=(k1 * h1, d))
+    w2 = rng.normal(size=(k2 * h2, k1 * h1))
+    wmu = rng.normal(size=(kmu * lat, k2 * h2))
+    expected = np.zeros((d, lat))
+    for g in range(d):
+        for l_ in range(lat):
+            total = 0.0
+            for head in range(kmu):
+                row = head * lat + l_  # head-major blocks of L columns
+                for a in range(k1 * h1):
+                    for b in range(k2 * h2):
+                        total += w1[a, g] * w2[b, a] * wmu[row, b]
+            expected[g, l_] = total / kmu
+    np.testing.assert_allclose(p_matrix([w1, w2, wmu], kmu, lat), expected, rtol=1e-12)
+
+
+def test_p_matrix_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError):
+        p_matrix([np.ones((4, 3)), np.ones((2, 5))], 1, 2)
+    with pytest.raises(ValueError):
+        p_matrix([np.ones((4, 3)), np.ones((6, 4))], 4, 2)
+
+
+def test_learnt_expression_is_embedding_times_p_mu_row() -> None:
+    rng = np.random.default_rng(1)
+    emb, p_mu = rng.normal(size=(7, 3)), rng.normal(size=(5, 3))
+    np.testing.assert_allclose(learnt_expression(emb, p_mu, 2), emb @ p_mu[2])
+    both = learnt_expression(emb, p_mu, [0, 4])
+    np.testing.assert_allclose(both[:, 1], emb @ p_mu[4])
+
+
+def test_node_attention_modes() -> None:
+    # 3 nodes: edges 0→1, 2→1, 1→0 plus self loops; α sums to 1 over each target's incoming edges.
+    ei = np.array([[0, 2, 1, 0, 1, 2], [1, 1, 0, 0, 1, 2]])
+    alpha = np.array([[0.5, 0.1], [0.2, 0.3], [0.6, 0.6], [0.4, 0.4], [0.3, 0.6], [1.0, 1.0]])
+    out = np.array([[0.5 + 0.4, 0.1 + 0.4], [0.6 + 0.3, 0.6 + 0.6], [0.2 + 1.0, 0.3 + 1.0]])
+    np.testing.assert_allclose(node_attention(ei, alpha, 3, "outgoing"), out.mean(1))
+    np.testing.assert_allclose(node_attention(ei, alpha, 3, "touching"), (1.0 + out).mean(1))
+    np.testing.assert_allclose(node_attention(ei, alpha, 3, "incoming_mean"), [1 / 2, 1 / 3, 1.0])
+    np.testing.assert_allclose(node_attention(ei, alpha, 4, "neighbourhood")[3], 0.0)
+    with pytest.raises(ValueError):
+        node_attention(ei, alpha, 3, "mean")
+
+
+def test_head_summary_and_top_edges() -> None:
+    ei = np.array([[0, 1, 2, 0, 3], [1, 2, 0, 0, 1]])
+    alpha = np.array([[0.2, 0.4], [0.9, 0.7], [0.1, 0.1], [1.0, 1.0], [0.5, 0.0]])
+    mean, std = head_summary(alpha)
+    np.testing.assert_allclose(mean, [0.3, 0.8, 0.1, 1.0, 0.25])
+    np.testing.assert_allclose(std, [0.1, 0.1, 0.0, 0.0, 0.25])
+    top = top_edges(ei, alpha, n=2)
+    assert list(top.columns) == ["source", "target", "weight"]
+    assert top[["source", "target"]].values.tolist() == [[1, 2], [0, 1]]  # the self loop 0→0 is dropped
+    assert top_edges(ei, alpha, n=1, drop_self_loops=False)["weight"].tolist() == [1.0]
+    assert top_edges(ei, alpha, n=2, head=1)[["source", "target"]].values.tolist() == [[1, 2], [0, 1]]
+    assert top_edges(ei, alpha, n=2, head=0)["weight"].tolist() == [0.9, 0.5]
+
+
+def test_latent_participation_percentages() -> None:
+    # Dimension 0 is extreme for cluster 1 cells only; dimension 1 for clusters 0 and 2.
+    emb = np.zeros((8, 2))
+    emb[[2, 3], 0] = 5.0
+    emb[[0, 6], 1] = [5.0, -5.0]
+    clusters = np.array([0, 0, 1, 1, 2, -1, 2, -1])
+    table = latent_participation(emb, clusters)
+    assert list(table.columns) == [0, 1, 2]
+    np.testing.assert_allclose(table.loc[0].to_numpy(), [0, 100, 0])
+    np.testing.assert_allclose(table.loc[1].to_numpy(), [50, 0, 50])
+    emb[7, 1] = 9.0  # a noise cell becomes extreme: kept only as its own column when asked
+    with_noise = latent_participation(emb, clusters, include_noise=True)
+    assert list(with_noise.columns) == [-1, 0, 1, 2]
+    assert with_noise.loc[1].sum() == pytest.approx(100.0)
+
+
+def test_top_genes_per_dimension() -> None:
+    p_mu = np.array([[0.1, -2.0], [3.0, 0.5], [-1.0, 0.7], [2.0, 0.0]])
+    table = top_genes_per_dimension(p_mu, ["a", "b", "c", "d"], n_genes=2)
+    assert table[table.dimension == 0].gene.tolist() == ["b", "d"]
+    assert table[table.dimension == 1].gene.tolist() == ["c", "b"]  # signed: −2.0 is not large
+    assert table["rank"].tolist() == [1, 2, 1, 2]
+
+
+def test_top_genes_recipe() -> None:
+    # 3 latent dims: dims 0 and 1 are driven by cluster 0, dim 2 by cluster 1.
+    n = 30
+    clusters = np.repeat([0, 1, 2], 10)
+    emb = np.zeros((n, 3))
+    emb[:3, 0] = 10.0
+    emb[3:6, 1] = 10.0
+    emb[10:13, 2] = 10.0
+    genes = [f"g{i}" for i in range(6)]
+    p_mu = np.array(
+        [
+            [5.0, 4.0, 0.0],  # g0: top in dims 0 and 1 → two appearances for cluster 0
+            [4.0, -9.0, 0.0],  # g1: top in dim 0 only, and the global top-1 → kept once
+            [0.0, 3.0, 0.0],  # g2: top in dim 1 only, not global top → dropped
+            [0.0, 0.0, 2.0],  # g3: top in dim 2 (cluster 1), but one appearance, not global top
+            [0.0, 0.0, 1.0],
+            [-1.0, -1.0, -1.0],
+        ]
+    )
+    p_mu[1, 0] = 9.0
+    table = top_genes(p_mu, genes, emb, clusters, n_genes=2, global_top=1)
+    assert list(table.columns) == ["cluster", "gene", "appearances", "score", "dimensions"]
+    c0 = table[table.cluster == 0]
+    assert c0.gene.tolist() == ["g0", "g1"]
+    assert c0.appearances.tolist() == [2, 1]
+    assert c0.score.tolist() == [9.0, 9.0]
+    assert c0.dimensions.tolist() == [(0, 1), (0,)]
+    assert table[table.cluster == 1].empty
+    assert isinstance(table, pd.DataFrame)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from scgraph_core import params
+from scgraph_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Demo:
+    k: int = params.param(5, "neighbours per cell", min=1, max=100)
+    lr: float = params.param(1e-4, "learning rate", min=0.0)
+    conv: str = params.param("gat", "encoder layer", choices=("gat", "gcn"))
+    hidden: tuple[int, ...] = params.param((128, 128), "hidden sizes", min=1)
+    cutoff: float | None = params.param(None, "optional cut-off")
+    flag: bool = params.param(False, "a switch")
+
+    def check(self) -> None:
+        if self.conv == "gcn" and self.k > 50:
+            raise ConfigError("gcn needs k <= 50")
+
+
+def test_defaults_and_roundtrip():
+    d = params.from_dict(Demo)
+    assert d.k == 5 and d.hidden == (128, 128) and d.cutoff is None
+    again = params.from_dict(Demo, params.to_dict(d))
+    assert again == d
+    assert params.to_dict(d)["hidden"] == [128, 128]
+
+
+def test_coercion_from_strings():
+    d = params.from_dict(Demo, {"k": "7", "lr": "0.01", "hidden": "64,32", "flag": "yes", "cutoff": "2.5"})
+    assert (d.k, d.lr, d.hidden, d.flag, d.cutoff) == (7, 0.01, (64, 32), True, 2.5)
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"k": 0}, "at least 1"),
+        ({"k": "five"}, "whole number"),
+        ({"k": 2.5}, "whole number"),
+        ({"conv": "mlp"}, "one of gat, gcn"),
+        ({"hidden": "64,-1"}, "at least 1"),
+        ({"flag": "maybe"}, "true or false"),
+        ({"nope": 1}, "unknown parameter"),
+        ({"conv": "gcn", "k": 60}, "gcn needs"),
+    ],
+)
+def test_invalid_values_name_the_problem(values, words):
+    with pytest.raises(ConfigError, match=words):
+        params.from_dict(Demo, values)
+
+
+def test_argparse_flags_only_given_values():
+    parser = argparse.ArgumentParser()
+    params.add_arguments(parser, Demo)
+    ns = parser.parse_args(["--k", "9", "--hidden", "32,16"])
+    assert params.given(ns, Demo) == {"k": "9", "hidden": "32,16"}
+    assert "--cutoff" in parser.format_help()
+
+
+def test_describe_exposes_help_and_ranges():
+    infos = {i.name: i for i in params.describe(Demo)}
+    assert infos["k"].kind == "int" and infos["k"].min == 1 and infos["k"].help == "neighbours per cell"
+    assert infos["hidden"].kind == "ints"
+    assert infos["cutoff"].optional
+    assert infos["conv"].choices == ("gat", "gcn")
