@@ -59,7 +59,8 @@ def single(n_cells: int, preset: str, impl: str, epochs: int) -> dict:
     adata = _dataset(n_cells)
     precision = "fp32" if impl in ("scgraph-fp32", "baseline") else "auto"
     config = pipeline.resolve_config(
-        "cellvgae", preset,
+        "cellvgae",
+        preset,
         {"model": {"epochs": epochs, "attention": False}, "train": {"precision": precision, "eval_every": 0}},
     )
     prepared = data.prepare(adata, config.prepare)
@@ -75,8 +76,9 @@ def single(n_cells: int, preset: str, impl: str, epochs: int) -> dict:
         torch.manual_seed(0)
         split = split_edges(graph.edge_index, adata.n_obs, val=p.val_fraction, test=p.test_fraction, seed=0)
         x = torch.from_numpy(np.ascontiguousarray(prepared.features))
-        model = baseline_model(x.shape[1], hidden=p.hidden, heads=p.heads, attn_dropout=p.attn_dropout,
-                               latent=p.latent)
+        model = baseline_model(
+            x.shape[1], hidden=p.hidden, heads=p.heads, attn_dropout=p.attn_dropout, latent=p.latent
+        )
         opt = torch.optim.Adam(model.parameters(), lr=p.lr)
         for _ in range(epochs):
             start = time.perf_counter()
@@ -104,13 +106,17 @@ def single(n_cells: int, preset: str, impl: str, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="2638,20000,50000,100000")
     parser.add_argument("--presets", default="paper,quick")
     parser.add_argument("--impls", default="scgraph,scgraph-fp32,baseline")
     parser.add_argument("--baseline-max", type=int, default=20000, help="largest size the baseline runs at")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cellvgae.json"))
-    parser.add_argument("--single", nargs=4, metavar=("N", "PRESET", "IMPL", "EPOCHS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--single", nargs=4, metavar=("N", "PRESET", "IMPL", "EPOCHS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.single:
         n, preset, impl, epochs = args.single
@@ -125,7 +131,9 @@ def main() -> None:
                 if impl == "baseline" and n > args.baseline_max:
                     continue
                 cmd = [sys.executable, __file__, "--single", str(n), preset, impl, str(EPOCHS.get(n, 3))]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+                )
                 if proc.returncode != 0:
                     row = {"n_cells": n, "preset": preset, "impl": impl, "error": proc.stderr.strip()[-500:]}
                 else:
@@ -133,8 +141,17 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
     for row in rows:
-        base = next((r for r in rows if r["impl"] == "baseline" and r["n_cells"] == row["n_cells"]
-                     and r["preset"] == row["preset"] and "seconds_per_epoch" in r), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["impl"] == "baseline"
+                and r["n_cells"] == row["n_cells"]
+                and r["preset"] == row["preset"]
+                and "seconds_per_epoch" in r
+            ),
+            None,
+        )
         if base and "seconds_per_epoch" in row:
             row["speedup_vs_baseline"] = base["seconds_per_epoch"] / row["seconds_per_epoch"]
     import torch
@@ -142,8 +159,12 @@ def main() -> None:
     out = {
         "benchmark": "cellvgae_training",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +176,10 @@ def main() -> None:
             print(f"| {r['n_cells']:,} | {r['preset']} | {r['impl']} | | failed | | |")
             continue
         ratio = f"{r['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in r else ""
-        print(f"| {r['n_cells']:,} | {r['preset']} | {r['impl']} | {r['precision']} | "
-              f"{r['seconds_per_epoch']:.3f} | {ratio} | {r['peak_rss_mb'] / 1024:.2f} GB |")
+        print(
+            f"| {r['n_cells']:,} | {r['preset']} | {r['impl']} | {r['precision']} | "
+            f"{r['seconds_per_epoch']:.3f} | {ratio} | {r['peak_rss_mb'] / 1024:.2f} GB |"
+        )
 
 
 if __name__ == "__main__":

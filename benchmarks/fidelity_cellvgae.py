@@ -26,7 +26,9 @@ PBMC3K = REPO.parent / "shared" / "data" / "pbmc3k_seurat250.h5ad"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--preset", default="paper")
@@ -45,19 +47,31 @@ def main() -> None:
 
     def run(seed: int, epochs: int | None, what: str) -> None:
         model = {"epochs": epochs} if epochs else {}
-        config = pipeline.resolve_config("cellvgae", args.preset, {"model": model, "train": {"seed": seed}},
-                                         label_key="celltype")
+        config = pipeline.resolve_config(
+            "cellvgae", args.preset, {"model": model, "train": {"seed": seed}}, label_key="celltype"
+        )
         start = time.perf_counter()
         _, result = pipeline.execute(adata, config)
         m = result.metrics
         best = m.get("hdbscan_best_with_labels", {})
-        rows.append({
-            "what": what, "seed": seed, "ari": m["ari"], "nmi": m["nmi"], "silhouette": m["silhouette"],
-            "n_clusters": m["n_clusters"], "noise": m["noise"], "rule": m.get("cluster_rule"),
-            "ari_best_grid_with_labels": best.get("ari"), "leiden_ari": m.get("leiden", {}).get("ari"),
-            "seconds_per_epoch": m["seconds_per_epoch"], "seconds_total": time.perf_counter() - start,
-            "precision": m.get("precision"), "val_auc": m.get("val_auc"),
-        })
+        rows.append(
+            {
+                "what": what,
+                "seed": seed,
+                "ari": m["ari"],
+                "nmi": m["nmi"],
+                "silhouette": m["silhouette"],
+                "n_clusters": m["n_clusters"],
+                "noise": m["noise"],
+                "rule": m.get("cluster_rule"),
+                "ari_best_grid_with_labels": best.get("ari"),
+                "leiden_ari": m.get("leiden", {}).get("ari"),
+                "seconds_per_epoch": m["seconds_per_epoch"],
+                "seconds_total": time.perf_counter() - start,
+                "precision": m.get("precision"),
+                "val_auc": m.get("val_auc"),
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr)
 
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -66,19 +80,34 @@ def main() -> None:
     start = time.perf_counter()
     labels = cluster.scanpy_baseline(adata, resolution=0.5, seed=0)
     scores = metrics.clustering_metrics(truth, labels)
-    rows.append({"what": "floor: scanpy PCA-kNN-Leiden 0.5", "seed": 0, "ari": scores["ari"], "nmi": scores["nmi"],
-                 "n_clusters": scores["n_clusters"], "noise": 0, "seconds_total": time.perf_counter() - start})
+    rows.append(
+        {
+            "what": "floor: scanpy PCA-kNN-Leiden 0.5",
+            "seed": 0,
+            "ari": scores["ari"],
+            "nmi": scores["nmi"],
+            "n_clusters": scores["n_clusters"],
+            "noise": 0,
+            "seconds_total": time.perf_counter() - start,
+        }
+    )
 
     trained = [r for r in rows if r["what"].startswith("CellVGAE")]
     summary = {
         "median_ari": statistics.median(r["ari"] for r in trained),
         "median_nmi": statistics.median(r["nmi"] for r in trained),
         "median_ari_best_grid_with_labels": statistics.median(
-            r["ari_best_grid_with_labels"] for r in trained if r["ari_best_grid_with_labels"] is not None),
+            r["ari_best_grid_with_labels"] for r in trained if r["ari_best_grid_with_labels"] is not None
+        ),
         "paper_ari": 0.897,
     }
-    out = {"benchmark": "cellvgae_fidelity_pbmc3k", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "preset": args.preset, "rows": rows, "summary": summary}
+    out = {
+        "benchmark": "cellvgae_fidelity_pbmc3k",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "preset": args.preset,
+        "rows": rows,
+        "summary": summary,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
@@ -88,8 +117,10 @@ def main() -> None:
     print("| run | seed | ARI | NMI | silhouette | clusters | noise | ARI, grid point picked with labels |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['what']} | {r['seed']} | {fmt(r['ari'])} | {fmt(r['nmi'])} | {fmt(r.get('silhouette'))} | "
-              f"{r['n_clusters']} | {r['noise']} | {fmt(r.get('ari_best_grid_with_labels'))} |")
+        print(
+            f"| {r['what']} | {r['seed']} | {fmt(r['ari'])} | {fmt(r['nmi'])} | {fmt(r.get('silhouette'))} | "
+            f"{r['n_clusters']} | {r['noise']} | {fmt(r.get('ari_best_grid_with_labels'))} |"
+        )
     print(f"\nmedian ARI {summary['median_ari']:.3f} (paper 0.897); median NMI {summary['median_nmi']:.3f}")
 
 

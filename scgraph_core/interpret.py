@@ -156,8 +156,8 @@ def top_genes(
     4. ``score`` = the sum of the gene's signed P_μ values over the dimensions where it appeared.
 
     Returns columns cluster, gene, appearances, score, dimensions (the selected dimensions it appeared
-    in); within each cluster the most important first (appearances, then score, descending). A cluster
-    with no selected dimension contributes no rows.
+    in, as text such as "3,17" so the table stores in h5ad); within each cluster the most important
+    first (appearances, then score, descending). A cluster with no selected dimension gives no rows.
     """
     p = np.asarray(p_mu, dtype=np.float64)
     names = np.asarray(gene_names, dtype=object)
@@ -179,7 +179,15 @@ def top_genes(
         rows = []
         for g, where in found.items():
             if len(where) >= 2 or g in global_set:
-                rows.append((cluster, names[g], len(where), float(p[g, where].sum()), tuple(sorted(where))))
+                rows.append(
+                    (
+                        cluster,
+                        names[g],
+                        len(where),
+                        float(p[g, where].sum()),
+                        ",".join(map(str, sorted(where))),
+                    )
+                )
         rows.sort(key=lambda r: (-r[2], -r[3]))
         records.extend(rows)
     return pd.DataFrame.from_records(

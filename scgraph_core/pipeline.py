@@ -195,18 +195,24 @@ def fit(
     preset: str = "paper",
     label_key: str | None = None,
     run_dir: str | Path | None = None,
-    **overrides: dict[str, Any],
+    prepare: dict[str, Any] | None = None,
+    graph: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> Any:
     """Train ``model`` on ``adata`` and return a new AnnData with the results (scanpy habit).
 
-    ``overrides`` are sections of settings, e.g. ``fit(adata, "cellvgae", preset="quick",
-    train={"seed": 1}, graph={"k": 10})``. With ``run_dir`` the run folder is written there too.
+    Each keyword overrides one section of the preset, e.g. ``fit(adata, "cellvgae", preset="quick",
+    train={"seed": 1}, graph={"k": 10}, params={"epochs": 100})``. With ``run_dir`` the run folder is
+    written there too.
     """
-    config = resolve_config(model, preset, overrides, label_key=label_key)
+    overrides = {"prepare": prepare, "graph": graph, "model": params, "train": train, "cluster": cluster}
+    config = resolve_config(model, preset, {k: v for k, v in overrides.items() if v}, label_key=label_key)
     run = None
     if run_dir is not None:
-        run = Run.create_at(run_dir, model=model, dataset=str(adata.uns.get("scgraph_source", {}).get("path", "")),
-                            config=config.to_dict())
+        source = adata.uns.get("scgraph_source", {}).get("path", "")
+        run = Run.create_at(run_dir, model=model, dataset=str(source), config=config.to_dict())
     out, _ = execute(adata, config, run=run)
     return out
 

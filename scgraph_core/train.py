@@ -189,7 +189,7 @@ class Trainer:
         self.device = resolve_device(self.spec.device)
         self.amp_dtype = resolve_precision(self.spec.precision, self.device)
         self.callbacks = list(callbacks)
-        self.stop = stop or StopSignal()
+        self.stop = stop if stop is not None else StopSignal()
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
         elif self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -238,7 +238,7 @@ class Trainer:
                 self._restore(stage.module, best_state)
                 self.emit({"kind": "error", "stage": stage.name, "epoch": epoch, "message": "non-finite loss"})
                 raise TrainingError(
-                    f"The loss became {float(loss)} at epoch {epoch} of {stage.name}; training stopped and "
+                    f"The loss became {float(loss.detach())} at epoch {epoch} of {stage.name}; training stopped and "
                     "no result was written from the diverged weights. Try a lower learning rate, fewer "
                     "heads, or check the input for extreme values."
                 )

@@ -129,6 +129,6 @@ def test_top_genes_recipe() -> None:
     assert c0.gene.tolist() == ["g0", "g1"]
     assert c0.appearances.tolist() == [2, 1]
     assert c0.score.tolist() == [9.0, 9.0]
-    assert c0.dimensions.tolist() == [(0, 1), (0,)]
+    assert c0.dimensions.tolist() == ["0,1", "0"]
     assert table[table.cluster == 1].empty
     assert isinstance(table, pd.DataFrame)

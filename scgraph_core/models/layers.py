@@ -135,6 +135,15 @@ def _to_accumulate_dtype(h: Tensor) -> Tensor:
     return h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
 
 
+def _spmm(sparse: Tensor, dense: Tensor) -> Tensor:
+    """sparse (CSR) @ dense. On CPU written straight into fresh memory: ``torch.sparse.mm`` zero-fills a
+    result and copies MKL's output into it, which costs more than the product itself at 20k cells."""
+    if dense.device.type != "cpu":
+        return torch.sparse.mm(sparse, dense)
+    out = torch.empty(sparse.size(0), dense.size(1), dtype=dense.dtype, device=dense.device)
+    return torch.addmm(out, sparse, dense, beta=0.0, out=out)  # beta = 0: out's contents are ignored
+
+
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: int) -> Tensor:
     with warnings.catch_warnings():
         # "Sparse CSR support is in beta": said once per process, not actionable here.
@@ -285,7 +294,7 @@ class _BlockAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alpha: Tensor, h2d: Tensor, blocks: _HeadBlocks) -> Tensor:  # type: ignore[override]
         with torch.autocast(h2d.device.type, enabled=False):
-            out = torch.sparse.mm(blocks.matrix(alpha), h2d)
+            out = _spmm(blocks.matrix(alpha), h2d)
         ctx.blocks = blocks
         ctx.save_for_backward(alpha, h2d)
         return out
@@ -298,7 +307,7 @@ class _BlockAggregate(torch.autograd.Function):
         d_alpha = d_h = None
         with torch.autocast(grad.device.type, enabled=False):
             if ctx.needs_input_grad[1]:
-                d_h = torch.sparse.mm(blocks.matrix_t(alpha), grad)
+                d_h = _spmm(blocks.matrix_t(alpha), grad)
             if ctx.needs_input_grad[0]:
                 pattern = blocks.matrix(alpha)
                 d_alpha = torch.sparse.sampled_addmm(pattern, grad, h2d.t(), beta=0.0).values()
@@ -312,12 +321,12 @@ class _ConstSpMM(torch.autograd.Function):
     def forward(ctx, x: Tensor, s: Tensor, s_t: Tensor) -> Tensor:  # type: ignore[override]
         ctx.s_t = s_t
         with torch.autocast(x.device.type, enabled=False):
-            return torch.sparse.mm(s, x)
+            return _spmm(s, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         with torch.autocast(grad.device.type, enabled=False):
-            return torch.sparse.mm(ctx.s_t, grad.contiguous()), None, None
+            return _spmm(ctx.s_t, grad.contiguous()), None, None
 
 
 class _MaskedScale(torch.autograd.Function):

@@ -126,7 +126,7 @@ def test_training_reduces_the_loss(variance: str) -> None:
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(40):
+    for _ in range(25):
         z, mu, s = net(x, ei, generator=gen)
         loss = edge_reconstruction_loss(z, pos, N, generator=gen) + kl_divergence(mu, s) / N
         opt.zero_grad()

@@ -1,0 +1,193 @@
+"""CellVGAE as users run it: configuration, training in a run folder, results, stop and failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from scgraph_core import data, graphs, pipeline
+from scgraph_core.errors import ConfigError, TrainingError
+from scgraph_core.interpret import learnt_expression
+from scgraph_core.models import cellvgae as cv
+from scgraph_core.runs import Run
+from scgraph_core.train import StopSignal
+from tests.helpers import toy_counts
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {
+    "model": {"hidden": [16, 16], "heads": [2], "latent": 8, "epochs": 6, "lr": 0.01},
+    "prepare": {"n_hvg": 40, "n_graph_genes": 30},
+    "cluster": {"min_cluster_sizes": [5, 10], "min_samples": [3, 5]},
+    "train": {"eval_every": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    adata = toy_counts()
+    run = Run.create_at(tmp_path_factory.mktemp("runs") / "tiny", model="cellvgae")
+    config = pipeline.resolve_config("cellvgae", "quick", TINY, label_key="celltype")
+    out, result = pipeline.execute(adata, config, run=run)
+    return run, out, result, config
+
+
+def test_paper_preset_matches_the_paper_settings():
+    config = pipeline.resolve_config("cellvgae", "paper")
+    p = config.params
+    assert (p.conv, p.hidden, p.heads, p.latent, p.regularizer, p.lr, p.epochs) == (
+        "gat", (128, 128), (10, 10, 10, 10), 50, "kl", 1e-4, 200)
+    assert (config.graph.kind, config.graph.k) == ("knn", 5)
+    assert (config.prepare.n_hvg, config.prepare.n_graph_genes, config.prepare.scale) == (250, 250, "minmax")
+
+
+def test_invalid_model_settings_are_explained():
+    with pytest.raises(ConfigError, match="heads needs 4 values"):
+        pipeline.resolve_config("cellvgae", "quick", {"model": {"heads": [2, 2]}})
+    with pytest.raises(ConfigError, match="2 or 3 layer sizes"):
+        pipeline.resolve_config("cellvgae", "quick", {"model": {"hidden": [8]}})
+    with pytest.raises(ConfigError, match="no preset"):
+        pipeline.resolve_config("cellvgae", "fancy")
+
+
+def test_result_slots(tiny_run):
+    run, out, result, config = tiny_run
+    n = out.n_obs
+    assert out.obsm["X_cellvgae"].shape == (n, 8)
+    assert out.obsm["X_umap"].shape == (n, 2)
+    assert set(out.obs["cellvgae_cluster"].cat.categories) - {"noise"}
+    assert out.varm["P_mu"].shape == (out.n_vars, 8)
+    feature_rows = out.var_names.get_indexer(out.uns["cellvgae"]["feature_genes"])
+    assert np.isfinite(out.varm["P_mu"][feature_rows]).all()
+    assert out.uns["scgraph"]["config"]["model"] == "cellvgae"
+    m = result.metrics
+    for key in ("ari", "nmi", "silhouette", "n_clusters", "noise", "seconds_per_epoch", "val_auc"):
+        assert key in m
+    assert run.state == "done"
+
+
+def test_attention_rows_sum_to_one_per_head(tiny_run):
+    _, out, _, _ = tiny_run
+    for layer in ("hidden1", "hidden2", "mu", "sigma"):
+        att = out.uns["cellvgae"]["attention"][layer]
+        ei, alpha = att["edge_index"], att["alpha"]
+        assert alpha.shape == (ei.shape[1], 2)
+        sums = np.zeros((out.n_obs, alpha.shape[1]))
+        np.add.at(sums, ei[1], alpha)
+        np.testing.assert_allclose(sums, 1.0, atol=1e-4)
+        mean = out.obsp[f"cellvgae_attention_{layer}"]
+        np.testing.assert_allclose(np.asarray(mean.sum(axis=1)).ravel(), 1.0, atol=1e-4)
+
+
+def test_learnt_expression_is_embedding_times_p_mu(tiny_run):
+    _, out, _, _ = tiny_run
+    g = out.var_names.get_loc(out.uns["cellvgae"]["feature_genes"][0])
+    expected = out.obsm["X_cellvgae"] @ out.varm["P_mu"][g]
+    np.testing.assert_allclose(learnt_expression(out.obsm["X_cellvgae"], out.varm["P_mu"], g), expected, rtol=1e-5)
+
+
+def test_checkpoint_reload_gives_the_same_embedding(tiny_run):
+    run, out, _, config = tiny_run
+    prepared = data.prepare(toy_counts(), config.prepare)
+    graph = graphs.build_graph(graphs.graph_matrix(prepared, config.graph), config.graph)
+    p = config.params
+    net = cv.CellVGAENet(prepared.features.shape[1], hidden=p.hidden, heads=p.heads,
+                         attn_dropout=p.attn_dropout, latent=p.latent)
+    net.load_state_dict(run.load_weights("final"))
+    net.eval()
+    split = cv.split_edges(graph.edge_index, prepared.features.shape[0], val=p.val_fraction,
+                           test=p.test_fraction, seed=config.train.seed)
+    with torch.no_grad():
+        mu, _ = net.encode(torch.from_numpy(prepared.features), split.message)
+    np.testing.assert_allclose(mu.numpy(), out.obsm["X_cellvgae"], atol=1e-5)
+
+
+def test_run_folder_files(tiny_run):
+    run, _, _, _ = tiny_run
+    markers = pd.read_csv(run.file("marker_genes.csv"))
+    assert list(markers.columns[:4]) == ["cluster", "gene", "appearances", "score"]
+    metrics = json.loads(run.file("metrics.json").read_text())
+    assert metrics["n_clusters"] >= 1
+    epochs = run.events("epoch")
+    assert len(epochs) == 6 and "reconstruction" in epochs[0]["losses"] and "kl" in epochs[0]["losses"]
+    back = ad.read_h5ad(run.file("result.h5ad"))
+    assert "X_cellvgae" in back.obsm and "cellvgae" in back.uns
+
+
+def test_stop_request_ends_cleanly_with_results(tmp_path):
+    run = Run.create_at(tmp_path / "stopped", model="cellvgae")
+    config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": {**TINY["model"], "epochs": 500}})
+    stop = StopSignal(run.stop_requested)
+
+    def stop_after_three(event):
+        if event.get("kind") == "epoch" and event["epoch"] == 3:
+            run.request_stop()  # as the app's Stop button does, from outside the trainer
+
+    out, result = pipeline.execute(toy_counts(), config, run=run, callbacks=[stop_after_three], stop=stop)
+    assert result.metrics["stopped"] and result.metrics["epochs_run"] == 3
+    assert run.state == "stopped" and run.file("result.h5ad").exists()
+    assert "X_cellvgae" in out.obsm
+
+
+def test_nan_loss_fails_the_run_with_a_message(tmp_path, monkeypatch):
+    run = Run.create_at(tmp_path / "nan", model="cellvgae")
+    monkeypatch.setattr(cv, "kl_divergence", lambda mu, s, parameterization: torch.tensor(float("nan")))
+    config = pipeline.resolve_config("cellvgae", "quick", TINY)
+    with pytest.raises(TrainingError, match="learning rate"):
+        pipeline.execute(toy_counts(), config, run=run)
+    assert run.state == "failed" and "loss became nan" in run.status["message"]
+    assert not run.file("result.h5ad").exists()
+
+
+def test_python_api_returns_annotated_copy():
+    adata = toy_counts()
+    out = pipeline.fit(adata, "cellvgae", preset="quick", params=TINY["model"], prepare=TINY["prepare"],
+                       cluster=TINY["cluster"])
+    assert "X_cellvgae" in out.obsm and "X_cellvgae" not in adata.obsm
+
+
+def test_edge_split_holds_out_and_excludes_positives():
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 50, 400)
+    dst = rng.integers(0, 50, 400)
+    ei = np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])])
+    split = cv.split_edges(ei, 50, val=0.1, test=0.1, seed=0)
+    key = lambda t: set((t[0] * 50 + t[1]).tolist()) | set((t[1] * 50 + t[0]).tolist())  # noqa: E731
+    pos = key(split.train_pos.numpy())
+    assert not pos & key(split.val_pos.numpy()) and not pos & key(split.test_pos.numpy())
+    everything = pos | key(split.val_pos.numpy()) | key(split.test_pos.numpy())
+    assert not everything & key(split.val_neg.numpy())
+    assert split.val_neg.shape == split.val_pos.shape
+    assert (split.message.shape[1] == 2 * split.train_pos.shape[1])
+
+
+def test_cli_round_trip(tmp_path):
+    path = tmp_path / "toy.h5ad"
+    toy_counts().write_h5ad(path)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scgraph_core", "train", "--model", "cellvgae", "--input", str(path), "--out", str(out),
+         "--preset", "quick", "--label-key", "celltype", "--seed", "3", "--epochs", "4", "--hidden", "16,16",
+         "--heads", "2", "--latent", "8", "--n-hvg", "40", "--n-graph-genes", "30", "--min-cluster-sizes", "5,10",
+         "--min-samples", "3,5", "--quiet"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("silhouette", "n_clusters", "noise", "seconds_per_epoch", "ari", "nmi"):
+        assert key in metrics
+    assert metrics["epochs_run"] == 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["seed"] == 3 and config["graph"]["seed"] == 3
+    assert (out / "marker_genes.csv").exists() and (out / "result.h5ad").exists()
+    # The same folder again is refused: an existing run is never overwritten.
+    again = subprocess.run([sys.executable, "-m", "scgraph_core", "train", "--input", str(path), "--out", str(out)],
+                           capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 2 and "already holds a run" in again.stderr

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scgraph_core.errors import ConfigError, TrainingError
+from scgraph_core.params import from_dict
+from scgraph_core.train import Stage, StopSignal, Trainer, TrainSpec, resolve_device, resolve_precision
+
+
+def _toy_stage(epochs: int = 10, nan_at: int | None = None, scores=None) -> Stage:
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 1)
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+
+    def step(epoch):
+        loss = torch.nn.functional.mse_loss(module(x), y)
+        if nan_at is not None and epoch >= nan_at:
+            loss = loss * float("nan")
+        return {"mse": loss}
+
+    evaluate = None
+    if scores is not None:
+        def evaluate():
+            return {"val_score": scores.pop(0)}
+    return Stage("toy", module, opt, step, epochs, evaluate=evaluate, score="val_score" if scores else None)
+
+
+def test_device_and_precision_choices():
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_precision("fp32", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_epoch_events_and_losses():
+    events = []
+    trainer = Trainer(TrainSpec(device="cpu"), callbacks=[events.append])
+    outcome = trainer.run_stage(_toy_stage(5))
+    epochs = [e for e in events if e["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
+    assert all("mse" in e["losses"] and e["seconds"] > 0 and e["peak_memory_mb"] > 0 for e in epochs)
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert outcome.epochs_run == 5 and not outcome.stopped
+
+
+def test_nan_loss_stops_with_clear_message():
+    trainer = Trainer(TrainSpec(device="cpu"))
+    with pytest.raises(TrainingError, match="loss became nan at epoch 3"):
+        trainer.run_stage(_toy_stage(10, nan_at=3))
+
+
+def test_stop_from_another_thread_keeps_best_checkpoint():
+    stop = StopSignal()
+    seen = []
+
+    def on_event(event):
+        if event["kind"] == "epoch":
+            seen.append(event["epoch"])
+            if event["epoch"] == 3:
+                stop.set()
+
+    spec = from_dict(TrainSpec, {"device": "cpu", "eval_every": 1})
+    trainer = Trainer(spec, callbacks=[on_event], stop=stop)
+    stage = _toy_stage(50, scores=[0.1, 0.9, 0.2, 0.3])
+    outcome = trainer.run_stage(stage)
+    assert outcome.stopped and outcome.epochs_run == 3 and seen == [1, 2, 3]
+    assert outcome.best_epoch == 2
+
+
+def test_best_checkpoint_is_a_copy_and_restored():
+    spec = from_dict(TrainSpec, {"device": "cpu", "eval_every": 1, "restore_best": True})
+    trainer = Trainer(spec)
+    stage = _toy_stage(4, scores=[0.5, 0.9, 0.1, 0.2])
+    weights_at = {}
+
+    original_step = stage.step
+
+    def step(epoch):
+        weights_at[epoch - 1] = stage.module.weight.detach().clone()
+        return original_step(epoch)
+
+    stage.step = step
+    trainer.run_stage(stage)
+    # Best was after epoch 2, i.e. the weights the third step started from.
+    assert torch.equal(stage.module.weight, weights_at[2])
+
+
+def test_patience_stops_early():
+    spec = from_dict(TrainSpec, {"device": "cpu", "eval_every": 1, "patience": 2})
+    events = []
+    outcome = Trainer(spec, callbacks=[events.append]).run_stage(_toy_stage(20, scores=[0.9, 0.1, 0.1, 0.1, 0.1]))
+    assert outcome.epochs_run == 3
+    assert any(e["kind"] == "early_stop" for e in events)
