@@ -39,7 +39,12 @@ c2.metric("genes", f"{summary['n_genes']:,}")
 c3.metric("values in X", {"counts": "raw counts", "lognorm": "log-normalised", "scaled": "scaled"}[summary["x_kind"]])
 st.write("Cell annotations (obs columns):")
 st.dataframe(
-    pd.DataFrame([{"column": k, "description": v} for k, v in summary["obs_columns"].items()]),
+    pd.DataFrame(
+        [
+            {"column": name, "type": desc.get("dtype", ""), "distinct values": desc.get("n_unique")}
+            for name, desc in summary["obs_columns"].items()
+        ]
+    ),
     hide_index=True,
     use_container_width=True,
 )

@@ -70,7 +70,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if cols:
             print("obs columns:")
             for name, desc in cols.items():
-                print(f"  {name}: {desc}")
+                values = f", {desc['n_unique']} values" if desc.get("n_unique") is not None else ""
+                print(f"  {name}: {desc.get('dtype', '?')}{values}")
         else:
             print("obs columns: none")
         for w in report.warnings:

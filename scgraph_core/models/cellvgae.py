@@ -148,7 +148,9 @@ class CellVGAENet(nn.Module):
                 attention[f"hidden{i + 1}"] = att
             else:
                 h = layer(h, edge_index)
-            h = F.relu(h)  # after every hidden layer, the third included (MODELS.md 1.7 pitfall 3)
+            # After every hidden layer, the third included (MODELS.md 1.7 pitfall 3). In place: the layer's
+            # output is a fresh tensor that nothing saved, so this spares an [N, K·H] copy.
+            h = F.relu(h, inplace=True)
         h = fast_dropout(h, self.feature_dropout, self.training)
         if self.latent_layer is not None:
             if want:

@@ -285,33 +285,44 @@ class _SegmentSoftmax(torch.autograd.Function):
 
 
 class _BlockAggregate(torch.autograd.Function):
-    """out = A(α) @ h for the block-diagonal multi-head attention matrix (see the module docstring).
+    """out = A(α) @ h (+ b) for the block-diagonal multi-head attention matrix (see the module docstring).
 
     Backward: dh = Aᵀ @ dout (SpMM on the cached transposed structure) and dα = <dout_row, h_col> at
     A's non-zeros (``torch.sparse.sampled_addmm``, an SDDMM): nothing of size [E, K, H] is formed.
+    An optional bias over the concatenated heads ([K·H]) is added in place here, which saves one
+    [N, K·H] temporary per layer.
     """
 
     @staticmethod
-    def forward(ctx, alpha: Tensor, h2d: Tensor, blocks: _HeadBlocks) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, alpha: Tensor, h2d: Tensor, blocks: _HeadBlocks, bias: Tensor | None
+    ) -> Tensor:
         with torch.autocast(h2d.device.type, enabled=False):
             out = _spmm(blocks.matrix(alpha), h2d)
+            if bias is not None:
+                out.view(-1, bias.numel()).add_(bias)
         ctx.blocks = blocks
+        ctx.bias_numel = None if bias is None else bias.numel()
         ctx.save_for_backward(alpha, h2d)
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
         alpha, h2d = ctx.saved_tensors
         blocks: _HeadBlocks = ctx.blocks
         grad = grad.contiguous()
-        d_alpha = d_h = None
+        d_alpha = d_h = d_bias = None
         with torch.autocast(grad.device.type, enabled=False):
             if ctx.needs_input_grad[1]:
                 d_h = _spmm(blocks.matrix_t(alpha), grad)
             if ctx.needs_input_grad[0]:
                 pattern = blocks.matrix(alpha)
                 d_alpha = torch.sparse.sampled_addmm(pattern, grad, h2d.t(), beta=0.0).values()
-        return d_alpha, d_h, None
+            if ctx.bias_numel is not None and ctx.needs_input_grad[3]:
+                d_bias = grad.view(-1, ctx.bias_numel).sum(dim=0)
+        return d_alpha, d_h, None, d_bias
 
 
 class _ConstSpMM(torch.autograd.Function):
@@ -488,21 +499,27 @@ class FusedGATLayer(nn.Module):
         blocks = graph.blocks(self.total_heads)
         # The projection is the big matmul: under autocast it runs in bf16/fp16; the rest is fp32.
         h = _to_accumulate_dtype(F.linear(x, self.weight))
+        # A single concatenating branch (the hidden layers) gets its bias inside the aggregation.
+        fused_bias = self.bias[0] if self.bias is not None and self.concat == (True,) else None
         # Attention logits, softmax and neighbourhood sums in float32 even under autocast.
         with torch.autocast(h.device.type, enabled=False):
             alpha = self._attention(x, blocks)
-            agg = _BlockAggregate.apply(self._dropout(alpha, blocks), h.view(-1, self.out_dim), blocks)
-        agg = agg.view(n, self.total_heads, self.out_dim)
-
-        outputs = []
-        start = 0
-        for b, (k, concat) in enumerate(zip(self.heads, self.concat, strict=True)):
-            part = agg[:, start : start + k]
-            out = part.reshape(n, k * self.out_dim) if concat else part.mean(dim=1)
-            if self.bias is not None:
-                out = out + self.bias[b]
-            outputs.append(out)
-            start += k
+            agg = _BlockAggregate.apply(
+                self._dropout(alpha, blocks), h.view(-1, self.out_dim), blocks, fused_bias
+            )
+        if fused_bias is not None:
+            outputs = [agg.view(n, self.total_heads * self.out_dim)]
+        else:
+            agg = agg.view(n, self.total_heads, self.out_dim)
+            outputs = []
+            start = 0
+            for b, (k, concat) in enumerate(zip(self.heads, self.concat, strict=True)):
+                part = agg[:, start : start + k]
+                out = part.reshape(n, k * self.out_dim) if concat else part.mean(dim=1)
+                if self.bias is not None:
+                    out = out + self.bias[b]
+                outputs.append(out)
+                start += k
         if not return_attention:
             return tuple(outputs)
         with torch.no_grad():
