@@ -22,7 +22,9 @@ def demo():
 
 st.image("assets/logo.svg", width=64)
 st.title("scgraph")
-st.caption("Graph neural networks on single-cell RNA-seq data: CellVGAE, scVGAE, AttentionAE-sc, scGNN, scBiGNN.")
+st.caption(
+    "Graph neural networks on single-cell RNA-seq data: CellVGAE, scVGAE, AttentionAE-sc, scGNN, scBiGNN."
+)
 
 try:
     adata = demo()
@@ -36,7 +38,10 @@ st.subheader("Built-in demo: PBMC 68k (reduced)")
 c1, c2, c3 = st.columns(3)
 c1.metric("cells", f"{summary['n_cells']:,}")
 c2.metric("genes", f"{summary['n_genes']:,}")
-c3.metric("values in X", {"counts": "raw counts", "lognorm": "log-normalised", "scaled": "scaled"}[summary["x_kind"]])
+c3.metric(
+    "values in X",
+    {"counts": "raw counts", "lognorm": "log-normalised", "scaled": "scaled"}[summary["x_kind"]],
+)
 st.write("Cell annotations (obs columns):")
 st.dataframe(
     pd.DataFrame(

@@ -162,8 +162,9 @@ def _progress_callback(enabled: bool):
     def on_event(event: dict) -> None:
         kind = event.get("kind")
         if kind == "stage_start":
-            bars[event["stage"]] = tqdm(total=event["epochs"], desc=event["stage"], unit="epoch",
-                                        file=sys.stderr, leave=True)
+            bars[event["stage"]] = tqdm(
+                total=event["epochs"], desc=event["stage"], unit="epoch", file=sys.stderr, leave=True
+            )
         elif kind == "epoch" and event.get("stage") in bars:
             bar = bars[event["stage"]]
             postfix = {"loss": f"{event['loss']:.4f}"}
@@ -180,8 +181,21 @@ def _progress_callback(enabled: bool):
 
 
 def _print_metrics(metrics: dict) -> None:
-    shown = ("ari", "nmi", "silhouette", "n_clusters", "noise", "seconds_per_epoch", "epochs_run",
-             "val_auc", "val_ap", "test_auc", "test_ap", "device", "precision")
+    shown = (
+        "ari",
+        "nmi",
+        "silhouette",
+        "n_clusters",
+        "noise",
+        "seconds_per_epoch",
+        "epochs_run",
+        "val_auc",
+        "val_ap",
+        "test_auc",
+        "test_ap",
+        "device",
+        "precision",
+    )
     for key in shown:
         if key in metrics:
             value = metrics[key]
@@ -206,8 +220,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {run.path}", file=sys.stderr)
     from .train import StopSignal
 
-    _, result = pipeline.execute(adata, config, run=run, callbacks=[_progress_callback(not args.quiet)],
-                                 stop=StopSignal(run.stop_requested))
+    _, result = pipeline.execute(
+        adata,
+        config,
+        run=run,
+        callbacks=[_progress_callback(not args.quiet)],
+        stop=StopSignal(run.stop_requested),
+    )
     _print_metrics(result.metrics)
     print(f"results: {run.file('result.h5ad')}")
     return 0
@@ -242,16 +261,32 @@ def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
         help="train a model and write a run folder (result.h5ad, metrics.json, tables)",
         description=f"Train a model. Flags below are those of {cls.title}; pass --model NAME --help for another.",
     )
-    p.add_argument("--model", default="cellvgae", choices=sorted(base.available()), help="which model to train")
-    p.add_argument("--input", required=True, metavar="FILE", help="data file, or 'demo' for the built-in PBMC demo")
-    p.add_argument("--orientation", default="auto", choices=("auto", "cells_x_genes", "genes_x_cells"),
-                   help="for CSV/TSV tables: which way round the matrix is (default: detect)")
+    p.add_argument(
+        "--model", default="cellvgae", choices=sorted(base.available()), help="which model to train"
+    )
+    p.add_argument(
+        "--input", required=True, metavar="FILE", help="data file, or 'demo' for the built-in PBMC demo"
+    )
+    p.add_argument(
+        "--orientation",
+        default="auto",
+        choices=("auto", "cells_x_genes", "genes_x_cells"),
+        help="for CSV/TSV tables: which way round the matrix is (default: detect)",
+    )
     p.add_argument("--format", default=None, help="override the format detected from the file name")
-    p.add_argument("--out", default=None, metavar="DIR", help="run folder to create (default: a new run in the store)")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="run folder to create (default: a new run in the store)"
+    )
     p.add_argument("--name", default=None, help="a display name for the run")
-    p.add_argument("--preset", default="paper", choices=sorted(cls.presets),
-                   help="starting settings: paper = the authors' settings, quick = a demo that trains in seconds")
-    p.add_argument("--label-key", default=None, metavar="COL", help="obs column with known cell types, for ARI/NMI")
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=sorted(cls.presets),
+        help="starting settings: paper = the authors' settings, quick = a demo that trains in seconds",
+    )
+    p.add_argument(
+        "--label-key", default=None, metavar="COL", help="obs column with known cell types, for ARI/NMI"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, schema in pipeline.sections_for(model).items():
         params.add_arguments(p, schema, title={"model": f"{cls.title} model"}.get(name, name))
@@ -274,7 +309,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="summarise and validate a data file")
     _add_input(p)
-    p.add_argument("--min-cells", type=int, default=10, help="fewest cells a usable file must have (default 10)")
+    p.add_argument(
+        "--min-cells", type=int, default=10, help="fewest cells a usable file must have (default 10)"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_inspect)
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import params
 from .cluster import ClusterParams
 from .data import PrepareSpec
@@ -23,7 +21,12 @@ from .models import base
 from .runs import Run
 from .train import StopSignal, Trainer, TrainSpec
 
-SECTIONS: dict[str, type] = {"prepare": PrepareSpec, "graph": GraphSpec, "train": TrainSpec, "cluster": ClusterParams}
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareSpec,
+    "graph": GraphSpec,
+    "train": TrainSpec,
+    "cluster": ClusterParams,
+}
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        overrides = {k: d.get(key, {}) for k, key in
-                     (("prepare", "prepare"), ("graph", "graph"), ("model", "model_params"),
-                      ("train", "train"), ("cluster", "cluster"))}
+        overrides = {
+            k: d.get(key, {})
+            for k, key in (
+                ("prepare", "prepare"),
+                ("graph", "graph"),
+                ("model", "model_params"),
+                ("train", "train"),
+                ("cluster", "cluster"),
+            )
+        }
         return resolve_config(d["model"], d.get("preset", "paper"), overrides, label_key=d.get("label_key"))
 
 
@@ -100,7 +110,16 @@ def environment() -> dict[str, str]:
     from . import __version__
 
     out = {"scgraph": __version__, "python": platform.python_version(), "platform": platform.platform()}
-    for package in ("torch", "torch_geometric", "scanpy", "anndata", "numpy", "scipy", "umap-learn", "hdbscan"):
+    for package in (
+        "torch",
+        "torch_geometric",
+        "scanpy",
+        "anndata",
+        "numpy",
+        "scipy",
+        "umap-learn",
+        "hdbscan",
+    ):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -140,24 +159,30 @@ def execute(
         prepared = data.prepare(adata, config.prepare)
         _stage(callbacks, "graph", run)
         graph = graphs.build_graph(
-            graphs.graph_matrix(prepared, config.graph), config.graph, cell_names=list(prepared.adata.obs_names)
+            graphs.graph_matrix(prepared, config.graph),
+            config.graph,
+            cell_names=list(prepared.adata.obs_names),
         )
         trainer = Trainer(config.train, callbacks=callbacks, stop=stop)
         _stage(callbacks, "train", run, device=str(trainer.device), precision=trainer.precision_name)
-        result = model.fit(prepared, graph, config.params, trainer, cluster=config.cluster,
-                           label_key=config.label_key)
+        result = model.fit(
+            prepared, graph, config.params, trainer, cluster=config.cluster, label_key=config.label_key
+        )
         result.metrics["graph"] = graph.stats()
         result.metrics["seconds_total"] = time.time() - started
         result.metrics["device"] = str(trainer.device)
         result.metrics["precision"] = trainer.precision_name
         out = result.write(prepared.adata)
-        out.uns["scgraph"] = base.plain({**out.uns.get("scgraph", {}), "config": config.to_dict(),
-                                         "environment": environment()})
+        out.uns["scgraph"] = base.plain(
+            {**out.uns.get("scgraph", {}), "config": config.to_dict(), "environment": environment()}
+        )
         if run is not None:
             _save(run, out, result)
             stopped = bool(result.metrics.get("stopped"))
-            run.set_status("stopped" if stopped else "done",
-                           "stopped by request; results are from the best checkpoint" if stopped else "finished")
+            run.set_status(
+                "stopped" if stopped else "done",
+                "stopped by request; results are from the best checkpoint" if stopped else "finished",
+            )
         return out, result
     except ScgraphError as exc:
         if run is not None:
@@ -227,11 +252,14 @@ def run_folder(run: Run) -> tuple[Any, base.Result]:
     config = RunConfig.from_dict(cfg)
     source = cfg["input"]
     try:
-        adata = data.load_demo() if source.get("path") == "builtin:pbmc68k_reduced" else data.read(
-            source["path"], orientation=source.get("orientation", "auto"), fmt=source.get("format"))
+        adata = (
+            data.load_demo()
+            if source.get("path") == "builtin:pbmc68k_reduced"
+            else data.read(
+                source["path"], orientation=source.get("orientation", "auto"), fmt=source.get("format")
+            )
+        )
     except ScgraphError as exc:
         run.set_status("failed", str(exc))
         raise
     return execute(adata, config, run=run)
-
-

@@ -305,7 +305,9 @@ class Run:
         """Make a run folder at ``path`` (which must not hold another run already)."""
         path = Path(path)
         if (path / "meta.json").exists() or (path / "status.json").exists():
-            raise RunError(f"{path} already holds a run; choose another output folder or delete that run first.")
+            raise RunError(
+                f"{path} already holds a run; choose another output folder or delete that run first."
+            )
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         run.write_json(
@@ -336,9 +338,13 @@ class RunStore:
         prefix = re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-") or "run"
         return f"{prefix}-{stamp}-{secrets.token_hex(2)}"
 
-    def create(self, *, model: str, name: str | None = None, dataset: str = "", config: dict | None = None) -> Run:
+    def create(
+        self, *, model: str, name: str | None = None, dataset: str = "", config: dict | None = None
+    ) -> Run:
         run_id = self.new_id(model)
-        return Run.create_at(self._path(run_id), name=name or run_id, model=model, dataset=dataset, config=config)
+        return Run.create_at(
+            self._path(run_id), name=name or run_id, model=model, dataset=dataset, config=config
+        )
 
     def open(self, run_id: str) -> Run:
         path = self._path(run_id)

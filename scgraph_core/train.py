@@ -33,8 +33,11 @@ class TrainSpec:
     """Options every model's training shares."""
 
     seed: int = param(0, "random seed for torch, numpy, Python, UMAP and clustering", min=0)
-    device: str = param("auto", "where to train: auto picks CUDA, then Apple MPS, then the CPU",
-                        choices=("auto", "cpu", "cuda", "mps"))
+    device: str = param(
+        "auto",
+        "where to train: auto picks CUDA, then Apple MPS, then the CPU",
+        choices=("auto", "cpu", "cuda", "mps"),
+    )
     precision: str = param(
         "auto",
         "number format for the big matrix products: auto uses bfloat16 where the processor supports it "
@@ -42,11 +45,15 @@ class TrainSpec:
         choices=("auto", "fp32", "bf16"),
     )
     eval_every: int = param(10, "evaluate on the validation edges every this many epochs (0 = never)", min=0)
-    patience: int = param(0, "stop after this many evaluations without improvement (0 = never stop early)", min=0)
+    patience: int = param(
+        0, "stop after this many evaluations without improvement (0 = never stop early)", min=0
+    )
     restore_best: bool = param(
         False, "finish with the best checkpoint (by validation score) instead of the last epoch's weights"
     )
-    deterministic: bool = param(False, "use deterministic algorithms where PyTorch has them (slower)", advanced=True)
+    deterministic: bool = param(
+        False, "use deterministic algorithms where PyTorch has them (slower)", advanced=True
+    )
     threads: int = param(0, "CPU threads for PyTorch (0 = all cores)", min=0, advanced=True)
 
 
@@ -60,11 +67,15 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was asked for but no CUDA GPU is available here; choose device 'auto' or 'cpu'.")
+        raise ConfigError(
+            "CUDA was asked for but no CUDA GPU is available here; choose device 'auto' or 'cpu'."
+        )
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ConfigError("Apple MPS was asked for but is not available here; choose device 'auto' or 'cpu'.")
+            raise ConfigError(
+                "Apple MPS was asked for but is not available here; choose device 'auto' or 'cpu'."
+            )
     if name not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"Unknown device {name!r}; choose auto, cpu, cuda or mps.")
     return torch.device(name)
@@ -219,8 +230,15 @@ class Trainer:
         history: list[Event] = []
         epoch_seconds: list[float] = []
         stopped = False
-        self.emit({"kind": "stage_start", "stage": stage.name, "epochs": stage.epochs,
-                   "device": str(self.device), "precision": self.precision_name})
+        self.emit(
+            {
+                "kind": "stage_start",
+                "stage": stage.name,
+                "epochs": stage.epochs,
+                "device": str(self.device),
+                "precision": self.precision_name,
+            }
+        )
         epoch = 0
         for epoch in range(1, stage.epochs + 1):
             if self.stop:
@@ -236,7 +254,9 @@ class Trainer:
             loss = terms["loss"] if "loss" in terms else sum(terms.values())
             if not torch.isfinite(loss):
                 self._restore(stage.module, best_state)
-                self.emit({"kind": "error", "stage": stage.name, "epoch": epoch, "message": "non-finite loss"})
+                self.emit(
+                    {"kind": "error", "stage": stage.name, "epoch": epoch, "message": "non-finite loss"}
+                )
                 raise TrainingError(
                     f"The loss became {float(loss.detach())} at epoch {epoch} of {stage.name}; training stopped and "
                     "no result was written from the diverged weights. Try a lower learning rate, fewer "
@@ -264,8 +284,10 @@ class Trainer:
             }
             # Best checkpoint: by validation score when one is computed, else by training loss.
             score = None
-            do_eval = stage.evaluate is not None and spec.eval_every and (
-                epoch % spec.eval_every == 0 or epoch == stage.epochs
+            do_eval = (
+                stage.evaluate is not None
+                and spec.eval_every
+                and (epoch % spec.eval_every == 0 or epoch == stage.epochs)
             )
             if do_eval:
                 eval_start = time.perf_counter()
@@ -285,15 +307,25 @@ class Trainer:
             history.append(event)
             self.emit(event)
             if spec.patience and since_best >= spec.patience:
-                self.emit({"kind": "early_stop", "stage": stage.name, "epoch": epoch, "best_epoch": best_epoch})
+                self.emit(
+                    {"kind": "early_stop", "stage": stage.name, "epoch": epoch, "best_epoch": best_epoch}
+                )
                 break
         if stopped or spec.restore_best:
             self._restore(stage.module, best_state)
         stage.module.eval()
         median = float(np.median(epoch_seconds)) if epoch_seconds else float("nan")
         outcome = StageOutcome(epoch, stopped, best_epoch, best_score, median, history)
-        self.emit({"kind": "stage_end", "stage": stage.name, "epochs_run": epoch, "stopped": stopped,
-                   "best_epoch": best_epoch, "seconds_per_epoch": median})
+        self.emit(
+            {
+                "kind": "stage_end",
+                "stage": stage.name,
+                "epochs_run": epoch,
+                "stopped": stopped,
+                "best_epoch": best_epoch,
+                "seconds_per_epoch": median,
+            }
+        )
         return outcome
 
     @staticmethod

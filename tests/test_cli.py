@@ -9,7 +9,6 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import pytest
 import scipy.sparse as sp
 
 from scgraph_core.__main__ import main
@@ -18,7 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scgraph_core", *args], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "scgraph_core", *args], capture_output=True, text=True, cwd=REPO
+    )
 
 
 def _counts_file(path: Path, n_cells: int = 120, n_genes: int = 60, seed: int = 0) -> Path:
@@ -76,8 +77,21 @@ def test_inspect_missing_file(capsys):
 def test_graph_reports_statistics(tmp_path, capsys):
     path = _counts_file(tmp_path / "x.h5ad")
     edges = tmp_path / "edges.csv"
-    code = main(["graph", str(path), "--k", "4", "--n-hvg", "40", "--n-graph-genes", "30", "--json",
-                 "--save-edges", str(edges)])
+    code = main(
+        [
+            "graph",
+            str(path),
+            "--k",
+            "4",
+            "--n-hvg",
+            "40",
+            "--n-graph-genes",
+            "30",
+            "--json",
+            "--save-edges",
+            str(edges),
+        ]
+    )
     assert code == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["n_nodes"] == 120 and stats["min_degree"] >= 4

@@ -95,7 +95,9 @@ def test_stop_is_idempotent_and_status(tmp_path):
 
 def test_dead_worker_reads_as_failed(tmp_path):
     run = Run.create_at(tmp_path / "r")
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(proc.stdout)
     run.set_status("running", pid=dead_pid)
     assert run.state == "failed"

@@ -22,8 +22,10 @@ def _toy_stage(epochs: int = 10, nan_at: int | None = None, scores=None) -> Stag
 
     evaluate = None
     if scores is not None:
+
         def evaluate():
             return {"val_score": scores.pop(0)}
+
     return Stage("toy", module, opt, step, epochs, evaluate=evaluate, score="val_score" if scores else None)
 
 
@@ -92,6 +94,8 @@ def test_best_checkpoint_is_a_copy_and_restored():
 def test_patience_stops_early():
     spec = from_dict(TrainSpec, {"device": "cpu", "eval_every": 1, "patience": 2})
     events = []
-    outcome = Trainer(spec, callbacks=[events.append]).run_stage(_toy_stage(20, scores=[0.9, 0.1, 0.1, 0.1, 0.1]))
+    outcome = Trainer(spec, callbacks=[events.append]).run_stage(
+        _toy_stage(20, scores=[0.9, 0.1, 0.1, 0.1, 0.1])
+    )
     assert outcome.epochs_run == 3
     assert any(e["kind"] == "early_stop" for e in events)

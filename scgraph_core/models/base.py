@@ -73,7 +73,9 @@ def h5_safe_table(table: pd.DataFrame) -> pd.DataFrame:
     for col in out.columns:
         if out[col].dtype == object:
             out[col] = [
-                "; ".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else ("" if v is None else str(v))
+                "; ".join(map(str, v))
+                if isinstance(v, (list, tuple, np.ndarray))
+                else ("" if v is None else str(v))
                 for v in out[col]
             ]
     out.columns = [str(c) for c in out.columns]

@@ -248,8 +248,12 @@ class CellVGAENet(nn.Module):
 class CellVGAEParams:
     """CellVGAE settings (Buterez et al. 2022; MODELS.md section 1)."""
 
-    conv: str = param("gat", "graph layer of the encoder: GAT (paper), GATv2 or GCN", choices=("gat", "gatv2", "gcn"))
-    hidden: tuple[int, ...] = param((128, 128), "sizes of the hidden graph layers (2 or 3 layers)", min=1, max=4096)
+    conv: str = param(
+        "gat", "graph layer of the encoder: GAT (paper), GATv2 or GCN", choices=("gat", "gatv2", "gcn")
+    )
+    hidden: tuple[int, ...] = param(
+        (128, 128), "sizes of the hidden graph layers (2 or 3 layers)", min=1, max=4096
+    )
     heads: tuple[int, ...] = param(
         (10, 10, 10, 10),
         "attention heads per layer: each hidden layer, then the mu and log-sigma layers (one number = all layers)",
@@ -262,24 +266,35 @@ class CellVGAEParams:
         min=0.0,
         max=0.95,
     )
-    feature_dropout: float = param(0.4, "dropout on the features after the last hidden layer", min=0.0, max=0.95)
+    feature_dropout: float = param(
+        0.4, "dropout on the features after the last hidden layer", min=0.0, max=0.95
+    )
     latent: int = param(50, "size of the latent space (L)", min=2, max=1024)
-    regularizer: str = param("kl", "prior term: KL divergence (paper default) or maximum mean discrepancy",
-                             choices=("kl", "mmd"))
-    kl_weight: float | None = param(None, "weight of the KL term (empty = 1 / number of cells, as in the paper)", min=0.0)
+    regularizer: str = param(
+        "kl", "prior term: KL divergence (paper default) or maximum mean discrepancy", choices=("kl", "mmd")
+    )
+    kl_weight: float | None = param(
+        None, "weight of the KL term (empty = 1 / number of cells, as in the paper)", min=0.0
+    )
     variance: str = param(
         "logvar",
         "how the sigma layer is read: logvar (KL and sampling agree, fixed) or legacy (the published code's mismatch)",
         choices=("logvar", "legacy"),
     )
-    expr_decoder: int = param(0, "hidden size of the optional expression decoder (0 = no decoder)", min=0, max=8192)
+    expr_decoder: int = param(
+        0, "hidden size of the optional expression decoder (0 = no decoder)", min=0, max=8192
+    )
     expr_weight: float = param(10.0, "weight of the expression reconstruction (MSE) term", min=0.0)
     lr: float = param(1e-4, "Adam learning rate", min=1e-7, max=1.0)
     epochs: int = param(200, "training epochs (full batch)", min=1, max=100000)
     val_fraction: float = param(0.1, "share of edges held out to monitor link prediction", min=0.0, max=0.5)
-    test_fraction: float = param(0.0, "share of edges held out as a final link-prediction test", min=0.0, max=0.5)
+    test_fraction: float = param(
+        0.0, "share of edges held out as a final link-prediction test", min=0.0, max=0.5
+    )
     attention: bool = param(True, "export attention coefficients of every layer after training")
-    marker_genes: int = param(15, "genes kept per latent dimension for the marker-gene table", min=1, max=1000)
+    marker_genes: int = param(
+        15, "genes kept per latent dimension for the marker-gene table", min=1, max=1000
+    )
 
     def __post_init__(self) -> None:
         n_layers = len(self.hidden) + 2
@@ -299,7 +314,9 @@ class CellVGAEParams:
                     f"or a single value; got {len(getattr(self, name))}."
                 )
         if self.val_fraction + self.test_fraction >= 0.6:
-            raise ConfigError("val_fraction + test_fraction must stay below 0.6 so the encoder keeps most edges.")
+            raise ConfigError(
+                "val_fraction + test_fraction must stay below 0.6 so the encoder keeps most edges."
+            )
 
 
 @dataclass
@@ -334,7 +351,7 @@ def split_edges(edge_index: np.ndarray, n_nodes: int, *, val: float, test: float
     n_val, n_test = int(len(pairs) * val), int(len(pairs) * test)
     if len(pairs) - n_val - n_test < 1:
         raise ConfigError("The graph has too few edges to hold some out; lower val_fraction/test_fraction.")
-    val_pairs, test_pairs, train_pairs = pairs[:n_val], pairs[n_val:n_val + n_test], pairs[n_val + n_test:]
+    val_pairs, test_pairs, train_pairs = pairs[:n_val], pairs[n_val : n_val + n_test], pairs[n_val + n_test :]
     known = np.sort(pairs)
 
     def non_edges(count: int) -> np.ndarray:
@@ -369,7 +386,12 @@ def link_scores(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[s
     if pos.shape[1] == 0 or neg.shape[1] == 0:
         return {}
     with torch.no_grad():
-        logits = torch.cat([(z[pos[0]] * z[pos[1]]).sum(-1), (z[neg[0]] * z[neg[1]]).sum(-1)]).float().cpu().numpy()
+        logits = (
+            torch.cat([(z[pos[0]] * z[pos[1]]).sum(-1), (z[neg[0]] * z[neg[1]]).sum(-1)])
+            .float()
+            .cpu()
+            .numpy()
+        )
     truth = np.concatenate([np.ones(pos.shape[1]), np.zeros(neg.shape[1])])
     return {"auc": float(roc_auc_score(truth, logits)), "ap": float(average_precision_score(truth, logits))}
 
@@ -377,15 +399,30 @@ def link_scores(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[s
 QUICK = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax"},
     "graph": {"kind": "knn", "k": 5, "metric": "euclidean", "use": "graph_genes"},
-    "model": {"hidden": (64, 64), "heads": (3,), "attn_dropout": (0.2,), "feature_dropout": 0.2, "latent": 16,
-              "lr": 5e-3, "epochs": 60},
+    "model": {
+        "hidden": (64, 64),
+        "heads": (3,),
+        "attn_dropout": (0.2,),
+        "feature_dropout": 0.2,
+        "latent": 16,
+        "lr": 5e-3,
+        "epochs": 60,
+    },
     "train": {"eval_every": 10},
 }
 PAPER = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax", "normalize": "auto"},
     "graph": {"kind": "knn", "k": 5, "metric": "euclidean", "use": "graph_genes", "symmetrize": "union"},
-    "model": {"conv": "gat", "hidden": (128, 128), "heads": (10,), "attn_dropout": (0.4, 0.4, 0.2, 0.2),
-              "latent": 50, "regularizer": "kl", "lr": 1e-4, "epochs": 200},
+    "model": {
+        "conv": "gat",
+        "hidden": (128, 128),
+        "heads": (10,),
+        "attn_dropout": (0.4, 0.4, 0.2, 0.2),
+        "latent": 50,
+        "regularizer": "kl",
+        "lr": 1e-4,
+        "epochs": 200,
+    },
     "train": {"eval_every": 20},
 }
 
@@ -394,8 +431,10 @@ PAPER = {
 class CellVGAE(Model):
     name = "cellvgae"
     title = "CellVGAE"
-    summary = ("Learns a cell embedding with a graph attention autoencoder, then finds clusters and reads marker "
-               "genes off the encoder weights; no labels needed.")
+    summary = (
+        "Learns a cell embedding with a graph attention autoencoder, then finds clusters and reads marker "
+        "genes off the encoder weights; no labels needed."
+    )
     paper = "Buterez et al., Bioinformatics 38(5):1277, 2022"
     Params = CellVGAEParams
     presets = {"paper": PAPER, "quick": QUICK}
@@ -411,8 +450,14 @@ class CellVGAE(Model):
         message = split.message.to(device)
         train_pos = split.train_pos.to(device)
         net = CellVGAENet(
-            n_genes, conv=p.conv, hidden=p.hidden, heads=p.heads, attn_dropout=p.attn_dropout,
-            feature_dropout=p.feature_dropout, latent=p.latent, variance=p.variance,
+            n_genes,
+            conv=p.conv,
+            hidden=p.hidden,
+            heads=p.heads,
+            attn_dropout=p.attn_dropout,
+            feature_dropout=p.feature_dropout,
+            latent=p.latent,
+            variance=p.variance,
             expr_decoder_hidden=p.expr_decoder or None,
         ).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=p.lr)
@@ -442,12 +487,21 @@ class CellVGAE(Model):
             return {f"val_{k}": v for k, v in scores.items()}
 
         has_val = split.val_pos.shape[1] > 0
-        stage = Stage("train", net, optimizer, step, p.epochs, evaluate=evaluate if has_val else None,
-                      score="val_auc" if has_val else None)
+        stage = Stage(
+            "train",
+            net,
+            optimizer,
+            step,
+            p.epochs,
+            evaluate=evaluate if has_val else None,
+            score="val_auc" if has_val else None,
+        )
         outcome = trainer.run_stage(stage)
         return Trained(net=net, x=x, split=split, message=message, outcome=outcome)
 
-    def fit(self, prepared, graph, params: CellVGAEParams, trainer: Trainer, *, cluster, label_key=None) -> Result:
+    def fit(
+        self, prepared, graph, params: CellVGAEParams, trainer: Trainer, *, cluster, label_key=None
+    ) -> Result:
         from .. import cluster as clustering
         from .. import interpret, metrics
 
@@ -455,7 +509,13 @@ class CellVGAE(Model):
         device = trainer.device
         seed = trainer.spec.seed
         trained = self.train_net(prepared, graph, p, trainer)
-        net, x, split, message, outcome = trained.net, trained.x, trained.split, trained.message, trained.outcome
+        net, x, split, message, outcome = (
+            trained.net,
+            trained.x,
+            trained.split,
+            trained.message,
+            trained.outcome,
+        )
         n_cells, n_genes = x.shape
 
         # Embedding: mu from an eval-mode pass over the training edges (MODELS.md 1.5).
@@ -472,14 +532,22 @@ class CellVGAE(Model):
             "n_cells": n_cells,
             "n_features": n_genes,
         }
-        for name, pos, neg in (("val", split.val_pos, split.val_neg), ("test", split.test_pos, split.test_neg)):
+        for name, pos, neg in (
+            ("val", split.val_pos, split.val_neg),
+            ("test", split.test_pos, split.test_neg),
+        ):
             for k, v in link_scores(mu_t.float(), pos.to(device), neg.to(device)).items():
                 result_metrics[f"{name}_{k}"] = v
         trainer.emit({"kind": "pipeline", "step": "cluster"})
 
         # Clustering: UMAP of the latent space, then the chosen method (HDBSCAN grid by default).
-        umap_xy = clustering.umap_embedding(mu, n_neighbors=cluster.n_neighbors, min_dist=cluster.umap_min_dist,
-                                            n_epochs=cluster.umap_n_epochs, seed=seed)
+        umap_xy = clustering.umap_embedding(
+            mu,
+            n_neighbors=cluster.n_neighbors,
+            min_dist=cluster.umap_min_dist,
+            n_epochs=cluster.umap_n_epochs,
+            seed=seed,
+        )
         found = clustering.cluster_embedding(mu, umap_coords=umap_xy, seed=seed, **to_dict(cluster))
         labels = np.asarray(found.labels, dtype=np.int64)
         grid = found.grid
@@ -503,7 +571,10 @@ class CellVGAE(Model):
                 best_scores = metrics.clustering_metrics(truth, grid.labels[best], embedding=space, seed=seed)
                 # Picked with the labels: reported only next to the label-free choice above.
                 result_metrics["hdbscan_best_with_labels"] = {
-                    "ari": best_scores["ari"], "nmi": best_scores["nmi"], **grid.runs[best]}
+                    "ari": best_scores["ari"],
+                    "nmi": best_scores["nmi"],
+                    **grid.runs[best],
+                }
 
         obs["cellvgae_cluster"] = pd.Categorical([("noise" if v < 0 else str(v)) for v in labels])
         obs["cellvgae_leiden"] = pd.Categorical([str(v) for v in leiden_labels])
@@ -517,16 +588,31 @@ class CellVGAE(Model):
         if p.attention and p.conv != "gcn":
             attention = net.attention(x, message)
             uns["attention"] = {}
+            top: list[pd.DataFrame] = []
             for layer, (ei, alpha) in attention.items():
                 ei = _np(ei).astype(np.int64)
                 alpha = _np(alpha).astype(np.float32)
                 uns["attention"][layer] = {"edge_index": ei.astype(np.int32), "alpha": alpha}
-                mean = alpha.mean(axis=1)
+                mean, std = interpret.head_summary(alpha)
                 # Row = target cell, column = source cell: each row sums to 1 (softmax over incoming edges).
-                obsp[f"cellvgae_attention_{layer}"] = sp.csr_matrix((mean, (ei[1], ei[0])), shape=(n_cells, n_cells))
-                obs[f"cellvgae_attention_{layer}"] = interpret.node_attention(ei, alpha, n_cells, mode="touching")
+                obsp[f"cellvgae_attention_{layer}"] = sp.csr_matrix(
+                    (mean, (ei[1], ei[0])), shape=(n_cells, n_cells)
+                )
+                obsp[f"cellvgae_attention_{layer}_std"] = sp.csr_matrix(
+                    (std, (ei[1], ei[0])), shape=(n_cells, n_cells)
+                )
+                edges = interpret.top_edges(ei, alpha, n=120)
+                names = prepared.adata.obs_names.to_numpy()
+                edges.insert(0, "layer", layer)
+                edges["source_cell"], edges["target_cell"] = names[edges["source"]], names[edges["target"]]
+                top.append(edges)
+                obs[f"cellvgae_attention_{layer}"] = interpret.node_attention(
+                    ei, alpha, n_cells, mode="touching"
+                )
                 obs[f"cellvgae_attention_{layer}_neighbourhood"] = interpret.node_attention(
-                    ei, alpha, n_cells, mode="incoming_mean")
+                    ei, alpha, n_cells, mode="incoming_mean"
+                )
+            tables["attention_top_edges"] = pd.concat(top, ignore_index=True)
         p_mu, p_sigma = net.gene_weights()
         feature_genes = list(prepared.feature_genes)
         gene_pos = prepared.adata.var_names.get_indexer(feature_genes)
@@ -536,16 +622,30 @@ class CellVGAE(Model):
             full[gene_pos] = matrix
             varm[key] = full
         tables["marker_genes"] = interpret.top_genes(p_mu, feature_genes, mu, labels, n_genes=p.marker_genes)
-        tables["top_genes_per_dimension"] = interpret.top_genes_per_dimension(p_mu, feature_genes,
-                                                                               n_genes=p.marker_genes)
+        tables["top_genes_per_dimension"] = interpret.top_genes_per_dimension(
+            p_mu, feature_genes, n_genes=p.marker_genes
+        )
         tables["latent_participation"] = interpret.latent_participation(mu, labels).reset_index()
         uns["feature_genes"] = np.asarray(feature_genes, dtype=object)
         uns["history"] = pd.DataFrame(
-            [{"epoch": e["epoch"], "loss": e["loss"], **e["losses"], **(e.get("validation") or {})}
-             for e in outcome.history])
+            [
+                {"epoch": e["epoch"], "loss": e["loss"], **e["losses"], **(e.get("validation") or {})}
+                for e in outcome.history
+            ]
+        )
         weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        return Result(model=self.name, embedding_key="X_cellvgae", obs=obs, obsm=obsm, obsp=obsp, varm=varm,
-                      uns=uns, tables=tables, metrics=result_metrics, weights=weights)
+        return Result(
+            model=self.name,
+            embedding_key="X_cellvgae",
+            obs=obs,
+            obsm=obsm,
+            obsp=obsp,
+            varm=varm,
+            uns=uns,
+            tables=tables,
+            metrics=result_metrics,
+            weights=weights,
+        )
 
 
 def _np(value) -> np.ndarray:

@@ -43,7 +43,14 @@ def test_paper_preset_matches_the_paper_settings():
     config = pipeline.resolve_config("cellvgae", "paper")
     p = config.params
     assert (p.conv, p.hidden, p.heads, p.latent, p.regularizer, p.lr, p.epochs) == (
-        "gat", (128, 128), (10, 10, 10, 10), 50, "kl", 1e-4, 200)
+        "gat",
+        (128, 128),
+        (10, 10, 10, 10),
+        50,
+        "kl",
+        1e-4,
+        200,
+    )
     assert (config.graph.kind, config.graph.k) == ("knn", 5)
     assert (config.prepare.n_hvg, config.prepare.n_graph_genes, config.prepare.scale) == (250, 250, "minmax")
 
@@ -84,13 +91,20 @@ def test_attention_rows_sum_to_one_per_head(tiny_run):
         np.testing.assert_allclose(sums, 1.0, atol=1e-4)
         mean = out.obsp[f"cellvgae_attention_{layer}"]
         np.testing.assert_allclose(np.asarray(mean.sum(axis=1)).ravel(), 1.0, atol=1e-4)
+        std = out.obsp[f"cellvgae_attention_{layer}_std"].toarray()
+        np.testing.assert_allclose(std[ei[1], ei[0]], alpha.std(axis=1), atol=1e-5)
+    top = pd.read_csv(tiny_run[0].file("attention_top_edges.csv"))
+    assert set(top["layer"]) == {"hidden1", "hidden2", "mu", "sigma"}
+    assert (top.groupby("layer")["weight"].apply(lambda w: w.is_monotonic_decreasing)).all()
 
 
 def test_learnt_expression_is_embedding_times_p_mu(tiny_run):
     _, out, _, _ = tiny_run
     g = out.var_names.get_loc(out.uns["cellvgae"]["feature_genes"][0])
     expected = out.obsm["X_cellvgae"] @ out.varm["P_mu"][g]
-    np.testing.assert_allclose(learnt_expression(out.obsm["X_cellvgae"], out.varm["P_mu"], g), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        learnt_expression(out.obsm["X_cellvgae"], out.varm["P_mu"], g), expected, rtol=1e-5
+    )
 
 
 def test_checkpoint_reload_gives_the_same_embedding(tiny_run):
@@ -98,12 +112,22 @@ def test_checkpoint_reload_gives_the_same_embedding(tiny_run):
     prepared = data.prepare(toy_counts(), config.prepare)
     graph = graphs.build_graph(graphs.graph_matrix(prepared, config.graph), config.graph)
     p = config.params
-    net = cv.CellVGAENet(prepared.features.shape[1], hidden=p.hidden, heads=p.heads,
-                         attn_dropout=p.attn_dropout, latent=p.latent)
+    net = cv.CellVGAENet(
+        prepared.features.shape[1],
+        hidden=p.hidden,
+        heads=p.heads,
+        attn_dropout=p.attn_dropout,
+        latent=p.latent,
+    )
     net.load_state_dict(run.load_weights("final"))
     net.eval()
-    split = cv.split_edges(graph.edge_index, prepared.features.shape[0], val=p.val_fraction,
-                           test=p.test_fraction, seed=config.train.seed)
+    split = cv.split_edges(
+        graph.edge_index,
+        prepared.features.shape[0],
+        val=p.val_fraction,
+        test=p.test_fraction,
+        seed=config.train.seed,
+    )
     with torch.no_grad():
         mu, _ = net.encode(torch.from_numpy(prepared.features), split.message)
     np.testing.assert_allclose(mu.numpy(), out.obsm["X_cellvgae"], atol=1e-5)
@@ -148,8 +172,14 @@ def test_nan_loss_fails_the_run_with_a_message(tmp_path, monkeypatch):
 
 def test_python_api_returns_annotated_copy():
     adata = toy_counts()
-    out = pipeline.fit(adata, "cellvgae", preset="quick", params=TINY["model"], prepare=TINY["prepare"],
-                       cluster=TINY["cluster"])
+    out = pipeline.fit(
+        adata,
+        "cellvgae",
+        preset="quick",
+        params=TINY["model"],
+        prepare=TINY["prepare"],
+        cluster=TINY["cluster"],
+    )
     assert "X_cellvgae" in out.obsm and "X_cellvgae" not in adata.obsm
 
 
@@ -165,7 +195,7 @@ def test_edge_split_holds_out_and_excludes_positives():
     everything = pos | key(split.val_pos.numpy()) | key(split.test_pos.numpy())
     assert not everything & key(split.val_neg.numpy())
     assert split.val_neg.shape == split.val_pos.shape
-    assert (split.message.shape[1] == 2 * split.train_pos.shape[1])
+    assert split.message.shape[1] == 2 * split.train_pos.shape[1]
 
 
 def test_cli_round_trip(tmp_path):
@@ -173,11 +203,44 @@ def test_cli_round_trip(tmp_path):
     toy_counts().write_h5ad(path)
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "scgraph_core", "train", "--model", "cellvgae", "--input", str(path), "--out", str(out),
-         "--preset", "quick", "--label-key", "celltype", "--seed", "3", "--epochs", "4", "--hidden", "16,16",
-         "--heads", "2", "--latent", "8", "--n-hvg", "40", "--n-graph-genes", "30", "--min-cluster-sizes", "5,10",
-         "--min-samples", "3,5", "--quiet"],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "scgraph_core",
+            "train",
+            "--model",
+            "cellvgae",
+            "--input",
+            str(path),
+            "--out",
+            str(out),
+            "--preset",
+            "quick",
+            "--label-key",
+            "celltype",
+            "--seed",
+            "3",
+            "--epochs",
+            "4",
+            "--hidden",
+            "16,16",
+            "--heads",
+            "2",
+            "--latent",
+            "8",
+            "--n-hvg",
+            "40",
+            "--n-graph-genes",
+            "30",
+            "--min-cluster-sizes",
+            "5,10",
+            "--min-samples",
+            "3,5",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -188,6 +251,10 @@ def test_cli_round_trip(tmp_path):
     assert config["train"]["seed"] == 3 and config["graph"]["seed"] == 3
     assert (out / "marker_genes.csv").exists() and (out / "result.h5ad").exists()
     # The same folder again is refused: an existing run is never overwritten.
-    again = subprocess.run([sys.executable, "-m", "scgraph_core", "train", "--input", str(path), "--out", str(out)],
-                           capture_output=True, text=True, cwd=REPO)
+    again = subprocess.run(
+        [sys.executable, "-m", "scgraph_core", "train", "--input", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert again.returncode == 2 and "already holds a run" in again.stderr
