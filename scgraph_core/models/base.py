@@ -27,9 +27,40 @@ if TYPE_CHECKING:
     from ..train import Trainer
 
 
+# The result manifest: ``adata.uns["scgraph"]["views"]`` says where each kind of result lives, so the
+# app and other readers show any model's result without knowing the model. Every key is optional except
+# ``model`` and ``embedding`` (filled in by :meth:`Result.write`).
+VIEW_KEYS: dict[str, str] = {
+    "model": "the model's registry name (also the uns key of its own results: uns[model])",
+    "embedding": "obsm key of the latent embedding, e.g. 'X_cellvgae'",
+    "umap": "obsm key of the 2-D layout drawn on the embedding pages, e.g. 'X_umap'",
+    "clusters": "obs key of the reported (label-free) clustering; categorical strings, 'noise' for noise",
+    "other_clusters": "list of obs keys of alternative clusterings (e.g. Leiden)",
+    "predictions": "obs key of predicted cell types (supervised models)",
+    "probabilities": "obsm key of per-class or per-cluster soft assignments [N, C]",
+    "probability_names": "list naming the columns of the probabilities matrix",
+    "attention": (
+        "dict name -> {'obsp' (sparse N x N, row = target cell, column = source cell, mean over heads), "
+        "'obsp_std' (std over heads; optional), 'heads', 'kind' ('graph' for attention over graph edges, "
+        "'fusion' for the strongest cell-to-cell attention pairs), 'node_obs' (obs key of the node-level "
+        "overlay; optional)}; per-head values live in uns[model]['attention'][name] as "
+        "{'edge_index' [2, E] (source, target), 'alpha' [E, heads]}"
+    ),
+    "attention_layers": "list of the attention names in display order (h5ad does not keep dict order)",
+    "gene_weights": "dict {'P_mu': varm key, 'P_sigma': varm key}: genes x latent dims (NaN for non-feature genes)",
+    "marker_table": "name of the marker-gene table in uns[model] (columns cluster, gene, appearances, score)",
+    "imputed_layer": "layers key of the imputed / denoised expression (same genes and cells as X)",
+    "imputed_scale": "what the imputed layer holds, e.g. 'counts' (expected counts) or 'lognorm'",
+    "history": "name of the per-epoch training table in uns[model]",
+}
+
+
 @dataclass
 class Result:
-    """Everything a trained model hands back, ready to be written into an AnnData."""
+    """Everything a trained model hands back, ready to be written into an AnnData.
+
+    ``views`` fills the manifest described by :data:`VIEW_KEYS` (``uns["scgraph"]["views"]``).
+    """
 
     model: str
     embedding_key: str
@@ -42,6 +73,7 @@ class Result:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)  # the trained state_dict (tensors)
+    views: dict[str, Any] = field(default_factory=dict)  # where each kind of result lives (see VIEW_KEYS)
 
     @property
     def embedding(self) -> np.ndarray:
@@ -64,6 +96,9 @@ class Result:
         for name, table in self.tables.items():
             uns[name] = h5_safe_table(table)
         adata.uns[self.model] = uns
+        scgraph = dict(adata.uns.get("scgraph", {}))
+        scgraph["views"] = plain({"model": self.model, "embedding": self.embedding_key, **self.views})
+        adata.uns["scgraph"] = scgraph
         return adata
 
 
@@ -126,9 +161,20 @@ def register(cls: type[Model]) -> type[Model]:
     return cls
 
 
-def available() -> dict[str, type[Model]]:
-    from . import cellvgae  # noqa: F401  (registers itself)
+# Model modules, in the order the app lists them. A module that is not written yet is skipped, so a new
+# model is one new file plus its name here.
+MODEL_MODULES = ("cellvgae", "scvgae", "attentionae", "scgnn", "scbignn")
 
+
+def available() -> dict[str, type[Model]]:
+    import importlib
+
+    for module in MODEL_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{module}")  # registers itself
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
     return dict(_REGISTRY)
 
 

@@ -634,7 +634,28 @@ class CellVGAE(Model):
             ]
         )
         weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        views: dict = {
+            "umap": "X_umap",
+            "clusters": "cellvgae_cluster",
+            "other_clusters": ["cellvgae_leiden"],
+            "gene_weights": {"P_mu": "P_mu", "P_sigma": "P_sigma"},
+            "marker_table": "marker_genes",
+            "history": "history",
+        }
+        if "attention" in uns:
+            views["attention_layers"] = list(uns["attention"])
+            views["attention"] = {
+                layer: {
+                    "obsp": f"cellvgae_attention_{layer}",
+                    "obsp_std": f"cellvgae_attention_{layer}_std",
+                    "heads": int(uns["attention"][layer]["alpha"].shape[1]),
+                    "kind": "graph",
+                    "node_obs": f"cellvgae_attention_{layer}",
+                }
+                for layer in uns["attention"]
+            }
         return Result(
+            views=views,
             model=self.name,
             embedding_key="X_cellvgae",
             obs=obs,

@@ -80,6 +80,23 @@ def test_result_slots(tiny_run):
     assert run.state == "done"
 
 
+def test_views_manifest_points_at_real_slots(tiny_run):
+    run, _, _, _ = tiny_run
+    saved = ad.read_h5ad(run.file("result.h5ad"))  # the manifest survives the h5ad round trip
+    views = saved.uns["scgraph"]["views"]
+    assert views["model"] == "cellvgae"
+    assert views["embedding"] in saved.obsm and views["umap"] in saved.obsm
+    assert views["clusters"] in saved.obs
+    assert all(key in saved.obs for key in views["other_clusters"])
+    assert set(views["gene_weights"].values()) <= set(saved.varm)
+    assert views["marker_table"] in saved.uns["cellvgae"]
+    assert list(views["attention_layers"]) == ["hidden1", "hidden2", "mu", "sigma"]
+    for name in views["attention_layers"]:
+        entry = views["attention"][name]
+        assert entry["obsp"] in saved.obsp and entry["obsp_std"] in saved.obsp
+        assert entry["node_obs"] in saved.obs and entry["kind"] == "graph" and entry["heads"] == 2
+
+
 def test_attention_rows_sum_to_one_per_head(tiny_run):
     _, out, _, _ = tiny_run
     for layer in ("hidden1", "hidden2", "mu", "sigma"):
