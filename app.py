@@ -1,61 +1,52 @@
-"""scgraph app entry point (Streamlit). UI only: every computation is a call into scgraph_core.
+"""scgraph: the Streamlit workbench (UI only; every computation is a call into scgraph_core).
 
-This first version loads and describes the built-in demo dataset; the full multipage workbench
-(load, configure, train live, explore) replaces it.
+``streamlit run app.py`` (or ``make run``) opens it on the built-in demo dataset. This file sets up the
+page, the sidebar (dataset, active run, device) and the navigation; each step a user takes is one page
+in ``pages/``.
 """
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
-from scgraph_core import data
-from scgraph_core.errors import ScgraphError
+from scgraph_app import sidebar, ui
 
-st.set_page_config(page_title="scgraph", page_icon="assets/logo.svg", layout="wide")
-
-
-@st.cache_resource(show_spinner="Loading the built-in PBMC demo...")
-def demo():
-    return data.load_demo()
-
-
-st.image("assets/logo.svg", width=64)
-st.title("scgraph")
-st.caption(
-    "Graph neural networks on single-cell RNA-seq data: CellVGAE, scVGAE, AttentionAE-sc, scGNN, scBiGNN."
+st.set_page_config(
+    page_title="scgraph",
+    page_icon="assets/logo.svg",
+    layout="wide",
+    initial_sidebar_state="expanded",
+    menu_items={"About": "scgraph: graph neural networks on single-cell RNA-seq data, in the browser."},
 )
+st.logo("assets/logo.svg", size="large")
 
-try:
-    adata = demo()
-    report = data.validate(adata)
-    summary = data.summarize(adata)
-except ScgraphError as exc:
-    st.error(str(exc))
-    st.stop()
+with ui.guard("the sidebar"):
+    sidebar.draw()
 
-st.subheader("Built-in demo: PBMC 68k (reduced)")
-c1, c2, c3 = st.columns(3)
-c1.metric("cells", f"{summary['n_cells']:,}")
-c2.metric("genes", f"{summary['n_genes']:,}")
-c3.metric(
-    "values in X",
-    {"counts": "raw counts", "lognorm": "log-normalised", "scaled": "scaled"}[summary["x_kind"]],
-)
-st.write("Cell annotations (obs columns):")
-st.dataframe(
-    pd.DataFrame(
-        [
-            {"column": name, "type": desc.get("dtype", ""), "distinct values": desc.get("n_unique")}
-            for name, desc in summary["obs_columns"].items()
-        ]
-    ),
-    hide_index=True,
-    use_container_width=True,
-)
-for warning in report.warnings:
-    st.warning(warning)
-st.info(
-    "Training from the browser is coming next. Meanwhile the command line trains CellVGAE on this "
-    "dataset: `python -m scgraph_core train --model cellvgae --input demo --preset quick`."
-)
+imputation_visible = False
+with ui.guard("the page list"):
+    imputation_visible = sidebar.active_run_has("imputed_layer")
+
+pages = {
+    "Set up": [
+        st.Page(ui.PAGES["data"], title="Data", icon=":material/dataset:", default=True),
+        st.Page(ui.PAGES["model"], title="Model & graph", icon=":material/hub:"),
+        st.Page(ui.PAGES["training"], title="Training", icon=":material/model_training:"),
+    ],
+    "Explore": [
+        st.Page(ui.PAGES["embedding"], title="Embedding", icon=":material/scatter_plot:"),
+        st.Page(ui.PAGES["attention"], title="Attention", icon=":material/share:"),
+        st.Page(ui.PAGES["markers"], title="Markers", icon=":material/format_list_numbered:"),
+        st.Page(ui.PAGES["expression"], title="Expression", icon=":material/gradient:"),
+        st.Page(
+            ui.PAGES["imputation"],
+            title="Imputation",
+            icon=":material/auto_fix_high:",
+            visibility="visible" if imputation_visible else "hidden",
+        ),
+    ],
+    "Manage": [st.Page(ui.PAGES["runs"], title="Runs", icon=":material/inventory_2:")],
+}
+page = st.navigation(pages, position="sidebar", expanded=True)
+ui.open_deep_link()
+page.run()

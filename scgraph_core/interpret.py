@@ -23,6 +23,16 @@ __all__ = [
     "top_genes_per_dimension",
     "learnt_expression",
     "NODE_ATTENTION_MODES",
+    # Reading a result through its views manifest (the app's explore pages)
+    "AttentionMap",
+    "result_views",
+    "attention_map",
+    "attention_edges",
+    "attention_statistic",
+    "gene_weight_matrix",
+    "dimension_appearances",
+    "rank_genes_markers",
+    "marker_overlap",
 ]
 
 NODE_ATTENTION_MODES = ("touching", "incoming_mean", "neighbourhood", "outgoing")
@@ -266,3 +276,318 @@ def top_edges(
         idx = idx[ei[0] != ei[1]]
     chosen = idx[_top_indices(weight[idx], n)]
     return pd.DataFrame({"source": ei[0, chosen], "target": ei[1, chosen], "weight": weight[chosen]})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a result through its views manifest (uns["scgraph"]["views"], see models/base.py VIEW_KEYS)
+# ----------------------------------------------------------------------------------------------------
+
+
+def result_views(adata) -> dict:
+    """The views manifest of a result AnnData as a plain dict ({} when the file has none)."""
+    scgraph = adata.uns.get("scgraph", {}) if hasattr(adata, "uns") else {}
+    views = scgraph.get("views", {}) if isinstance(scgraph, dict) else {}
+    return _plain_views(views) if isinstance(views, dict) else {}
+
+
+def _plain_views(value):
+    # h5ad hands lists back as numpy arrays and numbers as numpy scalars.
+    if isinstance(value, dict):
+        return {str(k): _plain_views(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [_plain_views(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_plain_views(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _ordered_names(views: dict, key: str, order_key: str) -> list[str]:
+    maps = views.get(key) or {}
+    order = [str(n) for n in (views.get(order_key) or []) if str(n) in maps]
+    return order + sorted(str(n) for n in maps if str(n) not in order)
+
+
+class AttentionMap:
+    """One attention map of a result: edge-indexed coefficients with a heads axis.
+
+    ``edge_index`` [2, E] (row 0 source j, row 1 target i) and ``alpha`` [E, K] come from
+    ``uns[model]['attention'][name]`` when the model stored its heads, else from the manifest's ``obsp``
+    matrix (row = target, column = source; one "head": the mean over heads). ``kind`` is 'graph'
+    (attention over graph edges, incoming weights of a cell sum to 1) or 'fusion' (the strongest
+    cell-to-cell pairs of an all-cell attention).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        edge_index: np.ndarray,
+        alpha: np.ndarray,
+        *,
+        kind: str,
+        heads: int,
+        per_head: bool,
+        std: np.ndarray | None = None,
+        node_obs: str | None = None,
+    ):
+        self.name = name
+        self.edge_index = np.asarray(edge_index, dtype=np.int64)
+        self.alpha = _as_2d(alpha)
+        self.kind = kind
+        self.heads = int(heads)
+        self.per_head = bool(per_head)
+        self._std = None if std is None else np.asarray(std, dtype=np.float64)
+        self.node_obs = node_obs
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+    def weights(self, statistic: str | int = "mean") -> np.ndarray:
+        """Per edge: the mean over heads, the std over heads, or one head's α (``statistic`` = head)."""
+        return attention_statistic(self.alpha, statistic, std=self._std)
+
+
+def attention_statistic(
+    alpha: np.ndarray, statistic: str | int = "mean", *, std: np.ndarray | None = None
+) -> np.ndarray:
+    """Reduce [E, K] attention over heads: "mean", "std" (population, as :func:`head_summary`) or a head."""
+    a = _as_2d(alpha)
+    if statistic == "mean":
+        return a.mean(axis=1)
+    if statistic == "std":
+        if a.shape[1] == 1 and std is not None:
+            return np.asarray(std, dtype=np.float64)
+        return a.std(axis=1)
+    head = int(statistic)
+    if not 0 <= head < a.shape[1]:
+        raise ValueError(f"head {head} does not exist: this map has {a.shape[1]} head(s)")
+    return a[:, head]
+
+
+def attention_map(adata, name: str) -> AttentionMap:
+    """Read attention map ``name`` of a result (see :class:`AttentionMap`)."""
+    import scipy.sparse as sp
+
+    views = result_views(adata)
+    maps = views.get("attention") or {}
+    if name not in maps:
+        known = ", ".join(_ordered_names(views, "attention", "attention_layers")) or "none"
+        raise KeyError(f"no attention map {name!r} in this result (maps: {known})")
+    entry = dict(maps[name])
+    model = views.get("model", "")
+    stored = (adata.uns.get(model, {}) or {}).get("attention", {}) if model else {}
+    stored = stored.get(name) if isinstance(stored, dict) else None
+    kind = str(entry.get("kind", "graph"))
+    heads = int(entry.get("heads", 1) or 1)
+    if isinstance(stored, dict) and "edge_index" in stored and "alpha" in stored:
+        return AttentionMap(
+            name,
+            stored["edge_index"],
+            stored["alpha"],
+            kind=kind,
+            heads=heads,
+            per_head=True,
+            node_obs=entry.get("node_obs"),
+        )
+    key = entry.get("obsp")
+    if key is None or key not in adata.obsp:
+        raise KeyError(f"attention map {name!r} lists no readable obsp matrix")
+    mean = sp.coo_matrix(adata.obsp[key])
+    std = None
+    std_key = entry.get("obsp_std")
+    if std_key and std_key in adata.obsp:
+        # Same sparsity pattern as the mean: read it at the mean's (row, column) pairs.
+        std = np.asarray(sp.csr_matrix(adata.obsp[std_key])[mean.row, mean.col]).reshape(-1)
+    ei = np.stack([mean.col, mean.row]).astype(np.int64)  # row = target, column = source
+    return AttentionMap(
+        name, ei, mean.data, kind=kind, heads=heads, per_head=False, std=std, node_obs=entry.get("node_obs")
+    )
+
+
+def attention_edges(
+    edge_index: np.ndarray,
+    weights: np.ndarray,
+    *,
+    labels: Sequence | np.ndarray | None = None,
+    include: Sequence | None = None,
+    exclude: Sequence | None = None,
+    match: str = "both",
+    weight_range: tuple[float, float] | None = None,
+    top_n: int | None = None,
+    drop_self_loops: bool = True,
+) -> pd.DataFrame:
+    """Filter attention edges for display, strongest first (MODELS.md 1.6 aggregation (a), with filters).
+
+    ``weights`` is one value per edge (e.g. :meth:`AttentionMap.weights`). With ``labels`` (one cell type
+    or cluster per cell), ``include`` keeps edges whose cells are of those types (``match="both"``: both
+    cells, ``"either"``: at least one) and ``exclude`` drops every edge touching one of those types.
+    ``weight_range`` (low, high) keeps weights in that closed range; ``top_n`` then keeps the strongest.
+    Columns: source, target, weight (and source_label, target_label with ``labels``).
+    """
+    if match not in ("both", "either"):
+        raise ValueError(f"match must be 'both' or 'either', got {match!r}")
+    ei = np.asarray(edge_index, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape[0] != ei.shape[1]:
+        raise ValueError(f"{w.shape[0]} weights for {ei.shape[1]} edges")
+    keep = np.ones(ei.shape[1], dtype=bool)
+    if drop_self_loops:
+        keep &= ei[0] != ei[1]
+    lab = None
+    if labels is not None:
+        lab = np.asarray([str(v) for v in labels], dtype=object)
+        src_lab, dst_lab = lab[ei[0]], lab[ei[1]]
+        if include:
+            inc = np.isin(src_lab, [str(v) for v in include]), np.isin(dst_lab, [str(v) for v in include])
+            keep &= (inc[0] & inc[1]) if match == "both" else (inc[0] | inc[1])
+        if exclude:
+            exc = [str(v) for v in exclude]
+            keep &= ~np.isin(src_lab, exc) & ~np.isin(dst_lab, exc)
+    if weight_range is not None:
+        lo, hi = weight_range
+        keep &= (w >= lo) & (w <= hi)
+    idx = np.flatnonzero(keep & np.isfinite(w))
+    idx = idx[np.argsort(-w[idx], kind="stable")]
+    if top_n is not None:
+        idx = idx[: max(0, int(top_n))]
+    out = pd.DataFrame({"source": ei[0, idx], "target": ei[1, idx], "weight": w[idx]})
+    if lab is not None:
+        out["source_label"] = lab[out["source"].to_numpy()]
+        out["target_label"] = lab[out["target"].to_numpy()]
+    return out
+
+
+def gene_weight_matrix(adata, which: str = "P_mu") -> tuple[np.ndarray, list[str]] | None:
+    """(weights [genes x latent dims], gene names) for the genes that have them, or None.
+
+    Reads ``varm`` through the manifest's ``gene_weights``; rows that are NaN (genes that were not model
+    features) are left out.
+    """
+    gw = result_views(adata).get("gene_weights") or {}
+    key = gw.get(which)
+    if key is None or key not in adata.varm:
+        return None
+    full = np.asarray(adata.varm[key], dtype=np.float64)
+    rows = np.flatnonzero(np.isfinite(full).all(axis=1))
+    return full[rows], [str(g) for g in adata.var_names[rows]]
+
+
+def dimension_appearances(per_dimension: pd.DataFrame) -> pd.DataFrame:
+    """How often each gene is among the top genes of a latent dimension.
+
+    ``per_dimension`` is :func:`top_genes_per_dimension`'s table. Returns gene, appearances, dimensions
+    (the dimensions as text "3,17"), mean_weight; most frequent first.
+    """
+    if per_dimension.empty:
+        return pd.DataFrame(columns=["gene", "appearances", "dimensions", "mean_weight"])
+    grouped = per_dimension.groupby("gene", sort=False)
+    out = pd.DataFrame(
+        {
+            "appearances": grouped["dimension"].nunique(),
+            "dimensions": grouped["dimension"].agg(lambda d: ",".join(map(str, sorted(set(d))))),
+            "mean_weight": grouped["weight"].mean(),
+        }
+    ).reset_index()
+    return out.sort_values(
+        ["appearances", "mean_weight"], ascending=[False, False], kind="stable"
+    ).reset_index(drop=True)
+
+
+def rank_genes_markers(
+    adata,
+    groupby: str,
+    *,
+    n_genes: int = 25,
+    method: str = "wilcoxon",
+    genes: Sequence[str] | None = None,
+    min_cells: int = 3,
+    exclude: Sequence[str] = ("noise",),
+) -> pd.DataFrame:
+    """scanpy ``rank_genes_groups`` markers of the clusters in ``obs[groupby]`` (one group vs the rest).
+
+    Runs on X (log-normalised in a scgraph result), restricted to ``genes`` when given (e.g. the model's
+    feature genes, so the comparison with P_mu markers is on the same genes). Groups in ``exclude``
+    (HDBSCAN noise) and groups with fewer than ``min_cells`` cells are left out. Returns cluster, rank,
+    gene, score, logfoldchange, pval_adj.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    labels = adata.obs[groupby].astype(str)
+    counts = labels.value_counts()
+    groups = [g for g in counts.index if g not in set(exclude) and counts[g] >= min_cells]
+    columns = ["cluster", "rank", "gene", "score", "logfoldchange", "pval_adj"]
+    if len(groups) < 2:
+        return pd.DataFrame(columns=columns)
+    cells = labels.isin(groups).to_numpy()
+    var = (
+        adata.var_names if genes is None else adata.var_names.intersection(pd.Index([str(g) for g in genes]))
+    )
+    X = adata[cells, var].X
+    tmp = ad.AnnData(
+        X=X.copy(),
+        obs=pd.DataFrame({"group": pd.Categorical(labels[cells])}, index=adata.obs_names[cells]),
+        var=pd.DataFrame(index=var),
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.tl.rank_genes_groups(tmp, "group", method=method, n_genes=min(n_genes, len(var)), use_raw=False)
+    res = tmp.uns["rank_genes_groups"]
+    records = []
+    for g in res["names"].dtype.names:
+        for rank in range(len(res["names"][g])):
+            records.append(
+                (
+                    g,
+                    rank + 1,
+                    str(res["names"][g][rank]),
+                    float(res["scores"][g][rank]),
+                    float(res["logfoldchanges"][g][rank]) if "logfoldchanges" in res else float("nan"),
+                    float(res["pvals_adj"][g][rank]) if "pvals_adj" in res else float("nan"),
+                )
+            )
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def marker_overlap(model_markers: pd.DataFrame, reference: pd.DataFrame, *, n_top: int = 15) -> pd.DataFrame:
+    """Per cluster, the overlap of the model's top ``n_top`` markers with the reference's top ``n_top``.
+
+    Both tables need columns cluster and gene, most important first within a cluster (as
+    :func:`top_genes` and :func:`rank_genes_markers` return them). Returns cluster, model_genes,
+    reference_genes, shared (count), jaccard, shared_genes (text), for the clusters in either table.
+    """
+
+    def tops(table: pd.DataFrame) -> dict[str, list[str]]:
+        if table.empty:
+            return {}
+        out: dict[str, list[str]] = {}
+        for cluster, part in table.groupby(table["cluster"].astype(str), sort=False):
+            out[cluster] = [str(g) for g in part["gene"].head(n_top)]
+        return out
+
+    mine, ref = tops(model_markers), tops(reference)
+    records = []
+    for cluster in sorted(
+        set(mine) | set(ref),
+        key=lambda c: (not c.lstrip("-").isdigit(), int(c) if c.lstrip("-").isdigit() else 0, c),
+    ):
+        a, b = mine.get(cluster, []), ref.get(cluster, [])
+        shared = [g for g in a if g in set(b)]
+        union = set(a) | set(b)
+        records.append(
+            (
+                cluster,
+                len(a),
+                len(b),
+                len(shared),
+                len(shared) / len(union) if union else 0.0,
+                ", ".join(shared),
+            )
+        )
+    return pd.DataFrame.from_records(
+        records, columns=["cluster", "model_genes", "reference_genes", "shared", "jaccard", "shared_genes"]
+    )

@@ -158,11 +158,15 @@ def execute(
         report.raise_if_errors()
         prepared = data.prepare(adata, config.prepare)
         _stage(callbacks, "graph", run)
-        graph = graphs.build_graph(
-            graphs.graph_matrix(prepared, config.graph),
-            config.graph,
-            cell_names=list(prepared.adata.obs_names),
-        )
+        custom_graph = getattr(model, "build_graph", None)  # a model may build its graph on its own input
+        if custom_graph is not None:
+            graph = custom_graph(prepared, config)
+        else:
+            graph = graphs.build_graph(
+                graphs.graph_matrix(prepared, config.graph),
+                config.graph,
+                cell_names=list(prepared.adata.obs_names),
+            )
         trainer = Trainer(config.train, callbacks=callbacks, stop=stop)
         _stage(callbacks, "train", run, device=str(trainer.device), precision=trainer.precision_name)
         result = model.fit(
@@ -173,6 +177,9 @@ def execute(
         result.metrics["device"] = str(trainer.device)
         result.metrics["precision"] = trainer.precision_name
         out = result.write(prepared.adata)
+        match_input = getattr(model, "match_input", None)  # put back cells/genes that prepare dropped
+        if match_input is not None:
+            out = match_input(out, adata, prepared)
         out.uns["scgraph"] = base.plain(
             {**out.uns.get("scgraph", {}), "config": config.to_dict(), "environment": environment()}
         )

@@ -174,6 +174,12 @@ class Stage:
     grad_clip: float | None = None
     scheduler: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per-stage overrides of TrainSpec.patience / restore_best (None: the TrainSpec value).
+    patience: int | None = None
+    restore_best: bool | None = None
+    # Called after each epoch's step with the epoch's event (it may add entries); True ends the stage
+    # as converged (for example LabelChangeStop for DEC fine-tuning).
+    after_epoch: Callable[[int, Event], bool] | None = None
 
 
 @dataclass
@@ -184,6 +190,7 @@ class StageOutcome:
     best_score: float
     seconds_per_epoch: float
     history: list[Event]
+    converged: bool = False  # ended because the stage's after_epoch said so
 
 
 class Trainer:
@@ -230,6 +237,9 @@ class Trainer:
         history: list[Event] = []
         epoch_seconds: list[float] = []
         stopped = False
+        converged = False
+        patience = spec.patience if stage.patience is None else stage.patience
+        restore_best = spec.restore_best if stage.restore_best is None else stage.restore_best
         self.emit(
             {
                 "kind": "stage_start",
@@ -304,18 +314,23 @@ class Trainer:
                     best_state = self._snapshot(stage.module)
                 else:
                     since_best += 1
+            if stage.after_epoch is not None and stage.after_epoch(epoch, event):
+                converged = True
             history.append(event)
             self.emit(event)
-            if spec.patience and since_best >= spec.patience:
+            if converged:
+                self.emit({"kind": "converged", "stage": stage.name, "epoch": epoch})
+                break
+            if patience and since_best >= patience:
                 self.emit(
                     {"kind": "early_stop", "stage": stage.name, "epoch": epoch, "best_epoch": best_epoch}
                 )
                 break
-        if stopped or spec.restore_best:
+        if stopped or restore_best:
             self._restore(stage.module, best_state)
         stage.module.eval()
         median = float(np.median(epoch_seconds)) if epoch_seconds else float("nan")
-        outcome = StageOutcome(epoch, stopped, best_epoch, best_score, median, history)
+        outcome = StageOutcome(epoch, stopped, best_epoch, best_score, median, history, converged)
         self.emit(
             {
                 "kind": "stage_end",
@@ -337,3 +352,28 @@ class Trainer:
     def _restore(module: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
         if state is not None:
             module.load_state_dict(copy.deepcopy(state))
+
+
+class LabelChangeStop:
+    """Convergence test on a sequence of hard labels (DEC's stopping rule, Xie et al. 2016).
+
+    ``update(epoch, labels)`` returns True once ``epoch > min_epochs`` and the share of cells whose label
+    differs from the previous call is below ``tol`` (0.001 = 0.1 %). ``last_change`` keeps that share.
+    """
+
+    def __init__(self, tol: float = 0.001, min_epochs: int = 0) -> None:
+        if not 0.0 <= tol < 1.0:
+            raise ConfigError(f"The label-change tolerance must be in [0, 1); got {tol}.")
+        self.tol = float(tol)
+        self.min_epochs = int(min_epochs)
+        self.previous: np.ndarray | None = None
+        self.last_change: float | None = None
+
+    def update(self, epoch: int, labels: Any) -> bool:
+        labels = np.asarray(labels).copy()
+        if self.previous is None or self.previous.shape != labels.shape:
+            self.previous, self.last_change = labels, None
+            return False
+        self.last_change = float(np.mean(labels != self.previous))
+        self.previous = labels
+        return epoch > self.min_epochs and self.last_change < self.tol

@@ -135,3 +135,46 @@ def size_factors(counts) -> np.ndarray:
     factors = totals / float(np.median(positive))
     factors[factors <= 0] = factors[factors > 0].min()
     return factors.astype(np.float32)
+
+
+def zinb_nll_split(
+    x: Tensor,
+    mu: Tensor,
+    theta: Tensor,
+    pi_logit: Tensor,
+    *,
+    ridge: float = 0.0,
+    eps: float = _EPS,
+) -> Tensor:
+    """:func:`zinb_nll` (mean reduction, π as a logit) with the lgamma work done at the non-zeros only.
+
+    log NB(0; μ, θ) = θ·log(θ / (θ + μ)) has no lgamma terms, so the zero branch is evaluated for every
+    entry and the non-zero branch (three lgamma, two digamma in backward) only where x > 0:
+
+        Σ log ZINB = Σ_all ℓ₀ + Σ_{x > 0} (ℓ₊ − ℓ₀)
+
+    with ℓ₀ the zero-count and ℓ₊ the non-zero log-probability. Same value as :func:`zinb_nll` up to
+    rounding; on scRNA-seq counts (80-95 % zeros) the forward and backward passes are about twice as fast.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        x, mu, theta, pi_logit = _full(x), _full(mu), _full(theta), _full(pi_logit)
+        log_theta_mu = torch.log(theta + mu + eps)
+        nb_zero = theta * (torch.log(theta + eps) - log_theta_mu)  # log NB(0)
+        log_one_minus_pi = -F.softplus(pi_logit)
+        # log π = −softplus(−l) = l − softplus(l): one softplus serves both.
+        zero = torch.logaddexp(pi_logit + log_one_minus_pi, log_one_minus_pi + nb_zero)
+        nz = (x.reshape(-1) > 0.5).nonzero().squeeze(1)
+        xn = x.reshape(-1).index_select(0, nz)
+        tn = theta.reshape(-1).index_select(0, nz)
+        log_nb = (
+            torch.lgamma(xn + tn)
+            - torch.lgamma(tn)
+            - torch.lgamma(xn + 1.0)
+            + nb_zero.reshape(-1).index_select(0, nz)
+            + xn * (torch.log(mu.reshape(-1).index_select(0, nz) + eps) - log_theta_mu.reshape(-1).index_select(0, nz))
+        )
+        correction = log_one_minus_pi.reshape(-1).index_select(0, nz) + log_nb - zero.reshape(-1).index_select(0, nz)
+        nll = -(zero.sum() + correction.sum()) / x.numel()
+        if ridge:
+            nll = nll + ridge * torch.sigmoid(pi_logit).pow(2).mean()
+    return nll

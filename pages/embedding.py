@@ -1,0 +1,331 @@
+"""Embedding: the latent space on a UMAP, coloured by anything; re-clustering; scores; two runs side by side."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from scgraph_app import cache, state, ui
+from scgraph_core import interpret, plots
+
+ui.header(
+    "Embedding",
+    "Each dot is a cell, placed by the model's latent space (UMAP). Colour it, re-cluster it, select cells.",
+    "embedding",
+)
+
+run, adata, views = ui.active_result(key="emb")
+path, stamp = str(run.path), cache.result_stamp(run)
+label_key = (run.config or {}).get("label_key")
+label_key = label_key if label_key in adata.obs else None
+recluster_key = f"recluster:{run.id}"
+
+COLOUR_KINDS = {
+    "clusters": "clusters found by the model",
+    "labels": "known cell types",
+    "obs": "another cell annotation",
+    "gene": "a gene's expression",
+    "dim": "a latent dimension",
+}
+
+
+def colour_choice(prefix: str, result, result_views: dict, result_label: str | None):
+    """Widgets for 'colour by', returning (values, name, categorical)."""
+    kinds = list(COLOUR_KINDS)
+    if not result_label:
+        kinds.remove("labels")
+    cols = st.columns([1, 2])
+    kind = cols[0].selectbox(
+        "Colour cells by",
+        kinds,
+        format_func=COLOUR_KINDS.get,
+        key=f"{prefix}:kind",
+        help="Clusters and cell types colour by group; a gene or a latent dimension by value.",
+    )
+    if kind == "clusters":
+        options = [result_views.get("clusters"), *(result_views.get("other_clusters") or [])]
+        options = [o for o in options if o and o in result.obs]
+        if st.session_state.get(recluster_key) and result is adata:
+            options.append("re-clustered here")
+        if not options:
+            st.info("This result stores no clustering.")
+            return None, "", True
+        which = cols[1].selectbox(
+            "Clustering",
+            options,
+            key=f"{prefix}:clusters",
+            help="The first is the model's reported (label-free) clustering; others are alternatives it "
+            "stored, or the one computed below.",
+        )
+        if which == "re-clustered here":
+            spec = st.session_state[recluster_key]
+            labels = cache.recluster(
+                path, stamp, spec["method"], json.dumps(spec["options"], sort_keys=True)
+            )["labels"]
+            return np.where(labels < 0, "noise", labels.astype(str)), "re-clustered", True
+        return result.obs[which].astype(str).to_numpy(), which, True
+    if kind == "labels":
+        return result.obs[result_label].astype(str).to_numpy(), result_label, True
+    if kind == "obs":
+        columns = [str(c) for c in result.obs.columns]
+        which = cols[1].selectbox(
+            "Annotation", columns, key=f"{prefix}:obs", help="Any column of the cell table."
+        )
+        col = result.obs[which]
+        categorical = not pd.api.types.is_numeric_dtype(col) or col.nunique() <= 12
+        values = col.astype(str).to_numpy() if categorical else col.to_numpy(dtype=float)
+        return values, which, categorical
+    if kind == "gene":
+        genes = list(map(str, result.var_names))
+        default = next((g for g in ("NKG7", "LYZ", "CD79A", "MS4A1") if g in set(genes)), genes[0])
+        gene = cols[1].selectbox(
+            "Gene (type to search)",
+            genes,
+            index=genes.index(default),
+            key=f"{prefix}:gene",
+            help="Log-normalised expression of the gene in each cell.",
+        )
+        return cache.expression(result, gene), gene, False
+    emb = np.asarray(result.obsm[result_views["embedding"]])
+    dim = cols[1].slider(
+        "Latent dimension",
+        0,
+        emb.shape[1] - 1,
+        0,
+        key=f"{prefix}:dim",
+        help="The cell's value on one latent dimension.",
+    )
+    return emb[:, dim], f"dimension {dim}", False
+
+
+def colours_for(result, name: str) -> dict[str, str] | None:
+    given = result.uns.get(f"{name}_colors")
+    if given is None:
+        return None
+    cats = (
+        sorted(pd.unique(result.obs[name].astype(str)), key=plots._natural_key) if name in result.obs else []
+    )
+    return plots.category_colors(cats, list(given)) if cats else None
+
+
+with ui.guard("the UMAP"):
+    coords = cache.layout(run, adata)
+    values, name, categorical = colour_choice("emb", adata, views, label_key)
+    hover = adata.obs_names.to_numpy() if adata.n_obs <= 50_000 else None
+    fig = plots.embedding_scatter(
+        coords,
+        values,
+        name=name,
+        categorical=categorical,
+        colors=colours_for(adata, name) if categorical else None,
+        hover=hover,
+        dragmode="lasso",
+        height=560,
+    )
+    event = st.plotly_chart(
+        fig,
+        width="stretch",
+        key=f"umap:{run.id}",
+        on_select="rerun",
+        selection_mode=("box", "lasso"),
+        config={"displaylogo": False, "scrollZoom": True},
+    )
+    st.caption(
+        f"{adata.n_obs:,} cells. Drag with the lasso (or the box tool) to select cells; double-click to clear. "
+        "Click a legend entry to hide a group."
+    )
+    chosen = plots.selected_cells(fig, (event or {}).get("selection") if event else None)
+    if chosen.size:
+        st.markdown(f"**{chosen.size:,} cells selected**")
+        groups = [(views.get("clusters"), "clusters")]
+        if label_key:
+            groups.insert(0, (label_key, "known cell types"))
+        cols = st.columns(len(groups))
+        for col, (key, title) in zip(cols, groups, strict=False):
+            if key and key in adata.obs:
+                col.plotly_chart(
+                    plots.composition_figure(adata.obs[key].astype(str).to_numpy()[chosen], title=title),
+                    width="stretch",
+                    key=f"comp:{key}",
+                )
+        table = adata.obs.iloc[chosen][[c for c in (label_key, views.get("clusters")) if c]].copy()
+        table.insert(0, "cell", adata.obs_names[chosen])
+        st.download_button(
+            "Download the selected cells (CSV)",
+            table.to_csv(index=False),
+            file_name=f"{run.id}_selected_cells.csv",
+            mime="text/csv",
+            key="dl_selected",
+        )
+
+with ui.guard("re-clustering"):
+    st.subheader("Clusters and scores")
+    with st.expander("Re-cluster the stored embedding", expanded=False):
+        st.caption("Runs on the stored embedding in seconds; the model is not trained again.")
+        method = st.radio(
+            "Method",
+            ["hdbscan", "leiden"],
+            format_func={
+                "hdbscan": "HDBSCAN on the UMAP (CellVGAE's way)",
+                "leiden": "Leiden on the embedding",
+            }.get,
+            horizontal=True,
+            key="rc_method",
+            help="HDBSCAN finds dense groups and leaves cells between them as noise; Leiden splits the "
+            "cells' neighbour graph into communities (no noise).",
+        )
+        if method == "hdbscan":
+            c = st.columns(2)
+            mcs = c[0].slider(
+                "Min cluster size",
+                2,
+                200,
+                25,
+                key="rc_mcs",
+                help="The smallest group HDBSCAN reports as a cluster.",
+            )
+            ms = c[1].slider(
+                "Min samples",
+                1,
+                100,
+                10,
+                key="rc_ms",
+                help="Higher: more conservative, more cells called noise.",
+            )
+            options = {"min_cluster_size": mcs, "min_samples": ms}
+        else:
+            res = st.slider(
+                "Resolution",
+                0.05,
+                3.0,
+                1.0,
+                0.05,
+                key="rc_res",
+                help="Higher resolution gives more, smaller clusters.",
+            )
+            options = {"resolution": res}
+        seed = int((run.config.get("train") or {}).get("seed", 0))
+        if st.button("Cluster", type="primary", key="rc_go", icon=":material/bubble_chart:"):
+            spec = {"method": method, "options": {**options, "seed": seed}}
+            found = cache.recluster(path, stamp, method, json.dumps(spec["options"], sort_keys=True))
+            st.session_state[recluster_key] = spec
+            st.toast(f"Re-clustered in {found['seconds']:.1f} s; choose 're-clustered here' to colour by it.")
+
+    space = (
+        "umap"
+        if (run.config.get("cluster") or {}).get("space", "umap") == "umap" and views.get("umap")
+        else "embedding"
+    )
+    rows = []
+    stored = [views.get("clusters"), *(views.get("other_clusters") or [])]
+    for key in [k for k in stored if k and k in adata.obs]:
+        s = cache.scores(
+            path,
+            stamp,
+            json.dumps({"obs": key}),
+            label_key,
+            space if key == views.get("clusters") else "embedding",
+        )
+        rows.append({"clustering": key, **s})
+    if st.session_state.get(recluster_key):
+        spec = st.session_state[recluster_key]
+        s = cache.scores(
+            path,
+            stamp,
+            json.dumps(spec, sort_keys=True),
+            label_key,
+            "umap" if spec["method"] == "hdbscan" and views.get("umap") else "embedding",
+        )
+        desc = ", ".join(f"{k} {v}" for k, v in spec["options"].items() if k != "seed")
+        rows.append({"clustering": f"re-clustered ({spec['method']}: {desc})", **s})
+    if rows:
+        table = pd.DataFrame(rows)[["clustering", "ari", "nmi", "silhouette", "n_clusters", "noise"]]
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "ari": st.column_config.NumberColumn(
+                    "ARI",
+                    format="%.3f",
+                    help="Agreement with the known cell types (1 = identical, 0 = chance).",
+                ),
+                "nmi": st.column_config.NumberColumn(
+                    "NMI", format="%.3f", help="Shared information with the known cell types (0 to 1)."
+                ),
+                "silhouette": st.column_config.NumberColumn(
+                    "silhouette",
+                    format="%.3f",
+                    help="How well separated the clusters are (-1 to 1), noise excluded.",
+                ),
+                "n_clusters": st.column_config.NumberColumn("clusters"),
+                "noise": st.column_config.NumberColumn(
+                    "noise cells", help="Cells HDBSCAN left out of every cluster."
+                ),
+            },
+        )
+        if not label_key:
+            st.caption("ARI and NMI need known cell types: this run was trained without a label column.")
+        rule = (adata.uns.get(views.get("model", ""), {}) or {}).get("cluster_rule")
+        if rule:
+            st.caption(f"How the model's clustering was chosen: {ui.md(rule)}.")
+
+with ui.guard("the comparison"):
+    st.subheader("Two runs side by side")
+    others = [i for i in state.runs() if i.id != run.id and (i.path / "result.h5ad").exists()]
+    if not others:
+        st.caption("Train a second run (another model, preset or seed) to compare it with this one here.")
+    elif st.toggle("Compare with another run", key="compare_on"):
+        other_id = st.selectbox(
+            "Other run",
+            [i.id for i in others],
+            format_func=lambda rid: next(
+                f"{i.name} · {i.model} · {ui.fmt_time(i.created)}" for i in others if i.id == rid
+            ),
+            key="compare_run",
+        )
+        other = state.store().open(other_id)
+        other_adata = cache.result(other)
+        other_views = interpret.result_views(other_adata)
+        shared_label = label_key if label_key and label_key in other_adata.obs else None
+        how = st.radio(
+            "Colour both by",
+            ["labels", "clusters"] if shared_label else ["clusters"],
+            format_func={
+                "labels": f"known cell types ({shared_label})",
+                "clusters": "each run's clusters",
+            }.get,
+            horizontal=True,
+            key="compare_colour",
+        )
+        cols = st.columns(2)
+        for col, (r, a, v) in zip(
+            cols, ((run, adata, views), (other, other_adata, other_views)), strict=True
+        ):
+            key = shared_label if how == "labels" else v.get("clusters")
+            vals = a.obs[key].astype(str).to_numpy() if key in a.obs else None
+            col.markdown(f"**{ui.md(r.meta.get('name', r.id))}** ({ui.md(v.get('model', ''))})")
+            col.plotly_chart(
+                plots.embedding_scatter(
+                    cache.layout(r, a),
+                    vals,
+                    name=key or "",
+                    categorical=True,
+                    colors=colours_for(a, key) if key else None,
+                    height=440,
+                ),
+                width="stretch",
+                key=f"cmp:{r.id}",
+            )
+            m = r.read_json("metrics.json", {}) or {}
+            col.caption(
+                " · ".join(
+                    f"{k.upper()} {m[k]:.3f}"
+                    for k in ("ari", "nmi", "silhouette")
+                    if isinstance(m.get(k), float)
+                )
+                + (f" · {m['n_clusters']} clusters" if m.get("n_clusters") is not None else "")
+            )

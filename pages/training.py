@@ -1,0 +1,226 @@
+"""Training: start a run in the background and watch it live (loss terms, validation, ETA, memory)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from scgraph_app import cache, config, state, ui
+from scgraph_core import estimate, jobs, plots
+from scgraph_core.errors import ConfigError
+from scgraph_core.models import base as models
+from scgraph_core.runs import Run
+
+ui.header(
+    "Training",
+    "Training runs in the background: switch pages, refresh or close the tab, it keeps going.",
+    "training",
+)
+
+REFRESH_S = 1.5
+
+# ---- start a run -------------------------------------------------------------------------------
+with ui.guard("starting a run"):
+    cfg = state.config_state()
+    source = state.dataset_source()
+    cls = models.get(cfg["model"])
+    with st.container(border=True):
+        st.markdown(
+            f"**Ready to train:** {ui.md(cls.title)}, {ui.md(cfg['preset'])} preset, on "
+            f"**{ui.md(source.get('name', source.get('path')))}**"
+            + (
+                f" ({sum(len(v) for v in cfg['overrides'].values())} setting(s) changed)"
+                if any(cfg["overrides"].values())
+                else ""
+            )
+        )
+        cols = st.columns([3, 1])
+        name = cols[0].text_input(
+            "Run name (optional)",
+            key="run_name",
+            placeholder=f"{cls.title} {cfg['preset']} on {source.get('name', '')}"[:100],
+            help="A name for the Runs list; leave empty for one made from the model, preset and dataset.",
+        )
+        cols[1].write("")
+        start = cols[1].button(
+            "Start training", type="primary", key="start_training", icon=":material/play_arrow:"
+        )
+        if start:
+            from scgraph_core import train
+
+            adata = cache.dataset(source)
+            resolved = config.current(config.label_key_for(adata))
+            train.resolve_device(resolved.train.device)  # a missing GPU is said here, not in the log
+            if cls.requires_counts:
+                overview = cache.overview(source)
+                if not overview["has_counts"]:
+                    raise ConfigError(
+                        f"{cls.title} needs raw counts and the loaded dataset has none. Load a raw-count file "
+                        "on the Data page or choose CellVGAE on the Model & graph page."
+                    )
+            display = name.strip() or f"{cls.title} {cfg['preset']} on {source.get('name', 'data')}"[:120]
+            run = jobs.start(
+                resolved,
+                jobs.input_record(source["path"], source.get("orientation", "auto"), source.get("format")),
+                store=state.store(),
+                name=display,
+                dataset=str(source.get("name") or source.get("path")),
+            )
+            state.set_active_run(run.id)
+            st.toast(f"Started {display}", icon=":material/rocket_launch:")
+            st.rerun()
+    ui.go_button("Change the settings", "model", key="train_settings", primary=False, icon=":material/tune:")
+
+# ---- pick the run to watch ---------------------------------------------------------------------
+watched: Run | None = None
+with ui.guard("the run list"):
+    infos = state.runs()
+    if not infos:
+        st.info(
+            "No run yet. Press **Start training** above; the quick preset on the demo takes about a minute."
+        )
+        st.stop()
+    active = state.active_run_id()
+    live = [i for i in infos if i.state in ("running", "queued")]
+    choices = [i.id for i in infos]
+    by_id = {i.id: i for i in infos}
+    if len(live) > 1:
+        st.caption(f"{len(live)} runs are training at once; they share this machine's processor.")
+    picked = st.selectbox(
+        "Run to watch",
+        choices,
+        index=choices.index(active) if active in choices else 0,
+        format_func=lambda rid: (
+            f"{by_id[rid].name} · {by_id[rid].model} · {by_id[rid].state} · {ui.fmt_time(by_id[rid].created)}"
+        ),
+        key="watch_run",
+        help="Every run on disk; the one you pick becomes the active run for the explore pages.",
+    )
+    if picked != active:
+        state.set_active_run(picked)
+    watched = state.store().open(picked)
+
+
+def _seconds(value: float | None) -> str:
+    return estimate.format_seconds(value)
+
+
+def run_view(run_id: str) -> None:
+    """The run's state, progress, device, memory and curves, read from the run folder alone."""
+    with ui.guard("the live view"):
+        run = state.store().open(run_id)
+        p = jobs.progress(run)
+        meta = run.meta
+        icon = ui.STATE_ICONS.get(p.state, "")
+        head = st.columns([4, 1])
+        head[0].markdown(f"### {icon} {ui.md(meta.get('name', run.id))}")
+        if p.state in ("queued", "running"):
+            if head[1].button(
+                "Stop" if not p.stop_requested else "Stopping...",
+                key=f"stop:{run.id}",
+                disabled=p.stop_requested,
+                icon=":material/stop:",
+                help="Ends training after the current epoch; the best checkpoint so far is kept and the "
+                "results are computed from it.",
+            ):
+                jobs.stop(run)
+                st.rerun()
+        step_words = {
+            "graph": "building the cell graph",
+            "train": "training",
+            "cluster": "clustering the embedding",
+            "interpret": "reading attention and gene weights",
+        }
+        if p.state == "queued":
+            st.info(
+                "Starting the training process (loading the libraries takes a few seconds)...",
+                icon=":material/schedule:",
+            )
+        elif p.state == "running":
+            what = step_words.get(p.step, p.step or "preparing the data")
+            if p.step == "train" and p.epochs:
+                stage = f" ({ui.md(p.stage)})" if p.stage and p.stage != "train" else ""
+                eta = f" · about {_seconds(p.eta_s)} left for training" if p.eta_s is not None else ""
+                st.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs}{stage}{eta}")
+            else:
+                st.progress(
+                    1.0 if p.step in ("cluster", "interpret") else 0.0, text=what.capitalize() + "..."
+                )
+        elif p.state == "done":
+            st.success(
+                "Finished." if p.message in ("", "finished") else f"Finished: {ui.md(p.message)}.",
+                icon=":material/check_circle:",
+            )
+        elif p.state == "stopped":
+            st.warning(f"Stopped: {ui.md(p.message)}.", icon=":material/stop_circle:")
+        else:
+            st.error(f"Failed: {ui.md(p.message)}", icon=":material/error:")
+            tail = jobs.log_tail(run)
+            if tail:
+                with st.expander("The training process's last output"):
+                    st.code(tail, language="text")
+
+        c = st.columns(5)
+        c[0].metric("elapsed", _seconds(p.elapsed_s))
+        c[1].metric("per epoch", f"{p.seconds_per_epoch:.2f} s" if p.seconds_per_epoch is not None else "-")
+        c[2].metric(
+            "device", p.device or "-", help="Where the worker trains (set on the Model & graph page)."
+        )
+        c[3].metric(
+            "precision",
+            p.precision or "-",
+            help="bf16: bfloat16 matrix products where the processor supports them.",
+        )
+        c[4].metric(
+            "peak memory",
+            f"{p.peak_memory_mb / 1024:.2f} GB" if p.peak_memory_mb else "-",
+            help="The training process's peak memory (GPU memory on CUDA).",
+        )
+        if not p.history.empty:
+            log_y = st.toggle("Log scale", key=f"logy:{run.id}", help="Show the loss terms on a log scale.")
+            st.plotly_chart(plots.loss_figure(p.history, log_y=log_y), width="stretch", key=f"loss:{run.id}")
+            val = plots.validation_figure(p.history)
+            if val is not None:
+                st.markdown("**Validation: finding the held-out edges**")
+                st.plotly_chart(val, width="stretch", key=f"val:{run.id}")
+        if p.finished and p.state != "failed":
+            metrics = run.read_json("metrics.json", {}) or {}
+            words = {
+                "ari": "ARI",
+                "nmi": "NMI",
+                "silhouette": "silhouette",
+                "n_clusters": "clusters",
+                "noise": "noise cells",
+                "val_auc": "validation AUC",
+            }
+            shown = {words[k]: metrics[k] for k in words if metrics.get(k) is not None}
+            if shown:
+                st.markdown("**Result**")
+                st.dataframe(
+                    [{k: round(v, 3) if isinstance(v, float) else v for k, v in shown.items()}],
+                    hide_index=True,
+                )
+            if run.file("result.h5ad").exists():
+                cols = st.columns(3)
+                cols[0].page_link(
+                    ui.PAGES["embedding"], label="Explore the embedding", icon=":material/scatter_plot:"
+                )
+                cols[1].page_link(ui.PAGES["attention"], label="Attention", icon=":material/share:")
+                cols[2].page_link(
+                    ui.PAGES["markers"], label="Marker genes", icon=":material/format_list_numbered:"
+                )
+        # Once the run ends, redraw the whole app once so the sidebar and page list catch up.
+        seen = st.session_state.setdefault("_seen_state", {})
+        if seen.get(run.id) not in (None, p.state) and p.finished:
+            seen[run.id] = p.state
+            st.rerun(scope="app")
+        seen[run.id] = p.state
+
+
+# Redrawn every REFRESH_S seconds while the run trains (the worker writes the folder, this reads it).
+live_view = st.fragment(run_every=REFRESH_S)(run_view)
+
+if watched is not None:
+    if jobs.status(watched).get("state") in ("queued", "running"):
+        live_view(watched.id)
+    else:
+        run_view(watched.id)

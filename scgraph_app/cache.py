@@ -1,0 +1,283 @@
+"""Cached loaders: datasets, results and the computations the explore pages make on them.
+
+Heavy objects are read once per file version (the cache key holds the file's modification time and
+size), so changing a colour, a gene or a page never re-reads or recomputes them. Results are shared
+read-only AnnData objects: pages must not modify them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from scgraph_core import data, graphs, interpret, plots
+from scgraph_core.runs import Run
+
+
+def source_stamp(source: dict[str, Any]) -> str:
+    """Changes whenever the file (or any file of a folder) changes, so the cache reads it again."""
+    path = str(source.get("path", ""))
+    if path == data.DEMO_PATH:
+        return "builtin"
+    p = Path(path).expanduser()
+    try:
+        if p.is_dir():
+            stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+            return f"dir:{len(stats)}:{max((s.st_mtime for s in stats), default=0)}:{sum(s.st_size for s in stats)}"
+        s = p.stat()
+        return f"{s.st_mtime}:{s.st_size}"
+    except OSError:
+        return "missing"
+
+
+@st.cache_resource(max_entries=3, show_spinner="Reading the dataset...")
+def _load_dataset(path: str, orientation: str, fmt: str | None, stamp: str):
+    return data.read(path, orientation=orientation, fmt=fmt)
+
+
+def dataset(source: dict[str, Any]):
+    """The AnnData of a dataset source (shared, read-only)."""
+    return _load_dataset(
+        str(source["path"]), source.get("orientation", "auto"), source.get("format"), source_stamp(source)
+    )
+
+
+@st.cache_data(max_entries=8, show_spinner="Summarising the dataset...")
+def _overview(path: str, orientation: str, fmt: str | None, stamp: str) -> dict[str, Any]:
+    adata = _load_dataset(path, orientation, fmt, stamp)
+    report = data.validate(adata)
+    qc, notes = plots.qc_metrics(adata)
+    return {
+        "summary": data.summarize(adata),
+        "errors": list(report.errors),
+        "warnings": list(report.warnings),
+        "x_kind": report.x_kind,
+        "qc": qc,
+        "qc_notes": notes,
+        "has_counts": report.x_kind == "counts"
+        or ("counts" in adata.layers and data.detect_x_kind(adata.layers["counts"]) == "counts"),
+    }
+
+
+def overview(source: dict[str, Any]) -> dict[str, Any]:
+    return _overview(
+        str(source["path"]), source.get("orientation", "auto"), source.get("format"), source_stamp(source)
+    )
+
+
+@st.cache_data(max_entries=16, show_spinner="Building the cell graph for these settings...")
+def _graph_preview(
+    path: str, orientation: str, fmt: str | None, stamp: str, prepare_json: str, graph_json: str
+) -> dict[str, Any]:
+    from scgraph_core import params
+
+    adata = _load_dataset(path, orientation, fmt, stamp)
+    prep_spec = params.from_dict(data.PrepareSpec, json.loads(prepare_json), where="prepare.")
+    graph_spec = params.from_dict(graphs.GraphSpec, json.loads(graph_json), where="graph.")
+    started = time.perf_counter()
+    prepared = data.prepare(adata, prep_spec)
+    graph = graphs.build_graph(
+        graphs.graph_matrix(prepared, graph_spec), graph_spec, cell_names=list(prepared.adata.obs_names)
+    )
+    return {
+        "stats": graph.stats(),
+        "seconds": time.perf_counter() - started,
+        "n_cells": int(prepared.adata.n_obs),
+        "n_genes": int(prepared.adata.n_vars),
+        "n_features": int(prepared.features.shape[1]),
+        "n_graph_genes": int(prepared.graph_input.shape[1]),
+        "notes": list(prepared.record.get("notes", [])),
+        "backend": graph.info.get("backend"),
+        "degrees": np.bincount(_degrees(graph), minlength=1).tolist(),
+    }
+
+
+def _degrees(graph) -> np.ndarray:
+    import scipy.sparse as sp
+
+    src, dst = graph.edge_index
+    keep = src != dst
+    A = sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.int8), (src[keep], dst[keep])), shape=(graph.n_nodes,) * 2
+    )
+    return np.diff(((A + A.T) > 0).tocsr().indptr)
+
+
+def graph_preview(source: dict[str, Any], prepare: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+    return _graph_preview(
+        str(source["path"]),
+        source.get("orientation", "auto"),
+        source.get("format"),
+        source_stamp(source),
+        json.dumps(prepare, sort_keys=True, default=list),
+        json.dumps(graph, sort_keys=True, default=list),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+
+
+def result_stamp(run: Run) -> float:
+    path = run.file("result.h5ad")
+    return os.stat(path).st_mtime if path.exists() else 0.0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Opening the run's results...")
+def _load_result(path: str, stamp: float):
+    return Run(path).read_result()
+
+
+def result(run: Run):
+    """The run's result AnnData (shared, read-only); raises RunError when there is none yet."""
+    return _load_result(str(run.path), result_stamp(run))
+
+
+@st.cache_data(max_entries=32, show_spinner="Clustering the stored embedding...")
+def recluster(path: str, stamp: float, method: str, options_json: str) -> dict[str, Any]:
+    """Cluster a run's stored embedding again (HDBSCAN on its UMAP, or Leiden on the embedding)."""
+    from scgraph_core import cluster
+
+    adata = _load_result(path, stamp)
+    views = interpret.result_views(adata)
+    emb = np.asarray(adata.obsm[views["embedding"]])
+    options = json.loads(options_json)
+    seed = int(options.pop("seed", 0))
+    started = time.perf_counter()
+    if method == "hdbscan":
+        umap_key = views.get("umap")
+        coords = np.asarray(adata.obsm[umap_key]) if umap_key in adata.obsm else None
+        found = cluster.cluster_embedding(
+            emb,
+            method="hdbscan",
+            umap_coords=coords,
+            seed=seed,
+            min_cluster_sizes=[int(options["min_cluster_size"])],
+            min_samples=[int(options["min_samples"])],
+            max_noise=1.0,
+        )
+        labels = found.labels
+    else:
+        labels = cluster.leiden(emb, resolution=float(options["resolution"]), seed=seed)
+    return {"labels": np.asarray(labels, dtype=np.int64), "seconds": time.perf_counter() - started}
+
+
+@st.cache_data(max_entries=16, show_spinner="Ranking genes with scanpy (rank_genes_groups)...")
+def rank_genes(
+    path: str, stamp: float, groupby: str, n_genes: int, method: str, feature_only: bool
+) -> pd.DataFrame:
+    adata = _load_result(path, stamp)
+    interpret.result_views(adata)
+    genes = None
+    if feature_only:
+        found = interpret.gene_weight_matrix(adata, "P_mu")
+        genes = found[1] if found is not None else None
+    return interpret.rank_genes_markers(adata, groupby, n_genes=n_genes, method=method, genes=genes)
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the top genes of every latent dimension...")
+def per_dimension(path: str, stamp: float, which: str, n_genes: int) -> pd.DataFrame:
+    adata = _load_result(path, stamp)
+    found = interpret.gene_weight_matrix(adata, which)
+    if found is None:
+        return pd.DataFrame(columns=["dimension", "rank", "gene", "weight"])
+    return interpret.top_genes_per_dimension(found[0], found[1], n_genes=n_genes)
+
+
+@st.cache_data(max_entries=16, show_spinner="Finding marker genes from the gene weights...")
+def cluster_markers(path: str, stamp: float, which: str, n_genes: int) -> pd.DataFrame:
+    """Marker genes per cluster from P_mu or P_sigma (MODELS.md 1.6), on the run's reported clusters."""
+    adata = _load_result(path, stamp)
+    views = interpret.result_views(adata)
+    found = interpret.gene_weight_matrix(adata, which)
+    if found is None or views.get("clusters") not in adata.obs:
+        return pd.DataFrame(columns=["cluster", "gene", "appearances", "score", "dimensions"])
+    labels = adata.obs[views["clusters"]].astype(str).to_numpy()
+    names = sorted(set(labels) - {"noise"}, key=plots._natural_key)
+    code_of = {name: i for i, name in enumerate(names)}
+    codes = np.array([code_of.get(v, -1) for v in labels], dtype=np.int64)
+    emb = np.asarray(adata.obsm[views["embedding"]])
+    table = interpret.top_genes(found[0], found[1], emb, codes, n_genes=n_genes)
+    table["cluster"] = [names[int(c)] for c in table["cluster"]]
+    return table
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def scores(path: str, stamp: float, labels_json: str, label_key: str | None, space: str) -> dict[str, Any]:
+    """ARI / NMI against ``label_key`` and the silhouette on ``space`` ("embedding" or "umap") of one
+    clustering: an obs column name, or a re-clustering's options (``labels_json``)."""
+    from scgraph_core import metrics
+
+    adata = _load_result(path, stamp)
+    views = interpret.result_views(adata)
+    spec = json.loads(labels_json)
+    if "obs" in spec:
+        labels = adata.obs[spec["obs"]].astype(str).to_numpy()
+        noise = "noise"
+    else:
+        labels = recluster(path, stamp, spec["method"], json.dumps(spec["options"], sort_keys=True))["labels"]
+        noise = -1
+    key = views.get("umap") if space == "umap" else views.get("embedding")
+    emb = np.asarray(adata.obsm[key]) if key in adata.obsm else None
+    truth = adata.obs[label_key].to_numpy() if label_key and label_key in adata.obs else None
+    return metrics.clustering_metrics(truth, labels, embedding=emb, noise_label=noise)
+
+
+@st.cache_data(max_entries=8, show_spinner="Computing a UMAP of the embedding...")
+def umap_of(path: str, stamp: float) -> np.ndarray:
+    """A 2-D layout for results that did not store one (seeded, as the models do)."""
+    from scgraph_core import cluster
+
+    adata = _load_result(path, stamp)
+    emb = np.asarray(adata.obsm[interpret.result_views(adata)["embedding"]])
+    return emb[:, :2].astype(np.float32) if emb.shape[1] == 2 else cluster.umap_embedding(emb, seed=0)
+
+
+def layout(run: Run, adata) -> np.ndarray:
+    """The 2-D coordinates the explore pages draw: the manifest's UMAP, else one computed here."""
+    key = interpret.result_views(adata).get("umap")
+    if key and key in adata.obsm:
+        return np.asarray(adata.obsm[key])[:, :2]
+    return umap_of(str(run.path), result_stamp(run))
+
+
+def expression(adata, gene: str, layer: str | None = None) -> np.ndarray:
+    """One gene's values in X (or a layer) as a dense vector."""
+    import scipy.sparse as sp
+
+    j = adata.var_names.get_loc(gene)
+    M = adata.X if layer is None else adata.layers[layer]
+    col = M[:, j]
+    col = col.toarray() if sp.issparse(col) else np.asarray(col)
+    return np.asarray(col, dtype=np.float64).reshape(-1)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Reading the attention coefficients...")
+def _attention(path: str, stamp: float, name: str):
+    return interpret.attention_map(_load_result(path, stamp), name)
+
+
+def attention(run: Run, name: str):
+    """One attention map of the run's result (shared, read-only)."""
+    return _attention(str(run.path), result_stamp(run), name)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def node_scores(path: str, stamp: float, name: str, statistic: str, mode: str) -> np.ndarray:
+    """Per-cell attention score of one map for one head statistic (MODELS.md 1.6 aggregation (b))."""
+    amap = _attention(path, stamp, name)
+    stat: str | int = int(statistic) if statistic.isdigit() else statistic
+    if stat == "mean" and amap.per_head:
+        alpha = amap.alpha  # node_attention averages the heads' scores itself
+    else:
+        alpha = amap.weights(stat)
+    n = _load_result(path, stamp).n_obs
+    return interpret.node_attention(amap.edge_index, alpha, n, mode=mode)

@@ -1,0 +1,95 @@
+"""The sidebar every page shares: the loaded dataset, the active run (switchable) and the device."""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from scgraph_core import jobs
+from scgraph_core.runs import Run
+
+from . import state, ui
+
+_WIDGET = "sidebar_run"
+
+
+@st.cache_resource(show_spinner=False)
+def device_line() -> str:
+    """What the machine offers for training (detected once per server)."""
+    from scgraph_core import train
+
+    device = train.resolve_device("auto")
+    if device.type == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+        return f"GPU: {name}"
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    cores = os.cpu_count() or 1
+    bf16 = "bfloat16 available" if train.cpu_supports_bf16() else "float32"
+    return f"CPU, {cores} core{'s' if cores != 1 else ''} ({bf16}); no GPU found"
+
+
+def _label(info) -> str:
+    return f"{info.name} · {info.model} · {info.state}"
+
+
+def _on_pick() -> None:
+    state.set_active_run(st.session_state.get(_WIDGET))
+
+
+def draw() -> None:
+    source = state.dataset_source()
+    with st.sidebar:
+        st.markdown(f":material/dataset: **Dataset:** {ui.md(source.get('name', source.get('path')))}")
+        infos = state.runs()
+        active = state.active_run_id()
+        if infos:
+            ids = [i.id for i in infos]
+            by_id = {i.id: i for i in infos}
+            if st.session_state.get(_WIDGET) != active:
+                st.session_state[_WIDGET] = active
+            st.selectbox(
+                "Active run",
+                ids,
+                key=_WIDGET,
+                format_func=lambda rid: _label(by_id[rid]) if rid in by_id else str(rid),
+                on_change=_on_pick,
+                help="The run the explore pages (Embedding, Attention, Markers, ...) show. Every run "
+                "on disk is listed, newest first; the Runs page manages them.",
+            )
+            running = [i for i in infos if i.state in ("running", "queued")]
+            if running:
+                st.caption(f":material/progress_activity: {len(running)} run(s) training in the background")
+        else:
+            st.caption("No runs yet: train one on the Training page.")
+        st.caption(f":material/memory: {device_line()}")
+
+
+def active_run_has(view: str) -> bool:
+    """Whether the active run's result lists ``view`` in its manifest (read from the file's header)."""
+    run_id = state.active_run_id()
+    if run_id is None:
+        return False
+    run = Run(state.store().root / run_id)
+    path = run.file("result.h5ad")
+    if not path.exists():
+        return False
+    return _has_view(str(path), os.stat(path).st_mtime, view)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _has_view(path: str, stamp: float, view: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f"uns/scgraph/views/{view}" in f
+    except OSError:
+        return False
+
+
+def status_of(run: Run) -> dict:
+    return jobs.status(run)

@@ -1,0 +1,799 @@
+"""AttentionAE-sc (Li et al., PLoS Comput Biol 19(12):e1011641, 2023): a ZINB denoising autoencoder and
+a GCN graph autoencoder fused by multi-head cross-attention, pre-trained, then fine-tuned by deep embedded
+clustering (DEC) started from Leiden, so the number of clusters is never asked for (MODELS.md section 5).
+
+The pure module (tensors in, tensors out), with x the z-scored HVG expression, Ã the cell graph's
+propagation matrix and ε ~ N(0, 1) a fresh multiplicative noise while training (none in eval mode):
+
+    ñ(h) = h + 0.1·ε ⊙ h̄                              (h̄: h detached; before enc_1, enc_2 and z_layer)
+    E1 = BN(ReLU(W_1 ñ(x)))                           shared first layer, D → 256
+    H1 = tanh(Ã E1 W_g1),  H2 = tanh(Ã H1 W_g2)       graph autoencoder, 256 → 64 → 16
+    E2 = BN(ReLU(W_2 ñ(E1)))                          256 → 64
+    R1 = Attn(query = H1, key/value = E2) + E2        fusion block 1 (:mod:`.fusion`)
+    z₀ = W_z ñ(R1)                                    64 → 16, no activation
+    Z  = Attn(query = H2, key/value = z₀) + z₀        fusion block 2: the embedding
+    D  = ReLU(W_d2 ReLU(W_d1 Z))                      decoder 16 → 64 → 256
+    μ = clamp(exp(W_μ D), 1e-5, 1e4),  θ = clamp(softplus(W_θ D), 1e-4, 1e3),  π = σ(W_π D)
+    Â_ij = σ(H2_i · H2_j)                             inner-product graph decoder
+
+Losses (MODELS.md 5.4): ZINB NLL of the raw HVG counts with mean μ·s_i (:func:`.counts.zinb_nll`);
+graph MSE (1/N²) Σ_ij (Â_ij − T_ij)²; pre-training ZINB + 0.1·graph; fine-tuning KL(P‖Q) + 0.1·ZINB +
+0.01·graph (:mod:`.dec`). Nothing is N x N unless the data is small: Ã is a sparse kNN Gaussian kernel,
+cell-to-cell attention runs over graph neighbours (``attention = graph``) above ``dense_max_cells``, the
+graph MSE is estimated from every graph edge plus sampled cell pairs, and the ZINB term reads a fresh
+random sample of cells each epoch on large data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError
+from ..params import param
+from ..train import LabelChangeStop, Stage, Trainer, peak_memory_mb
+from .base import Model, Result, register
+from .counts import zinb_nll_split
+from .dec import KERNELS, dec_kl, initial_centres, log_soft_assign, log_target_distribution
+from .fusion import FusionAttention, received_attention, strongest_pairs
+from .layers import _ConstSpMM, _csr
+
+_LOG_MU_MIN, _LOG_MU_MAX = math.log(1e-5), math.log(1e4)
+ATTENTION_MODES = ("auto", "dense", "graph")
+
+
+# =============================================================================================
+# The pure module
+# =============================================================================================
+
+
+class Propagation:
+    """The constant sparse operator Ã of the GCN layers, applied as Ã @ h (backward: Ãᵀ @ grad).
+
+    ``how="sym"`` (the paper's text): Ã = D^-1/2 (W + I) D^-1/2 with D the weighted degrees of W + I.
+    ``how="none"`` (the authors' code): Ã = W + I, the kernel with its unit diagonal, unnormalised.
+    """
+
+    def __init__(
+        self, edge_index: np.ndarray, weight: np.ndarray | None, n: int, *, how: str = "sym", device: Any = "cpu"
+    ) -> None:
+        if how not in ("sym", "none"):
+            raise ConfigError(f"adjacency normalisation must be 'sym' or 'none'; got {how!r}")
+        src, dst = np.asarray(edge_index, dtype=np.int64)
+        w = np.ones(src.size, dtype=np.float64) if weight is None else np.asarray(weight, dtype=np.float64)
+        keep = src != dst
+        ids = np.arange(n, dtype=np.int64)
+        rows = np.concatenate([dst[keep], ids])  # row = receiving cell
+        cols = np.concatenate([src[keep], ids])
+        vals = np.concatenate([w[keep], np.ones(n)])
+        mat = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+        if how == "sym":
+            deg = np.asarray(mat.sum(axis=1)).ravel()
+            dinv = 1.0 / np.sqrt(deg)
+            mat = sp.csr_matrix(sp.diags(dinv) @ mat @ sp.diags(dinv))
+        self.how, self.n = how, n
+        self.matrix = mat.astype(np.float32)
+        self._s = self._torch(self.matrix, device)
+        self._s_t = self._torch(sp.csr_matrix(self.matrix.T), device)
+
+    @staticmethod
+    def _torch(mat: sp.csr_matrix, device: Any) -> Tensor:
+        mat.sort_indices()
+        return _csr(
+            torch.from_numpy(mat.indptr.astype(np.int64)).to(device),
+            torch.from_numpy(mat.indices.astype(np.int64)).to(device),
+            torch.from_numpy(mat.data.astype(np.float32)).to(device),
+            mat.shape[0],
+        )
+
+    def __call__(self, h: Tensor) -> Tensor:
+        h = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
+        s, s_t = (self._s, self._s_t) if h.dtype == torch.float32 else (self._s.to(h.dtype), self._s_t.to(h.dtype))
+        return _ConstSpMM.apply(h.contiguous(), s, s_t)
+
+
+@dataclass
+class Encoded:
+    z: Tensor  # [N, L] the embedding
+    h2: Tensor  # [N, L] the graph branch's output (inner-product decoder)
+    attention: dict[str, Any] | None = None
+
+
+class AttentionAENet(nn.Module):
+    """The AttentionAE-sc network (module docstring; MODELS.md 5.3).
+
+    Args:
+        in_dim: model-input genes D.
+        hidden: widths of the two encoder layers (256, 64); the GCN layers map 256 → 64 → latent and the
+            decoder mirrors the encoder.
+        latent: embedding size L (16).
+        heads: attention heads K per fusion block (8).
+        query_dropout: dropout on the attention queries while training (0.2).
+        noise: multiplicative Gaussian noise scale while training (0.1; 0 = none).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        *,
+        hidden: tuple[int, int] = (256, 64),
+        latent: int = 16,
+        heads: int = 8,
+        query_dropout: float = 0.2,
+        noise: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if len(hidden) != 2 or min(hidden) < 1 or latent < 1 or in_dim < 1:
+            raise ConfigError(f"AttentionAE-sc needs two positive hidden widths; got hidden={tuple(hidden)}")
+        h1, h2 = (int(h) for h in hidden)
+        self.in_dim, self.hidden, self.latent, self.noise = int(in_dim), (h1, h2), int(latent), float(noise)
+        self.enc_1, self.bn_1 = nn.Linear(in_dim, h1), nn.BatchNorm1d(h1)
+        self.enc_2, self.bn_2 = nn.Linear(h1, h2), nn.BatchNorm1d(h2)
+        self.z_layer = nn.Linear(h2, latent)
+        self.gcn_1 = nn.Linear(h1, h2, bias=False)
+        self.gcn_2 = nn.Linear(h2, latent, bias=False)
+        self.attn_1 = FusionAttention(h2, heads, query_dropout)
+        self.attn_2 = FusionAttention(latent, heads, query_dropout)
+        self.dec_1, self.dec_2 = nn.Linear(latent, h2), nn.Linear(h2, h1)
+        self.mu_head = nn.Linear(h1, in_dim)
+        self.theta_head = nn.Linear(h1, in_dim)
+        self.pi_head = nn.Linear(h1, in_dim)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """What DEC fine-tunes: both encoder layers (with their batch norms), the GCN layers, z_layer and
+        both attention blocks; the decoder stays frozen (MODELS.md 5.5)."""
+        parts = (self.enc_1, self.bn_1, self.enc_2, self.bn_2, self.gcn_1, self.gcn_2, self.z_layer)
+        parts += (self.attn_1, self.attn_2)
+        return [p for m in parts for p in m.parameters()]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        parts = (self.dec_1, self.dec_2, self.mu_head, self.theta_head, self.pi_head)
+        return [p for m in parts for p in m.parameters()]
+
+    def _noisy(self, h: Tensor) -> Tensor:
+        if not self.training or self.noise == 0.0:
+            return h
+        return h + torch.randn_like(h) * (self.noise * h.detach())
+
+    def encode(
+        self,
+        x: Tensor,
+        propagate: Propagation,
+        *,
+        mode: str = "graph",
+        edge_index: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Encoded:
+        """Z and H2 for every cell; with ``return_attention`` also both fusion maps (see :mod:`.fusion`)."""
+        e1 = self.bn_1(F.relu(self.enc_1(self._noisy(x))))
+        h1 = torch.tanh(propagate(self.gcn_1(e1)))
+        h2 = torch.tanh(propagate(self.gcn_2(h1)))
+        e2 = self.bn_2(F.relu(self.enc_2(self._noisy(e1))))
+        kw = {"mode": mode, "edge_index": edge_index, "return_attention": return_attention}
+        attention: dict[str, Any] | None = None
+        if return_attention:
+            r1, a1 = self.attn_1(h1, e2, **kw)
+            z, a2 = self.attn_2(h2, self.z_layer(self._noisy(r1)), **kw)
+            attention = {"fusion1": a1, "fusion2": a2}
+        else:
+            r1 = self.attn_1(h1, e2, **kw)
+            z = self.attn_2(h2, self.z_layer(self._noisy(r1)), **kw)
+        return Encoded(z=z, h2=h2, attention=attention)
+
+    def decode(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(μ, θ, π logit), each [n, D], float32; μ is the normalised mean (multiply by s_i)."""
+        d = F.relu(self.dec_2(F.relu(self.dec_1(z))))
+        log_mu = self.mu_head(d).float().clamp(_LOG_MU_MIN, _LOG_MU_MAX)
+        theta = F.softplus(self.theta_head(d).float()).clamp(1e-4, 1e3)
+        return log_mu.exp(), theta, self.pi_head(d).float()
+
+
+def graph_mse(
+    h2: Tensor,
+    *,
+    target: str,
+    n_pairs: int,
+    generator: torch.Generator,
+    edges: tuple[Tensor, Tensor, Tensor] | None = None,
+    unit_rows: Tensor | None = None,
+) -> Tensor:
+    """Estimate of the dense graph loss (1/N²) Σ_ij (σ(h_i·h_j) − T_ij)² without forming N x N.
+
+    ``target="connectivities"``: T = the kernel W with a unit diagonal. Every edge (``edges`` = (source,
+    target, weight)) and every diagonal entry is summed exactly; the N² − E − N zero entries are estimated
+    from ``n_pairs`` uniformly drawn cell pairs (a draw that lands on an edge or the diagonal, probability
+    (E + N)/N², is counted as a zero: a negligible bias).
+    ``target="distances"`` (the authors' code): T_ij = 1 − cos(x_i, x_j) on the graph genes
+    (``unit_rows`` = L2-normalised rows), estimated from ``n_pairs`` uniform pairs.
+    """
+    n = h2.size(0)
+    h = h2.float()
+    dev = h.device
+    i = torch.randint(0, n, (n_pairs,), generator=generator).to(dev)
+    j = torch.randint(0, n, (n_pairs,), generator=generator).to(dev)
+    a_pairs = torch.sigmoid((h[i] * h[j]).sum(-1))
+    if target == "distances":
+        if unit_rows is None:
+            raise ValueError("the distance target needs unit_rows")
+        t = 1.0 - (unit_rows[i] * unit_rows[j]).sum(-1)
+        return (a_pairs - t).pow(2).mean()
+    if target != "connectivities":
+        raise ConfigError(f"graph target must be 'connectivities' or 'distances'; got {target!r}")
+    if edges is None:
+        raise ValueError("the connectivities target needs the edges")
+    src, dst, w = edges
+    a_edges = torch.sigmoid((h[src] * h[dst]).sum(-1))
+    a_diag = torch.sigmoid(h.pow(2).sum(-1))
+    n_zero = float(n) * float(n) - float(src.numel()) - float(n)
+    total = (a_edges - w).pow(2).sum() + (a_diag - 1.0).pow(2).sum() + n_zero * a_pairs.pow(2).mean()
+    return total / (float(n) * float(n))
+
+
+# =============================================================================================
+# The user-facing model
+# =============================================================================================
+
+
+@dataclass(frozen=True)
+class AttentionAEParams:
+    """AttentionAE-sc settings (Li et al. 2023; MODELS.md section 5)."""
+
+    hidden: tuple[int, ...] = param(
+        (256, 64), "widths of the two encoder layers (the GCN and the decoder mirror them)", min=2, max=8192
+    )
+    latent: int = param(16, "size of the embedding", min=2, max=512)
+    heads: int = param(8, "attention heads in each fusion block", min=1, max=32)
+    query_dropout: float = param(0.2, "dropout on the attention queries while training", min=0.0, max=0.9)
+    noise: float = param(
+        0.1, "denoising: multiplicative Gaussian noise on the encoder inputs while training", min=0.0, max=2.0
+    )
+    attention: str = param(
+        "auto",
+        "which cells a cell attends to: every cell (dense, the paper; small data only), its graph "
+        "neighbours (graph), or auto (dense up to dense_max_cells)",
+        choices=ATTENTION_MODES,
+    )
+    dense_max_cells: int = param(
+        1000, "auto uses dense cell-to-cell attention up to this many cells", min=2, advanced=True
+    )
+    adjacency: str = param(
+        "sym",
+        "GCN propagation: symmetric normalisation D^-1/2 (W+I) D^-1/2 (paper) or the raw kernel (authors' code)",
+        choices=("sym", "none"),
+        advanced=True,
+    )
+    graph_target: str = param(
+        "connectivities",
+        "what the graph decoder reconstructs: the kernel connectivities (paper) or cosine distances (authors' code)",
+        choices=("connectivities", "distances"),
+        advanced=True,
+    )
+    graph_pairs: int = param(
+        16, "random cell pairs per cell and epoch that estimate the graph loss off the edges", min=1, advanced=True
+    )
+    zinb_cells: int = param(
+        4096,
+        "cells whose counts enter the ZINB term each epoch, a fresh random sample (0 = all cells)",
+        min=0,
+        advanced=True,
+    )
+    zinb_ridge: float = param(0.0, "ridge penalty on the dropout probability pi", min=0.0, advanced=True)
+    lr: float = param(1e-3, "Adam learning rate of pre-training", min=1e-7, max=1.0)
+    pretrain_epochs: int = param(200, "most pre-training epochs (full batch)", min=1, max=100000)
+    pretrain_patience: int = param(
+        50, "stop pre-training after this many epochs without a new lowest loss (0 = never)", min=0
+    )
+    lr_step: int = param(40, "halve the pre-training learning rate every this many epochs", min=1, advanced=True)
+    lr_gamma: float = param(0.5, "learning-rate factor at every step", min=0.01, max=1.0, advanced=True)
+    grad_clip: float = param(3.0, "gradient norm clip (0 = none)", min=0.0, advanced=True)
+    graph_weight: float = param(0.1, "weight of the graph loss in pre-training", min=0.0)
+    restore_best: bool = param(
+        True,
+        "continue from a copy of the lowest-loss pre-training weights (the authors' code keeps the last ones)",
+        advanced=True,
+    )
+    dec_epochs: int = param(100, "most DEC fine-tuning epochs", min=0, max=100000)
+    dec_lr: float = param(1e-3, "Adam learning rate of DEC fine-tuning", min=1e-7, max=1.0)
+    dec_tol: float = param(
+        0.001, "DEC stops when fewer than this share of cells change cluster in an epoch", min=0.0, max=0.5
+    )
+    dec_min_epochs: int = param(20, "DEC epochs before the stopping rule applies", min=0)
+    dec_zinb_weight: float = param(0.1, "weight of the ZINB term during DEC", min=0.0, advanced=True)
+    dec_graph_weight: float = param(0.01, "weight of the graph term during DEC", min=0.0, advanced=True)
+    dec_kernel: str = param(
+        "student_t",
+        "DEC soft assignment: Student-t with exponent -(alpha+1)/2 (DEC paper) or the authors' squared kernel",
+        choices=KERNELS,
+        advanced=True,
+    )
+    dec_alpha: float = param(1.0, "Student-t degrees of freedom of the DEC kernel", min=0.01, advanced=True)
+    target_update: int = param(
+        1, "recompute the DEC target distribution P every this many epochs", min=1, advanced=True
+    )
+    detach_target: bool = param(
+        True, "treat P as a fixed target (DEC); the authors' code back-propagates through it", advanced=True
+    )
+    export_mode: str = param(
+        "eval",
+        "embedding, clusters and attention read with the noise and dropout off (eval) or on (the authors' code)",
+        choices=("eval", "train"),
+        advanced=True,
+    )
+    attention_top: int = param(
+        10, "strongest attention pairs kept per cell for the attention view", min=1, max=1000
+    )
+    denoised: bool = param(True, "write the denoised expression (mu x size factor) as a layer")
+    monitor_every: int = param(
+        10, "compute the silhouette during DEC every this many epochs (0 = never)", min=0, advanced=True
+    )
+
+    def check(self) -> None:
+        if len(self.hidden) != 2:
+            raise ConfigError(f"hidden must list 2 layer widths (256,64 in the paper); got {len(self.hidden)}.")
+
+
+FIXED = {
+    "prepare": {
+        "normalize": "auto",
+        "target_sum": 1e4,
+        "n_hvg": 2500,
+        "n_graph_genes": 2500,
+        "hvg_flavor": "seurat",
+        "scale": "zscore",
+    },
+    "graph": {"kind": "gaussian", "k": 15, "metric": "cosine", "use": "graph_genes", "symmetrize": "union"},
+    "model": {},
+    "train": {},
+    "cluster": {"method": "leiden", "resolution": 1.0, "n_neighbors": 15},
+}
+LEGACY = {
+    **FIXED,
+    "model": {
+        "adjacency": "none",
+        "graph_target": "distances",
+        "dec_kernel": "legacy",
+        "detach_target": False,
+        "export_mode": "train",
+        "restore_best": False,
+    },
+}
+QUICK = {
+    **FIXED,
+    "prepare": {**FIXED["prepare"], "n_hvg": 500, "n_graph_genes": 500},
+    "model": {"pretrain_epochs": 60, "pretrain_patience": 20, "lr_step": 20, "dec_epochs": 40},
+}
+
+
+def raw_counts(prepared: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(raw counts of the model genes as dense float32 [N, D], size factors [N]); refuses without counts."""
+    adata = prepared.adata
+    if "counts" not in adata.layers or "size_factor" not in adata.obs:
+        kind = prepared.record.get("x_kind", "not raw counts")
+        raise DataError(
+            "AttentionAE-sc needs raw counts (its ZINB loss models them and the size factors come from "
+            f"them), but this data has none: X holds {kind} values and there is no `counts` layer. Provide "
+            "the file with raw UMI counts in X or in a layer named `counts` (for 10x data, Cell Ranger's "
+            "filtered_feature_bc_matrix.h5), or choose a model that works on log-normalised data (CellVGAE)."
+        )
+    cols = adata.var_names.get_indexer(prepared.feature_genes)
+    counts = adata.layers["counts"][:, cols]
+    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    return np.ascontiguousarray(counts, dtype=np.float32), adata.obs["size_factor"].to_numpy(np.float32)
+
+
+class _DECModule(nn.Module):
+    """The network plus the cluster centres: the module DEC fine-tunes (and the trainer snapshots)."""
+
+    def __init__(self, net: AttentionAENet, centres: Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.centres = nn.Parameter(centres.clone())
+
+
+class Session:
+    """One AttentionAE-sc training: the tensors, the network and the three steps of MODELS.md 5.5
+    (:meth:`pretrain`, :meth:`initialise`, :meth:`finetune`), then :meth:`embed` / :meth:`assign`."""
+
+    def __init__(self, prepared: Any, graph: Any, params: AttentionAEParams, trainer: Trainer) -> None:
+        counts_np, sf_np = raw_counts(prepared)  # refuse before anything else is built
+        p = self.params = params
+        self.trainer = trainer
+        device = self.device = trainer.device
+        self.seed = trainer.spec.seed
+        self.x = torch.from_numpy(np.ascontiguousarray(prepared.features, dtype=np.float32)).to(device)
+        self.counts = torch.from_numpy(counts_np).to(device)
+        self.sf = torch.from_numpy(sf_np).to(device).unsqueeze(1)
+        n = self.n_cells = self.x.shape[0]
+        self.n_genes = self.x.shape[1]
+        self.mode = p.attention if p.attention != "auto" else ("dense" if n <= p.dense_max_cells else "graph")
+        self.edge_index = torch.from_numpy(graph.edge_index).to(device)
+        self.propagate = Propagation(graph.edge_index, graph.weight, n, how=p.adjacency, device=device)
+        self.generator = torch.Generator().manual_seed(self.seed + 1)
+        self.n_pairs = min(p.graph_pairs * n, 4_000_000)
+        keep = graph.edge_index[0] != graph.edge_index[1]
+        w = graph.weight if graph.weight is not None else np.ones(graph.n_edges, dtype=np.float32)
+        keep_t = torch.from_numpy(keep).to(device)
+        self.edges = (self.edge_index[0, keep_t], self.edge_index[1, keep_t], torch.from_numpy(w[keep]).to(device))
+        self.unit_rows = None
+        if p.graph_target == "distances":
+            rows = torch.from_numpy(np.asarray(prepared.graph_input, dtype=np.float32))
+            self.unit_rows = F.normalize(rows, dim=1).to(device)
+        self.net = AttentionAENet(
+            self.n_genes,
+            hidden=tuple(p.hidden),
+            latent=p.latent,
+            heads=p.heads,
+            query_dropout=p.query_dropout,
+            noise=p.noise,
+        ).to(device)
+        self.centres: Tensor | None = None
+        self.dec: _DECModule | None = None
+
+    # ---- pieces of the loss ------------------------------------------------------------------------
+
+    def encode(self, return_attention: bool = False) -> Encoded:
+        with self.trainer.autocast():
+            return self.net.encode(
+                self.x, self.propagate, mode=self.mode, edge_index=self.edge_index, return_attention=return_attention
+            )
+
+    def zinb_term(self, z: Tensor) -> Tensor:
+        """ZINB NLL of the raw counts, on a fresh random sample of ``zinb_cells`` cells on large data."""
+        p, n = self.params, self.n_cells
+        if p.zinb_cells and n > p.zinb_cells:
+            idx = torch.randperm(n, generator=self.generator)[: p.zinb_cells].to(self.device)
+            z, target, s = z[idx], self.counts[idx], self.sf[idx]
+        else:
+            target, s = self.counts, self.sf
+        with self.trainer.autocast():
+            mu, theta, pi_logit = self.net.decode(z)
+        return zinb_nll_split(target, mu * s, theta, pi_logit, ridge=p.zinb_ridge)
+
+    def graph_term(self, h2: Tensor) -> Tensor:
+        return graph_mse(
+            h2,
+            target=self.params.graph_target,
+            n_pairs=self.n_pairs,
+            generator=self.generator,
+            edges=self.edges,
+            unit_rows=self.unit_rows,
+        )
+
+    def embed(self) -> Tensor:
+        """Z for every cell without gradients, in eval mode (``export_mode = train``: noise on)."""
+        self.net.train(self.params.export_mode == "train")
+        try:
+            with torch.no_grad():
+                return self.encode().z.float()
+        finally:
+            self.net.eval()
+
+    def log_q(self, z: Tensor) -> Tensor:
+        p = self.params
+        centres = self.dec.centres if self.dec is not None else self.centres
+        return log_soft_assign(z, centres, alpha=p.dec_alpha, kernel=p.dec_kernel)
+
+    # ---- the three steps -----------------------------------------------------------------------
+
+    def pretrain(self) -> Any:
+        """ZINB + graph_weight · graph, Adam, StepLR, gradient clipping, lowest-loss copy kept."""
+        p, net = self.params, self.net
+        optimizer = torch.optim.Adam(net.parameters(), lr=p.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.lr_step, gamma=p.lr_gamma)
+
+        def step(epoch: int) -> dict[str, Tensor]:
+            enc = self.encode()
+            return {"zinb": self.zinb_term(enc.z), "graph": p.graph_weight * self.graph_term(enc.h2)}
+
+        def log_lr(epoch: int, event: dict) -> bool:
+            event["lr"] = optimizer.param_groups[0]["lr"]  # the rate the next epoch uses
+            return False
+
+        return self.trainer.run_stage(
+            Stage(
+                "pretrain",
+                net,
+                optimizer,
+                step,
+                p.pretrain_epochs,
+                grad_clip=p.grad_clip or None,
+                scheduler=scheduler,
+                patience=p.pretrain_patience,
+                restore_best=p.restore_best,
+                after_epoch=log_lr,
+            )
+        )
+
+    def initialise(self, z: Tensor, *, resolution: float, n_neighbors: int) -> np.ndarray:
+        """Leiden on a Gaussian kNN kernel of Z (the input graph's construction); centres = cluster means."""
+        from .. import cluster as clustering
+        from .. import graphs
+
+        k = min(n_neighbors, self.n_cells - 1)
+        g = graphs.build_graph(z.cpu().numpy(), graphs.GraphSpec(kind="gaussian", k=k, metric="euclidean"))
+        labels = clustering.leiden(g.to_csr(), resolution=resolution, seed=self.seed)
+        n_clusters = int(labels.max()) + 1
+        self.centres = initial_centres(z, torch.from_numpy(labels).to(self.device), n_clusters)
+        return labels
+
+    def finetune(self, init_labels: np.ndarray) -> Any:
+        """DEC: KL(P‖Q) + dec_zinb_weight · ZINB + dec_graph_weight · graph on the encoder and the centres,
+        decoder frozen; stops once fewer than ``dec_tol`` of the labels (argmax Q, eval mode) change."""
+        from .. import metrics
+
+        p, net = self.params, self.net
+        self.dec = dec = _DECModule(net, self.centres).to(self.device)
+        frozen = net.decoder_parameters()
+        for w in frozen:
+            w.requires_grad_(False)
+        optimizer = torch.optim.Adam([*net.encoder_parameters(), dec.centres], lr=p.dec_lr)
+        stopper = LabelChangeStop(p.dec_tol, p.dec_min_epochs)
+        stopper.update(0, init_labels)
+        target: dict[str, Tensor] = {}
+
+        def step(epoch: int) -> dict[str, Tensor]:
+            enc = self.encode()
+            log_q = self.log_q(enc.z)
+            if p.detach_target:
+                if "log_p" not in target or (epoch - 1) % p.target_update == 0:
+                    target["log_p"] = log_target_distribution(log_q.detach())
+                log_p = target["log_p"]
+            else:  # the authors' code: P recomputed from the live Q, gradients through both
+                log_p = log_target_distribution(log_q)
+            return {
+                "kl": dec_kl(log_p, log_q),
+                "zinb": p.dec_zinb_weight * self.zinb_term(enc.z),
+                "graph": p.dec_graph_weight * self.graph_term(enc.h2),
+            }
+
+        def after(epoch: int, event: dict) -> bool:
+            z = self.embed()
+            with torch.no_grad():
+                labels = self.log_q(z).argmax(1).cpu().numpy()
+            done = stopper.update(epoch, labels)
+            event["labels_changed"] = stopper.last_change
+            event["n_clusters"] = int(np.unique(labels).size)
+            if p.monitor_every and epoch % p.monitor_every == 0:
+                event["silhouette"] = metrics.silhouette(z.cpu().numpy(), labels, sample=1000, seed=self.seed)
+            return done
+
+        try:
+            return self.trainer.run_stage(
+                Stage(
+                    "dec",
+                    dec,
+                    optimizer,
+                    step,
+                    p.dec_epochs,
+                    grad_clip=p.grad_clip or None,
+                    patience=0,
+                    restore_best=False,
+                    after_epoch=after,
+                )
+            )
+        finally:
+            for w in frozen:
+                w.requires_grad_(True)
+
+    def assign(self, z: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, Q, centres) after DEC: clusters DEC emptied are dropped, the rest renumbered by size
+        (0 = the largest), Q renormalised over the clusters kept; labels = argmax Q."""
+        with torch.no_grad():
+            q = self.log_q(z).exp().cpu().numpy()
+        centres = (self.dec.centres if self.dec is not None else self.centres).detach().cpu().numpy()
+        used, sizes = np.unique(q.argmax(1), return_counts=True)
+        used = used[np.argsort(-sizes, kind="stable")]
+        q = q[:, used]
+        q /= q.sum(1, keepdims=True)
+        return q.argmax(1), q.astype(np.float32), centres[used]
+
+    def denoised(self, z: Tensor, prepared: Any) -> np.ndarray:
+        """μ·s for the model genes (expected counts), NaN for genes the model does not see; [N, G]."""
+        adata = prepared.adata
+        cols = adata.var_names.get_indexer(prepared.feature_genes)
+        out = np.full(adata.shape, np.nan, dtype=np.float32)
+        step = max(1, (1 << 24) // max(1, len(cols)))
+        with torch.no_grad():
+            for a in range(0, z.size(0), step):
+                with self.trainer.autocast():
+                    mu, _, _ = self.net.decode(z[a : a + step])
+                out[a : a + step, cols] = (mu * self.sf[a : a + step]).float().cpu().numpy()
+        return out
+
+    def attention_maps(self) -> dict[str, Any]:
+        """Both fusion maps from one pass without gradients (eval mode unless export_mode = train)."""
+        self.net.train(self.params.export_mode == "train")
+        try:
+            with torch.no_grad():
+                return self.encode(return_attention=True).attention or {}
+        finally:
+            self.net.eval()
+
+
+@register
+class AttentionAE(Model):
+    name = "attentionae"
+    title = "AttentionAE-sc"
+    summary = (
+        "Clusters cells from raw counts without being told how many clusters there are: a denoising "
+        "autoencoder and a graph autoencoder fused by attention, refined by deep embedded clustering."
+    )
+    paper = "Li et al., PLoS Comput Biol 19(12):e1011641, 2023"
+    Params = AttentionAEParams
+    presets = {"paper": FIXED, "legacy": LEGACY, "quick": QUICK}
+    requires_counts = True
+
+    def fit(
+        self, prepared, graph, params: AttentionAEParams, trainer: Trainer, *, cluster, label_key=None
+    ) -> Result:
+        from .. import cluster as clustering
+        from .. import metrics
+
+        p = params
+        run = Session(prepared, graph, p, trainer)
+        n_cells, seed = run.n_cells, run.seed
+
+        t0 = time.perf_counter()
+        pre = run.pretrain()
+        seconds_pretrain = time.perf_counter() - t0
+
+        trainer.emit({"kind": "pipeline", "step": "cluster"})
+        t0 = time.perf_counter()
+        z0 = run.embed()
+        init_labels = run.initialise(z0, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors)
+        n_init = int(init_labels.max()) + 1
+        seconds_init = time.perf_counter() - t0
+        truth = prepared.adata.obs[label_key].to_numpy() if label_key is not None else None
+        sil_n = cluster.silhouette_sample
+        z0_np = z0.cpu().numpy()
+        init_scores = metrics.clustering_metrics(truth, init_labels, embedding=z0_np, silhouette_sample=sil_n, seed=seed)
+
+        dec_outcome = None
+        seconds_dec = 0.0
+        dec_ran = p.dec_epochs > 0 and n_init >= 2 and not pre.stopped
+        if dec_ran:
+            t0 = time.perf_counter()
+            dec_outcome = run.finetune(init_labels)
+            seconds_dec = time.perf_counter() - t0
+
+        trainer.emit({"kind": "pipeline", "step": "interpret"})
+        t0 = time.perf_counter()
+        z = run.embed()
+        z_np = z.cpu().numpy()
+        if dec_ran:
+            labels, q_np, centres = run.assign(z)
+        else:
+            labels = init_labels
+            q_np = np.eye(n_init, dtype=np.float32)[init_labels]
+            centres = run.centres.cpu().numpy()
+        final_scores = metrics.clustering_metrics(truth, labels, embedding=z_np, silhouette_sample=sil_n, seed=seed)
+        umap_xy = clustering.umap_embedding(
+            z_np,
+            n_neighbors=cluster.n_neighbors,
+            min_dist=cluster.umap_min_dist,
+            n_epochs=cluster.umap_n_epochs,
+            seed=seed,
+        )
+        cluster_names = [str(c) for c in range(q_np.shape[1])]
+        obs: dict[str, Any] = {
+            "attentionae_cluster": pd.Categorical([str(v) for v in labels], categories=cluster_names),
+            "attentionae_leiden": pd.Categorical(
+                [str(v) for v in init_labels], categories=[str(c) for c in range(n_init)]
+            ),
+        }
+        obsm: dict[str, Any] = {"X_attentionae": z_np.astype(np.float32), "X_umap": umap_xy, "attentionae_q": q_np}
+        uns: dict[str, Any] = {
+            "attention_mode": run.mode,
+            "centres": np.asarray(centres, dtype=np.float32),
+            "feature_genes": np.asarray(prepared.feature_genes, dtype=object),
+        }
+        views: dict[str, Any] = {
+            "umap": "X_umap",
+            "clusters": "attentionae_cluster",
+            "other_clusters": ["attentionae_leiden"],
+            "probabilities": "attentionae_q",
+            "probability_names": cluster_names,
+            "history": "history",
+        }
+        obsp: dict[str, Any] = {}
+        layers: dict[str, Any] = {}
+        if p.attention_top:
+            maps = run.attention_maps()
+            uns["attention"], views["attention"] = {}, {}
+            for name, att in maps.items():
+                ei, alpha = strongest_pairs(att, n_cells, p.attention_top)
+                mean, std = alpha.mean(axis=1), alpha.std(axis=1)
+                # Row = query cell, column = key cell (the cell attended to).
+                shape = (n_cells, n_cells)
+                obsp[f"attentionae_attention_{name}"] = sp.csr_matrix((mean, (ei[1], ei[0])), shape=shape)
+                obsp[f"attentionae_attention_{name}_std"] = sp.csr_matrix((std, (ei[1], ei[0])), shape=shape)
+                uns["attention"][name] = {"edge_index": ei.astype(np.int32), "alpha": alpha}
+                obs[f"attentionae_attention_{name}"] = received_attention(att, n_cells)
+                views["attention"][name] = {
+                    "obsp": f"attentionae_attention_{name}",
+                    "obsp_std": f"attentionae_attention_{name}_std",
+                    "heads": int(alpha.shape[1]),
+                    "kind": "fusion",
+                    "node_obs": f"attentionae_attention_{name}",
+                }
+            views["attention_layers"] = list(maps)
+            del maps
+        if p.denoised:
+            layers["attentionae_denoised"] = run.denoised(z, prepared)
+            views["imputed_layer"] = "attentionae_denoised"
+            views["imputed_scale"] = "counts"
+        seconds_export = time.perf_counter() - t0
+
+        table = history_table(pre, dec_outcome)
+        uns["history"] = table
+        result_metrics: dict[str, Any] = {
+            **final_scores,
+            "leiden_init": {k: init_scores[k] for k in ("ari", "nmi", "silhouette", "n_clusters")},
+            "attention_mode": run.mode,
+            "n_cells": n_cells,
+            "n_features": run.n_genes,
+            "pretrain_epochs_run": pre.epochs_run,
+            "pretrain_best_epoch": pre.best_epoch,
+            "dec_epochs_run": dec_outcome.epochs_run if dec_outcome else 0,
+            "dec_converged": bool(dec_outcome.converged) if dec_outcome else False,
+            "epochs_run": pre.epochs_run + (dec_outcome.epochs_run if dec_outcome else 0),
+            "stopped": bool(pre.stopped or (dec_outcome.stopped if dec_outcome else False)),
+            "seconds_per_epoch": pre.seconds_per_epoch,
+            "seconds_pretrain": seconds_pretrain,
+            "seconds_leiden_init": seconds_init,
+            "seconds_dec": seconds_dec,
+            "seconds_export": seconds_export,
+            "peak_memory_mb": peak_memory_mb(run.device),
+        }
+        if not dec_ran:
+            result_metrics["dec_skipped"] = (
+                "stopped during pre-training"
+                if pre.stopped
+                else ("the Leiden initialisation found one cluster" if n_init < 2 else "dec_epochs = 0")
+            )
+        module = run.dec if run.dec is not None else run.net
+        weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        return Result(
+            model=self.name,
+            embedding_key="X_attentionae",
+            obs=obs,
+            obsm=obsm,
+            obsp=obsp,
+            layers=layers,
+            uns=uns,
+            tables={"history": table},
+            metrics=result_metrics,
+            weights=weights,
+            views=views,
+        )
+
+
+def history_table(pre: Any, dec: Any | None) -> pd.DataFrame:
+    """One row per epoch of both stages: losses, learning rate, and during DEC the label changes."""
+    rows = [
+        {"stage": "pretrain", "epoch": e["epoch"], "loss": e["loss"], **e["losses"], "lr": e.get("lr")}
+        for e in pre.history
+    ]
+    if dec is not None:
+        rows += [
+            {
+                "stage": "dec",
+                "epoch": e["epoch"],
+                "loss": e["loss"],
+                **e["losses"],
+                "labels_changed": e.get("labels_changed"),
+                "n_clusters": e.get("n_clusters"),
+                "silhouette": e.get("silhouette"),
+            }
+            for e in dec.history
+        ]
+    return pd.DataFrame(rows)

@@ -1,0 +1,692 @@
+"""Figures for the app (and notebooks): plotly figures and a pyvis cell-graph page. No Streamlit here.
+
+Every builder takes arrays or tables and returns a ``plotly.graph_objects.Figure`` (or, for the
+attention graph, a self-contained HTML string): the caller decides where it goes. Scatter plots of
+cells use WebGL (``Scattergl``), which stays responsive with 100,000 cells. Each point carries its
+cell's row number in ``customdata`` so a selection on the plot maps back to cells
+(:func:`selected_cells`).
+
+The attention graph (:func:`attention_graph_html`) is built with pyvis and rendered through this
+package's own template (``assets/attention_graph.html``): the vis-network library is inlined from the
+pyvis package (nothing is fetched from the internet), the node and edge data are embedded with
+Jinja's ``tojson`` (which escapes ``<``, ``>``, ``&`` and quotes), the legend is HTML-escaped, and
+vis-network draws labels on a canvas and tooltips with ``innerText``. A cell type called
+``<script>`` therefore appears as text and never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import scipy.sparse as sp
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "attention_graph_html",
+    "category_colors",
+    "composition_figure",
+    "embedding_scatter",
+    "gene_gene_figure",
+    "gene_weight_figure",
+    "heatmap_figure",
+    "imputation_histogram",
+    "loss_figure",
+    "qc_figure",
+    "qc_metrics",
+    "selected_cells",
+    "validation_figure",
+]
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+NOISE_COLOR = "#c7c7c7"
+MISSING_COLOR = "#e0e0e0"
+# Enough distinct colours for the cell types of a typical dataset (plotly's qualitative sets).
+_PALETTE = (
+    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
+    "#393b79 #e6550d #31a354 #843c39 #7b4173 #3182bd #fd8d3c #74c476 #ad494a #a55194 "
+    "#6baed6 #fdae6b #a1d99b #d6616b #ce6dbd #9ecae1 #fdd0a2 #c7e9c0 #e7969c #de9ed6"
+).split()
+_MAX_LEGEND = 60  # more categories than this are drawn as one trace coloured by code
+_NOISE_NAMES = {"noise", "-1", "nan", "none", ""}
+_LAYOUT = {"template": "plotly_white", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}}
+
+
+def _natural_key(text: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text)))
+
+
+def category_colors(categories: Sequence[Any], given: Sequence[str] | None = None) -> dict[str, str]:
+    """A colour per category: ``given`` (e.g. ``adata.uns['celltype_colors']``) when it fits, else the
+    built-in palette; noise and missing values are grey."""
+    names = [str(c) for c in categories]
+    out: dict[str, str] = {}
+    usable = list(given) if given is not None and len(given) >= len(names) else None
+    i = 0
+    for j, name in enumerate(names):
+        if name.lower() in _NOISE_NAMES:
+            out[name] = NOISE_COLOR
+        elif usable is not None:
+            out[name] = str(usable[j])
+        else:
+            out[name] = _PALETTE[i % len(_PALETTE)]
+            i += 1
+    return out
+
+
+def _point_size(n: int) -> float:
+    return 7.0 if n <= 2_000 else 5.0 if n <= 20_000 else 3.5 if n <= 100_000 else 2.5
+
+
+def _is_categorical(values: Any) -> bool:
+    if isinstance(values, pd.Series):
+        dtype = values.dtype
+        return isinstance(dtype, pd.CategoricalDtype) or dtype.kind in "OSUb"
+    arr = np.asarray(values)
+    return arr.dtype.kind in "OSUb"
+
+
+def embedding_scatter(
+    coords: np.ndarray,
+    values: Any = None,
+    *,
+    name: str = "",
+    categorical: bool | None = None,
+    colors: Mapping[str, str] | None = None,
+    colorscale: str = "Viridis",
+    hover: Sequence[str] | None = None,
+    title: str | None = None,
+    height: int = 520,
+    point_size: float | None = None,
+    dragmode: str | None = None,
+    axis_names: tuple[str, str] = ("UMAP 1", "UMAP 2"),
+    cmid: float | None = None,
+) -> go.Figure:
+    """Cells on a 2-D layout (UMAP), coloured by a category or a number, drawn with WebGL.
+
+    Categorical ``values`` get one trace per category (click the legend to hide one); numbers get a
+    colour bar. ``customdata`` of every point is its row number in ``coords``.
+    """
+    xy = np.asarray(coords, dtype=np.float32)
+    n = xy.shape[0]
+    size = point_size or _point_size(n)
+    fig = go.Figure()
+    index = np.arange(n, dtype=np.int64)
+    hover_arr = None if hover is None else np.asarray(hover, dtype=object)
+    marker_line = {"width": 0}
+    if values is None:
+        fig.add_trace(
+            go.Scattergl(
+                x=xy[:, 0],
+                y=xy[:, 1],
+                mode="markers",
+                marker={"size": size, "color": _PALETTE[0], "line": marker_line},
+                customdata=index,
+                text=hover_arr,
+                hovertemplate="%{text}<extra></extra>" if hover_arr is not None else None,
+                name="cells",
+                showlegend=False,
+            )
+        )
+    else:
+        if categorical is None:
+            categorical = _is_categorical(values)
+        if categorical:
+            series = pd.Series(values).astype("object").where(pd.notna(pd.Series(values)), "nan").astype(str)
+            cats = sorted(series.unique(), key=lambda c: (c.lower() in _NOISE_NAMES, _natural_key(c)))
+            palette = dict(category_colors(cats)) if colors is None else dict(colors)
+            if len(cats) > _MAX_LEGEND:
+                codes = pd.Categorical(series, categories=cats).codes
+                fig.add_trace(
+                    go.Scattergl(
+                        x=xy[:, 0],
+                        y=xy[:, 1],
+                        mode="markers",
+                        marker={"size": size, "color": codes, "colorscale": "Turbo", "line": marker_line},
+                        customdata=index,
+                        text=series.to_numpy() if hover_arr is None else hover_arr,
+                        hovertemplate="%{text}<extra></extra>",
+                        name=name,
+                        showlegend=False,
+                    )
+                )
+            else:
+                arr = series.to_numpy()
+                for cat in cats:
+                    rows = np.flatnonzero(arr == cat)
+                    text = hover_arr[rows] if hover_arr is not None else None
+                    fig.add_trace(
+                        go.Scattergl(
+                            x=xy[rows, 0],
+                            y=xy[rows, 1],
+                            mode="markers",
+                            marker={
+                                "size": size,
+                                "color": palette.get(cat, NOISE_COLOR),
+                                "line": marker_line,
+                            },
+                            customdata=rows,
+                            text=text,
+                            hovertemplate=(
+                                f"{_hover_safe(cat)}<br>%{{text}}<extra></extra>"
+                                if text is not None
+                                else None
+                            ),
+                            name=f"{cat} ({rows.size:,})",
+                        )
+                    )
+        else:
+            vals = np.asarray(values, dtype=np.float64)
+            finite = np.isfinite(vals)
+            if (~finite).any():
+                rows = np.flatnonzero(~finite)
+                fig.add_trace(
+                    go.Scattergl(
+                        x=xy[rows, 0],
+                        y=xy[rows, 1],
+                        mode="markers",
+                        marker={"size": size, "color": MISSING_COLOR, "line": marker_line},
+                        customdata=rows,
+                        hoverinfo="skip",
+                        name="no value",
+                    )
+                )
+            # Highest values on top, so a gene's expressing cells are not hidden under the others.
+            rows = np.flatnonzero(finite)
+            rows = rows[np.argsort(vals[rows], kind="stable")]
+            text = hover_arr[rows] if hover_arr is not None else None
+            marker: dict[str, Any] = {
+                "size": size,
+                "color": vals[rows],
+                "colorscale": colorscale,
+                "showscale": True,
+                "colorbar": {"title": {"text": name}, "thickness": 14},
+                "line": marker_line,
+            }
+            if cmid is not None:
+                marker["cmid"] = cmid
+            fig.add_trace(
+                go.Scattergl(
+                    x=xy[rows, 0],
+                    y=xy[rows, 1],
+                    mode="markers",
+                    marker=marker,
+                    customdata=rows,
+                    text=text,
+                    hovertemplate=("%{text}<br>" if text is not None else "")
+                    + f"{_hover_safe(name)}: %{{marker.color:.3g}}<extra></extra>",
+                    name=name,
+                    showlegend=False,
+                )
+            )
+    fig.update_layout(
+        **_LAYOUT,
+        height=height,
+        title={"text": title} if title else None,
+        legend={"itemsizing": "constant", "title": {"text": name}},
+        dragmode=dragmode,
+        uirevision="keep",  # keep zoom and legend clicks when the colour changes
+    )
+    fig.update_xaxes(title=axis_names[0], showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(
+        title=axis_names[1], showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x"
+    )
+    return fig
+
+
+def _hover_safe(text: Any) -> str:
+    # Plotly renders hover templates as (limited) HTML: show category names as text.
+    import html
+
+    return html.escape(str(text)).replace("%", "%%").replace("{", "&#123;").replace("}", "&#125;")
+
+
+def selected_cells(fig: go.Figure, selection: Mapping[str, Any] | None) -> np.ndarray:
+    """Row numbers of the cells selected on ``fig`` (Streamlit's plotly selection state)."""
+    if not selection:
+        return np.empty(0, dtype=np.int64)
+    points = selection.get("points") or []
+    out = []
+    for p in points:
+        cd = p.get("customdata")
+        if isinstance(cd, (list, tuple)):
+            cd = cd[0] if cd else None
+        if cd is not None:
+            out.append(int(cd))
+            continue
+        curve, idx = p.get("curve_number"), p.get("point_index", p.get("point_number"))
+        if curve is None or idx is None or curve >= len(fig.data):
+            continue
+        data = fig.data[curve].customdata
+        if data is not None and idx < len(data):
+            out.append(int(np.asarray(data).reshape(-1)[idx]))
+    return np.unique(np.asarray(out, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------------------------
+# Data page: quality control
+# ------------------------------------------------------------------------------------------------
+
+_TOTAL_COLS = ("total_counts", "n_counts", "nCount_RNA")
+_GENES_COLS = ("n_genes_by_counts", "n_genes", "nFeature_RNA")
+_MITO_COLS = ("pct_counts_mt", "percent_mito", "percent.mt", "pct_mito")
+
+
+def _mito_mask(var_names: pd.Index) -> np.ndarray:
+    names = pd.Index(var_names).astype(str)
+    return np.asarray(names.str.match(r"^(MT|mt|Mt)[-_.:]"), dtype=bool)
+
+
+def qc_metrics(adata: Any) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Per-cell quality numbers and what each one was computed from.
+
+    Columns: ``total`` (counts per cell), ``genes`` (expressed genes per cell) and, when gene names
+    mark mitochondrial genes (``MT-``, ``mt-``) or the file has such a column, ``mito_pct`` (share of
+    the counts on mitochondrial genes, in %). Raw counts are used when they exist (a ``counts`` layer
+    or X); otherwise existing QC columns of ``obs`` are reused, or the numbers are computed on X and
+    labelled so (a total of log values is not a count).
+    """
+    from .data import detect_x_kind
+
+    n = adata.n_obs
+    counts = None
+    source = ""
+    if "counts" in adata.layers and detect_x_kind(adata.layers["counts"]) == "counts":
+        counts, source = adata.layers["counts"], "the counts layer"
+    elif adata.X is not None and detect_x_kind(adata.X) == "counts":
+        counts, source = adata.X, "the raw counts in X"
+    table = pd.DataFrame(index=adata.obs_names)
+    notes: dict[str, str] = {}
+    obs = adata.obs
+    mito = _mito_mask(adata.var_names)
+
+    def col(candidates: tuple[str, ...]) -> str | None:
+        return next((c for c in candidates if c in obs and pd.api.types.is_numeric_dtype(obs[c])), None)
+
+    if counts is not None:
+        M = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
+        total = np.asarray(M.sum(axis=1)).reshape(-1)
+        genes = np.asarray((M > 0).sum(axis=1)).reshape(-1)
+        table["total"], table["genes"] = total, genes
+        notes["total"] = f"counts per cell (from {source})"
+        notes["genes"] = f"genes with at least one count (from {source})"
+        if mito.any():
+            mt = np.asarray(M[:, mito].sum(axis=1)).reshape(-1)
+            table["mito_pct"] = np.divide(100.0 * mt, total, out=np.zeros(n), where=total > 0)
+            notes["mito_pct"] = f"% of counts on the {int(mito.sum())} mitochondrial genes (MT-)"
+        return table, notes
+    total_col, genes_col, mito_col = col(_TOTAL_COLS), col(_GENES_COLS), col(_MITO_COLS)
+    X = adata.X
+    if total_col:
+        table["total"] = obs[total_col].to_numpy(dtype=float)
+        notes["total"] = f"counts per cell (the file's '{total_col}' column; no raw counts are loaded)"
+    else:
+        table["total"] = np.asarray(X.sum(axis=1)).reshape(-1)
+        notes["total"] = "sum of the values in X per cell (X holds no raw counts, so this is not a count)"
+    if genes_col:
+        table["genes"] = obs[genes_col].to_numpy(dtype=float)
+        notes["genes"] = f"expressed genes per cell (the file's '{genes_col}' column)"
+    else:
+        table["genes"] = np.asarray((X != 0).sum(axis=1)).reshape(-1)
+        notes["genes"] = "genes with a non-zero value in X"
+    if mito_col:
+        values = obs[mito_col].to_numpy(dtype=float)
+        # Files store the share either as a fraction (0-1) or in percent.
+        table["mito_pct"] = values * 100.0 if np.nanmax(values) <= 1.0 else values
+        notes["mito_pct"] = f"% of counts on mitochondrial genes (the file's '{mito_col}' column)"
+    return table, notes
+
+
+def qc_figure(qc: pd.DataFrame, notes: Mapping[str, str] | None = None) -> go.Figure:
+    """Histograms of the per-cell QC numbers (:func:`qc_metrics`), one panel each, median dotted.
+
+    ``notes`` (what each number was computed from) go in the hover text of each panel.
+    """
+    titles = {"total": "Counts per cell", "genes": "Genes per cell", "mito_pct": "Mitochondrial share (%)"}
+    cols = [c for c in ("total", "genes", "mito_pct") if c in qc]
+    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[titles[c] for c in cols])
+    for i, c in enumerate(cols, start=1):
+        values = qc[c].to_numpy(dtype=float)
+        fig.add_trace(
+            go.Histogram(
+                x=values[np.isfinite(values)], nbinsx=50, marker_color=_PALETTE[i - 1], name=titles[c]
+            ),
+            row=1,
+            col=i,
+        )
+        median = float(np.nanmedian(values)) if values.size else math.nan
+        if math.isfinite(median):
+            fig.add_vline(x=median, line_dash="dot", line_color="#444", row=1, col=i)
+        fig.update_yaxes(title_text="cells" if i == 1 else None, row=1, col=i)
+    fig.update_layout(**_LAYOUT, height=300, showlegend=False, bargap=0.05)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Training page
+# ------------------------------------------------------------------------------------------------
+
+_NOT_TERMS = {"stage", "epoch"}
+
+
+def loss_terms(history: pd.DataFrame) -> list[str]:
+    """The loss columns of a training history: 'loss' and each term (validation scores excluded)."""
+    return [
+        c
+        for c in history.columns
+        if c not in _NOT_TERMS and not str(c).startswith(("val_", "test_")) and history[c].notna().any()
+    ]
+
+
+def loss_figure(history: pd.DataFrame, *, log_y: bool = False, height: int = 320) -> go.Figure:
+    """One small panel per loss term against the epoch (terms have very different scales)."""
+    terms = loss_terms(history) if not history.empty else []
+    n = max(1, len(terms))
+    fig = make_subplots(rows=1, cols=n, subplot_titles=terms or ["loss"], horizontal_spacing=0.06)
+    stages = list(dict.fromkeys(history["stage"])) if "stage" in history else [None]
+    for i, term in enumerate(terms, start=1):
+        for j, stage in enumerate(stages):
+            part = history if stage is None else history[history["stage"] == stage]
+            part = part[part[term].notna()]
+            fig.add_trace(
+                go.Scatter(
+                    x=part["epoch"],
+                    y=part[term],
+                    mode="lines",
+                    line={"color": _PALETTE[j % len(_PALETTE)], "width": 2},
+                    name=str(stage or term),
+                    legendgroup=str(stage),
+                    showlegend=i == 1 and len(stages) > 1,
+                ),
+                row=1,
+                col=i,
+            )
+        fig.update_xaxes(title_text="epoch", row=1, col=i)
+        if log_y:
+            fig.update_yaxes(type="log", row=1, col=i)
+    fig.update_layout(**_LAYOUT, height=height)
+    return fig
+
+
+def validation_figure(history: pd.DataFrame, *, height: int = 300) -> go.Figure | None:
+    """Validation scores (columns starting with ``val_``) against the epoch; None when there are none."""
+    cols = [c for c in history.columns if str(c).startswith("val_") and history[c].notna().any()]
+    if not cols:
+        return None
+    fig = go.Figure()
+    for i, c in enumerate(cols):
+        part = history[history[c].notna()]
+        fig.add_trace(
+            go.Scatter(
+                x=part["epoch"],
+                y=part[c],
+                mode="lines+markers",
+                name=str(c).removeprefix("val_").upper(),
+                line={"color": _PALETTE[i % len(_PALETTE)]},
+            )
+        )
+    fig.update_layout(
+        **_LAYOUT,
+        height=height,
+        yaxis={"title": "score on held-out edges"},
+        xaxis={"title": "epoch"},
+    )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables as figures
+# ------------------------------------------------------------------------------------------------
+
+
+def composition_figure(
+    labels: Sequence[Any], *, title: str = "", colors: Mapping[str, str] | None = None
+) -> go.Figure:
+    """Horizontal bars: how many of the given cells carry each label."""
+    counts = pd.Series([str(v) for v in labels]).value_counts()
+    counts = counts.iloc[::-1]  # largest on top
+    palette = dict(colors) if colors is not None else category_colors(list(counts.index))
+    fig = go.Figure(
+        go.Bar(
+            x=counts.to_numpy(),
+            y=[str(c) for c in counts.index],
+            orientation="h",
+            marker_color=[palette.get(c, NOISE_COLOR) for c in counts.index],
+            text=[f"{v:,} ({v / counts.sum():.0%})" for v in counts.to_numpy()],
+            textposition="auto",
+        )
+    )
+    fig.update_layout(
+        **_LAYOUT, height=max(220, 26 * len(counts) + 80), title={"text": title} if title else None
+    )
+    fig.update_xaxes(title="cells")
+    return fig
+
+
+def heatmap_figure(
+    table: pd.DataFrame, *, title: str = "", x_title: str = "", y_title: str = "", colorscale: str = "Blues"
+) -> go.Figure:
+    """A heatmap of a numeric table (rows on y, columns on x), e.g. latent-dimension participation."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=table.to_numpy(dtype=float),
+            x=[str(c) for c in table.columns],
+            y=[str(r) for r in table.index],
+            colorscale=colorscale,
+            colorbar={"thickness": 12},
+            hovertemplate=f"{_hover_safe(y_title)} %{{y}}<br>{_hover_safe(x_title)} %{{x}}<br>%{{z:.3g}}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        **_LAYOUT, height=max(300, 14 * len(table) + 100), title={"text": title} if title else None
+    )
+    fig.update_xaxes(title=x_title, type="category")
+    fig.update_yaxes(title=y_title, type="category", autorange="reversed")
+    return fig
+
+
+def gene_weight_figure(weights: np.ndarray, gene: str, *, matrix: str = "P_mu") -> go.Figure:
+    """A gene's row of P_mu (or P_sigma): its weight on every latent dimension."""
+    w = np.asarray(weights, dtype=float)
+    fig = go.Figure(
+        go.Bar(
+            x=np.arange(w.size),
+            y=w,
+            marker_color=np.where(w >= 0, _PALETTE[0], _PALETTE[3]),
+            hovertemplate="dimension %{x}: %{y:.3g}<extra></extra>",
+        )
+    )
+    fig.update_layout(**_LAYOUT, height=280, title={"text": f"{_hover_safe(gene)}: {matrix} weights"})
+    fig.update_xaxes(title="latent dimension", dtick=max(1, w.size // 25))
+    fig.update_yaxes(title="weight")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Imputation page
+# ------------------------------------------------------------------------------------------------
+
+
+def imputation_histogram(
+    observed: np.ndarray, imputed: np.ndarray, *, gene: str = "", scale: str = ""
+) -> go.Figure:
+    """Distribution of a gene's observed and imputed values (overlaid), zeros of the observed counted."""
+    obs = np.asarray(observed, dtype=float).reshape(-1)
+    imp = np.asarray(imputed, dtype=float).reshape(-1)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=obs, name="observed", opacity=0.6, nbinsx=60, marker_color=_PALETTE[7]))
+    fig.add_trace(go.Histogram(x=imp, name="imputed", opacity=0.6, nbinsx=60, marker_color=_PALETTE[0]))
+    zero_share = float(np.mean(obs == 0)) if obs.size else 0.0
+    fig.update_layout(
+        **_LAYOUT,
+        barmode="overlay",
+        height=320,
+        title={"text": f"{_hover_safe(gene)}: {zero_share:.0%} of cells are 0 before imputation"},
+    )
+    fig.update_xaxes(title=f"value ({scale})" if scale else "value")
+    fig.update_yaxes(title="cells")
+    return fig
+
+
+def gene_gene_figure(
+    before: tuple[np.ndarray, np.ndarray],
+    after: tuple[np.ndarray, np.ndarray],
+    genes: tuple[str, str],
+    *,
+    colors: Sequence[str] | None = None,
+) -> go.Figure:
+    """Two genes against each other, before (observed) and after imputation, with Pearson r."""
+    titles = []
+    for name, (x, y) in (("observed", before), ("imputed", after)):
+        r = _pearson(x, y)
+        titles.append(f"{name}: r = {r:.2f}" if math.isfinite(r) else name)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
+    for i, (x, y) in enumerate((before, after), start=1):
+        fig.add_trace(
+            go.Scattergl(
+                x=np.asarray(x, dtype=float),
+                y=np.asarray(y, dtype=float),
+                mode="markers",
+                marker={
+                    "size": 4,
+                    "opacity": 0.6,
+                    "color": list(colors) if colors is not None else _PALETTE[i - 1],
+                },
+                hoverinfo="skip",
+                showlegend=False,
+            ),
+            row=1,
+            col=i,
+        )
+        fig.update_xaxes(title_text=_hover_safe(genes[0]), row=1, col=i)
+        fig.update_yaxes(title_text=_hover_safe(genes[1]), row=1, col=i)
+    fig.update_layout(**_LAYOUT, height=380)
+    return fig
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention page: the cell graph (pyvis)
+# ------------------------------------------------------------------------------------------------
+
+
+def _template_env():
+    import jinja2
+    import pyvis
+
+    # Our template first; the pyvis package's folder so it can inline vis-network (no internet).
+    loader = jinja2.ChoiceLoader(
+        [
+            jinja2.FileSystemLoader(str(ASSETS)),
+            jinja2.FileSystemLoader(str(Path(pyvis.__file__).resolve().parent / "templates")),
+        ]
+    )
+    return jinja2.Environment(loader=loader, autoescape=True)
+
+
+def attention_graph_html(
+    edges: pd.DataFrame,
+    *,
+    cell_names: Sequence[str],
+    groups: Sequence[Any] | None = None,
+    colors: Mapping[str, str] | None = None,
+    group_name: str = "cell type",
+    title: str = "",
+    height: int = 620,
+    show_labels: bool = False,
+    physics: bool = True,
+    weight_name: str = "attention",
+) -> str:
+    """A self-contained HTML page with the interactive attention-weighted cell graph (pyvis/vis-network).
+
+    ``edges`` has columns source, target (cell row numbers) and weight. Nodes are the cells those edges
+    touch, coloured by ``groups`` (the cell type or cluster of each cell, indexed by row number); edge
+    width grows with the weight; arrows point from the attended (source) cell to the attending
+    (target) cell. Every name is shown as text (see the module docstring).
+    """
+    from pyvis.network import Network
+
+    names = np.asarray(cell_names, dtype=object)
+    group_arr = None if groups is None else np.asarray([str(g) for g in groups], dtype=object)
+    src = edges["source"].to_numpy(dtype=np.int64) if len(edges) else np.empty(0, dtype=np.int64)
+    dst = edges["target"].to_numpy(dtype=np.int64) if len(edges) else np.empty(0, dtype=np.int64)
+    weight = edges["weight"].to_numpy(dtype=float) if len(edges) else np.empty(0)
+    nodes = np.unique(np.concatenate([src, dst]))
+    if group_arr is not None:
+        present = sorted({group_arr[i] for i in nodes}, key=_natural_key)
+        palette = (
+            dict(category_colors(present))
+            if colors is None
+            else {k: colors.get(k, NOISE_COLOR) for k in present}
+        )
+    else:
+        present, palette = [], {}
+    net = Network(height=f"{height}px", width="100%", directed=True, cdn_resources="in_line")
+    in_weight = pd.Series(weight).groupby(dst).sum() if len(dst) else pd.Series(dtype=float)
+    for i in nodes:
+        group = group_arr[i] if group_arr is not None else ""
+        tooltip = f"{names[i]}" + (f"\n{group_name}: {group}" if group_arr is not None else "")
+        tooltip += f"\nattention received in these edges: {in_weight.get(i, 0.0):.3f}"
+        net.add_node(
+            int(i),
+            label=str(group) if show_labels and group else " ",
+            title=tooltip,
+            color=palette.get(group, _PALETTE[0]),
+            size=9,
+        )
+    w_max = float(weight.max()) if weight.size else 1.0
+    for s, t, w in zip(src, dst, weight, strict=True):
+        net.add_edge(
+            int(s),
+            int(t),
+            value=float(w),
+            width=1.0 + 5.0 * float(w) / (w_max or 1.0),
+            title=f"{names[s]} -> {names[t]}\n{weight_name} = {w:.4f}",
+            color={"color": "#8a8a8a", "highlight": "#d62728", "opacity": 0.75},
+            arrows="to",
+        )
+    options = {
+        "physics": {
+            "enabled": bool(physics),
+            "solver": "forceAtlas2Based",
+            "forceAtlas2Based": {"gravitationalConstant": -40, "springLength": 60},
+            "stabilization": {"iterations": 250},
+        },
+        "interaction": {"hover": True, "tooltipDelay": 120, "navigationButtons": False},
+        "edges": {"smooth": False, "arrows": {"to": {"scaleFactor": 0.4}}},
+        "nodes": {"shape": "dot", "font": {"size": 12}},
+    }
+    legend = [{"name": g, "color": palette[g]} for g in present]
+    template = _template_env().get_template("attention_graph.html")
+    return template.render(
+        nodes=net.nodes,
+        edges=net.edges,
+        options=options,
+        legend=legend,
+        group_name=group_name,
+        title=title,
+        height=height,
+        summary=f"{len(nodes)} cells, {len(src)} edges",
+    )
+
+
+def graph_data_json(html: str) -> dict[str, Any]:
+    """The nodes and edges embedded in an :func:`attention_graph_html` page (for tests and exports)."""
+    out: dict[str, Any] = {}
+    for key in ("nodes", "edges"):
+        m = re.search(rf"var {key} = new vis\.DataSet\((.*?)\);\n", html, flags=re.S)
+        out[key] = json.loads(m.group(1)) if m else []
+    return out

@@ -1,0 +1,235 @@
+"""The app in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Starts ``streamlit run app.py`` on a free port with its own SCGRAPH_HOME, loads the built-in demo,
+trains the quick preset through the Training page (the real background worker), and checks that the
+UMAP, the attention graph and the marker table appear. Screenshots of every page go to
+``docs/screenshots/`` (README.md shows them). Skips with the reason when Chromium or Playwright is
+missing (``.ci/run`` installs both); Playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = os.environ.get("SCGRAPH_CHROMIUM", "/usr/bin/chromium")
+# Without these Chromium's connections are refused in this sandbox (and it tries to phone home).
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TRAIN_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium; .ci/run does it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright is not installed (pip install -r requirements.txt)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    home = tmp_path_factory.mktemp("browser_home")
+    port = _free_port()
+    env = {**os.environ, "SCGRAPH_HOME": str(home), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    log = open(home / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start: {(home / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url, home
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        # The training worker runs in its own session; the run has finished here, but be sure.
+        for worker in home.glob("runs/*/worker.json"):
+            import json
+
+            pid = json.loads(worker.read_text()).get("pid")
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except (ProcessLookupError, TypeError, ValueError):
+                pass
+
+
+def _settle(page, timeout_s: float = 60) -> None:
+    """Wait until Streamlit has finished running the script (its status widget is gone)."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_s * 1000)
+    deadline = time.time() + timeout_s
+    time.sleep(0.8)
+    while time.time() < deadline:
+        if page.locator("[data-testid='stStatusWidget']").count() == 0:
+            return
+        time.sleep(0.3)
+
+
+def _go(page, title: str) -> None:
+    page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+    page.wait_for_selector(f"h1:has-text('{title.split(' ')[0]}')", timeout=60_000)
+    _settle(page)
+
+
+def _no_exceptions(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0
+    errors = page.locator("[data-testid='stAlertContentError']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    time.sleep(1.0)  # let plotly finish drawing
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_demo_trains_and_every_view_appears(browser, app_url):
+    url, home = app_url
+    page = browser.new_page(viewport={"width": 1440, "height": 1500})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    # Data: the demo is preselected.
+    page.goto(url)
+    page.wait_for_selector("h1:has-text('Data')", timeout=90_000)
+    _settle(page, 120)
+    assert page.get_by_text("PBMC 68k reduced (built-in demo)").first.is_visible()
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)  # the QC histograms
+    _no_exceptions(page)
+    _shot(page, "data")
+
+    # Model & graph: the graph statistics and the estimate before training.
+    _go(page, "Model & graph")
+    page.wait_for_selector("text=The cell graph for these settings", timeout=90_000)
+    page.wait_for_selector("text=Estimate", timeout=60_000)
+    _no_exceptions(page)
+    _shot(page, "model")
+
+    # Training: start the quick preset; the live view draws epochs, then the run finishes.
+    _go(page, "Training")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_selector("text=/Epoch \\d+ of 60/", timeout=180_000)
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)  # the live loss curves
+    _shot(page, "training")
+    page.wait_for_selector("text=Finished.", timeout=TRAIN_TIMEOUT_S * 1000)
+    _settle(page)
+    _no_exceptions(page)
+    runs = list((home / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "result.h5ad").exists()
+    _shot(page, "training-done")
+
+    # Embedding: the WebGL UMAP of the new run.
+    _go(page, "Embedding")
+    page.wait_for_selector(".js-plotly-plot .gl-container canvas, .js-plotly-plot canvas", timeout=60_000)
+    assert page.locator(".js-plotly-plot").count() >= 1
+    _no_exceptions(page)
+    _shot(page, "embedding")
+
+    # Attention: the pyvis graph draws nodes inside its iframe.
+    _go(page, "Attention")
+    page.wait_for_selector("iframe", timeout=60_000)
+    frame = None
+    deadline = time.time() + 60
+    while frame is None and time.time() < deadline:
+        for f in page.frames:
+            if f.url.startswith("about:") or "srcdoc" in (f.url or ""):
+                try:
+                    if f.locator("#network").count():
+                        frame = f
+                        break
+                except Exception:
+                    pass
+        time.sleep(0.5)
+    assert frame is not None, "the attention graph's iframe did not load"
+    frame.wait_for_selector("#network canvas", timeout=60_000)
+    n_nodes = frame.evaluate("nodes.length")
+    n_edges = frame.evaluate("edges.length")
+    assert n_nodes > 10 and n_edges == 120
+    _no_exceptions(page)
+    time.sleep(3)  # the layout settles
+    _shot(page, "attention")
+
+    # Markers: the P_mu marker table.
+    _go(page, "Markers")
+    page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
+    assert page.get_by_text("Marker genes (CSV)").first.is_visible()
+    _no_exceptions(page)
+    _shot(page, "markers")
+
+    _go(page, "Expression")
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    _no_exceptions(page)
+    _shot(page, "expression")
+
+    _go(page, "Runs")
+    page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
+    _no_exceptions(page)
+    _shot(page, "runs")
+    assert not dialogs, f"a page opened a dialog: {dialogs}"
+    page.close()
