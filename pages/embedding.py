@@ -163,6 +163,8 @@ with ui.guard("the UMAP"):
 
 with ui.guard("re-clustering"):
     st.subheader("Clusters and scores")
+    if "_rc_message" in st.session_state:
+        st.toast(st.session_state.pop("_rc_message"), icon=":material/bubble_chart:")
     with st.expander("Re-cluster the stored embedding", expanded=False):
         st.caption("Runs on the stored embedding in seconds; the model is not trained again.")
         method = st.radio(
@@ -212,7 +214,10 @@ with ui.guard("re-clustering"):
             spec = {"method": method, "options": {**options, "seed": seed}}
             found = cache.recluster(path, stamp, method, json.dumps(spec["options"], sort_keys=True))
             st.session_state[recluster_key] = spec
-            st.toast(f"Re-clustered in {found['seconds']:.1f} s; choose 're-clustered here' to colour by it.")
+            st.session_state["_rc_message"] = (
+                f"Re-clustered in {found['seconds']:.1f} s: choose 're-clustered here' to colour the UMAP by it."
+            )
+            st.rerun()
 
     space = (
         "umap"

@@ -17,6 +17,7 @@ ui.header(
 )
 
 REFRESH_S = 1.5
+WATCH = "watch_run"
 
 # ---- start a run -------------------------------------------------------------------------------
 with ui.guard("starting a run"):
@@ -85,18 +86,20 @@ with ui.guard("the run list"):
     by_id = {i.id: i for i in infos}
     if len(live) > 1:
         st.caption(f"{len(live)} runs are training at once; they share this machine's processor.")
-    picked = st.selectbox(
+    # The widget follows the active run (which Start or the sidebar may have just changed).
+    if st.session_state.get(WATCH) != active:
+        st.session_state[WATCH] = active if active in choices else choices[0]
+    st.selectbox(
         "Run to watch",
         choices,
-        index=choices.index(active) if active in choices else 0,
         format_func=lambda rid: (
             f"{by_id[rid].name} · {by_id[rid].model} · {by_id[rid].state} · {ui.fmt_time(by_id[rid].created)}"
         ),
-        key="watch_run",
+        key=WATCH,
+        on_change=lambda: state.set_active_run(st.session_state[WATCH]),
         help="Every run on disk; the one you pick becomes the active run for the explore pages.",
     )
-    if picked != active:
-        state.set_active_run(picked)
+    picked = st.session_state[WATCH]
     watched = state.store().open(picked)
 
 

@@ -49,7 +49,7 @@ _ADVICE = {
     RunError: "Open the Runs page to see every run on disk and its state.",
     TrainingError: "Start a new run with a lower learning rate or fewer heads.",
 }
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~$])")
 
 
 def md(text: Any) -> str:
@@ -79,6 +79,7 @@ def guard(what: str = "this page") -> Iterator[None]:
 
 
 DEEP_LINK = "_deep_link"
+NAVIGATED = "_navigated"
 
 
 def _heal_legacy_navigation(page: str | None) -> None:
@@ -89,6 +90,8 @@ def _heal_legacy_navigation(page: str | None) -> None:
     run the page without app.py (no sidebar, no page set-up). Switch that off, remember the page and
     rerun: app.py then opens it (see ``open_deep_link``).
     """
+    if st.session_state.get(NAVIGATED):
+        return  # app.py ran in this session: its navigation is in charge
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # a Streamlit without the older layout
@@ -102,6 +105,7 @@ def _heal_legacy_navigation(page: str | None) -> None:
 
 def open_deep_link() -> None:
     """In app.py after st.navigation: open the page a first visit asked for (see above)."""
+    st.session_state[NAVIGATED] = True
     target = st.session_state.pop(DEEP_LINK, None)
     if target:
         st.switch_page(target)

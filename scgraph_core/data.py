@@ -1006,10 +1006,17 @@ def validate(adata: ad.AnnData, *, min_cells: int = 10, require_counts: bool = F
                     "`counts` layer."
                 )
         elif report.x_kind != "counts":
+            hint = ""
+            if adata.raw is not None and detect_x_kind(adata.raw.X) == "counts":
+                # Raw counts kept in .raw (the scanpy habit): say how to hand them over.
+                hint = (
+                    " This file keeps raw counts in .raw: copy them into a `counts` layer "
+                    "(adata.layers['counts'] = adata.raw[:, adata.var_names].X) and save it again."
+                )
             report.errors.append(
                 f"This model needs raw counts, but X holds {_KIND_WORDS[report.x_kind]}. "
                 "Provide a file with raw counts in X or a `counts` layer (for example the "
-                "Cell Ranger output), or choose a model that works on log-normalised data."
+                "Cell Ranger output), or choose a model that works on log-normalised data." + hint
             )
     elif report.x_kind == "scaled":
         report.warnings.append(

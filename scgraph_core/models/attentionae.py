@@ -64,7 +64,13 @@ class Propagation:
     """
 
     def __init__(
-        self, edge_index: np.ndarray, weight: np.ndarray | None, n: int, *, how: str = "sym", device: Any = "cpu"
+        self,
+        edge_index: np.ndarray,
+        weight: np.ndarray | None,
+        n: int,
+        *,
+        how: str = "sym",
+        device: Any = "cpu",
     ) -> None:
         if how not in ("sym", "none"):
             raise ConfigError(f"adjacency normalisation must be 'sym' or 'none'; got {how!r}")
@@ -97,7 +103,9 @@ class Propagation:
 
     def __call__(self, h: Tensor) -> Tensor:
         h = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
-        s, s_t = (self._s, self._s_t) if h.dtype == torch.float32 else (self._s.to(h.dtype), self._s_t.to(h.dtype))
+        s, s_t = (
+            (self._s, self._s_t) if h.dtype == torch.float32 else (self._s.to(h.dtype), self._s_t.to(h.dtype))
+        )
         return _ConstSpMM.apply(h.contiguous(), s, s_t)
 
 
@@ -278,7 +286,10 @@ class AttentionAEParams:
         advanced=True,
     )
     graph_pairs: int = param(
-        16, "random cell pairs per cell and epoch that estimate the graph loss off the edges", min=1, advanced=True
+        16,
+        "random cell pairs per cell and epoch that estimate the graph loss off the edges",
+        min=1,
+        advanced=True,
     )
     zinb_cells: int = param(
         4096,
@@ -292,7 +303,9 @@ class AttentionAEParams:
     pretrain_patience: int = param(
         50, "stop pre-training after this many epochs without a new lowest loss (0 = never)", min=0
     )
-    lr_step: int = param(40, "halve the pre-training learning rate every this many epochs", min=1, advanced=True)
+    lr_step: int = param(
+        40, "halve the pre-training learning rate every this many epochs", min=1, advanced=True
+    )
     lr_gamma: float = param(0.5, "learning-rate factor at every step", min=0.01, max=1.0, advanced=True)
     grad_clip: float = param(3.0, "gradient norm clip (0 = none)", min=0.0, advanced=True)
     graph_weight: float = param(0.1, "weight of the graph loss in pre-training", min=0.0)
@@ -338,7 +351,9 @@ class AttentionAEParams:
 
     def check(self) -> None:
         if len(self.hidden) != 2:
-            raise ConfigError(f"hidden must list 2 layer widths (256,64 in the paper); got {len(self.hidden)}.")
+            raise ConfigError(
+                f"hidden must list 2 layer widths (256,64 in the paper); got {len(self.hidden)}."
+            )
 
 
 FIXED = {
@@ -422,7 +437,11 @@ class Session:
         keep = graph.edge_index[0] != graph.edge_index[1]
         w = graph.weight if graph.weight is not None else np.ones(graph.n_edges, dtype=np.float32)
         keep_t = torch.from_numpy(keep).to(device)
-        self.edges = (self.edge_index[0, keep_t], self.edge_index[1, keep_t], torch.from_numpy(w[keep]).to(device))
+        self.edges = (
+            self.edge_index[0, keep_t],
+            self.edge_index[1, keep_t],
+            torch.from_numpy(w[keep]).to(device),
+        )
         self.unit_rows = None
         if p.graph_target == "distances":
             rows = torch.from_numpy(np.asarray(prepared.graph_input, dtype=np.float32))
@@ -443,7 +462,11 @@ class Session:
     def encode(self, return_attention: bool = False) -> Encoded:
         with self.trainer.autocast():
             return self.net.encode(
-                self.x, self.propagate, mode=self.mode, edge_index=self.edge_index, return_attention=return_attention
+                self.x,
+                self.propagate,
+                mode=self.mode,
+                edge_index=self.edge_index,
+                return_attention=return_attention,
             )
 
     def zinb_term(self, z: Tensor) -> Tensor:
@@ -487,7 +510,7 @@ class Session:
     def pretrain(self) -> Any:
         """ZINB + graph_weight · graph, Adam, StepLR, gradient clipping, lowest-loss copy kept."""
         p, net = self.params, self.net
-        optimizer = torch.optim.Adam(net.parameters(), lr=p.lr)
+        optimizer = _adam(net.parameters(), p.lr, self.device)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.lr_step, gamma=p.lr_gamma)
 
         def step(epoch: int) -> dict[str, Tensor]:
@@ -535,7 +558,7 @@ class Session:
         frozen = net.decoder_parameters()
         for w in frozen:
             w.requires_grad_(False)
-        optimizer = torch.optim.Adam([*net.encoder_parameters(), dec.centres], lr=p.dec_lr)
+        optimizer = _adam([*net.encoder_parameters(), dec.centres], p.dec_lr, self.device)
         stopper = LabelChangeStop(p.dec_tol, p.dec_min_epochs)
         stopper.update(0, init_labels)
         target: dict[str, Tensor] = {}
@@ -655,7 +678,9 @@ class AttentionAE(Model):
         truth = prepared.adata.obs[label_key].to_numpy() if label_key is not None else None
         sil_n = cluster.silhouette_sample
         z0_np = z0.cpu().numpy()
-        init_scores = metrics.clustering_metrics(truth, init_labels, embedding=z0_np, silhouette_sample=sil_n, seed=seed)
+        init_scores = metrics.clustering_metrics(
+            truth, init_labels, embedding=z0_np, silhouette_sample=sil_n, seed=seed
+        )
 
         dec_outcome = None
         seconds_dec = 0.0
@@ -675,7 +700,9 @@ class AttentionAE(Model):
             labels = init_labels
             q_np = np.eye(n_init, dtype=np.float32)[init_labels]
             centres = run.centres.cpu().numpy()
-        final_scores = metrics.clustering_metrics(truth, labels, embedding=z_np, silhouette_sample=sil_n, seed=seed)
+        final_scores = metrics.clustering_metrics(
+            truth, labels, embedding=z_np, silhouette_sample=sil_n, seed=seed
+        )
         umap_xy = clustering.umap_embedding(
             z_np,
             n_neighbors=cluster.n_neighbors,
@@ -690,7 +717,11 @@ class AttentionAE(Model):
                 [str(v) for v in init_labels], categories=[str(c) for c in range(n_init)]
             ),
         }
-        obsm: dict[str, Any] = {"X_attentionae": z_np.astype(np.float32), "X_umap": umap_xy, "attentionae_q": q_np}
+        obsm: dict[str, Any] = {
+            "X_attentionae": z_np.astype(np.float32),
+            "X_umap": umap_xy,
+            "attentionae_q": q_np,
+        }
         uns: dict[str, Any] = {
             "attention_mode": run.mode,
             "centres": np.asarray(centres, dtype=np.float32),
@@ -733,8 +764,7 @@ class AttentionAE(Model):
             views["imputed_scale"] = "counts"
         seconds_export = time.perf_counter() - t0
 
-        table = history_table(pre, dec_outcome)
-        uns["history"] = table
+        table = history_table(pre, dec_outcome)  # written to uns[model]["history"] from ``tables``
         result_metrics: dict[str, Any] = {
             **final_scores,
             "leiden_init": {k: init_scores[k] for k in ("ari", "nmi", "silhouette", "n_clusters")},
@@ -797,3 +827,13 @@ def history_table(pre: Any, dec: Any | None) -> pd.DataFrame:
             for e in dec.history
         ]
     return pd.DataFrame(rows)
+
+
+def _adam(parameters: Any, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where PyTorch has one (CPU and CUDA): one pass per step over ~2.6M
+    weights instead of a dozen (the update is the same)."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):  # pragma: no cover - a device without the fused kernel
+        return torch.optim.Adam(parameters, lr=lr)

@@ -171,9 +171,15 @@ def zinb_nll_split(
             - torch.lgamma(tn)
             - torch.lgamma(xn + 1.0)
             + nb_zero.reshape(-1).index_select(0, nz)
-            + xn * (torch.log(mu.reshape(-1).index_select(0, nz) + eps) - log_theta_mu.reshape(-1).index_select(0, nz))
+            + xn
+            * (
+                torch.log(mu.reshape(-1).index_select(0, nz) + eps)
+                - log_theta_mu.reshape(-1).index_select(0, nz)
+            )
         )
-        correction = log_one_minus_pi.reshape(-1).index_select(0, nz) + log_nb - zero.reshape(-1).index_select(0, nz)
+        correction = (
+            log_one_minus_pi.reshape(-1).index_select(0, nz) + log_nb - zero.reshape(-1).index_select(0, nz)
+        )
         nll = -(zero.sum() + correction.sum()) / x.numel()
         if ridge:
             nll = nll + ridge * torch.sigmoid(pi_logit).pow(2).mean()

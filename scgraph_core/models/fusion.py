@@ -149,7 +149,9 @@ class FusionAttention(nn.Module):
         return f"dim={self.dim}, heads={self.heads}, query_dropout={self.query_dropout}"
 
 
-def strongest_pairs(attention: tuple[Tensor, Tensor] | Tensor, n_cells: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+def strongest_pairs(
+    attention: tuple[Tensor, Tensor] | Tensor, n_cells: int, top: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``top`` keys with the largest head-mean attention for every query cell.
 
     ``attention`` is what :meth:`FusionAttention.forward` returns with ``return_attention``. Returns

@@ -39,7 +39,6 @@ from ..errors import ConfigError
 from ..params import param
 from ..train import Stage, StageOutcome, Trainer
 from .base import Model, Result, register
-from .counts import zinb_nll
 from .layers import GCNLayer, graph_structure
 
 if TYPE_CHECKING:
@@ -78,6 +77,40 @@ def propagate(h: Tensor, edge_index: Tensor) -> Tensor:
         s = torch.sparse_csr_tensor(crow, col, vals.float(), (n, n), check_invariants=False)
         s_t = torch.sparse_csr_tensor(crow_t, col_t, vals_t.float(), (n, n), check_invariants=False)
     return _Propagate.apply(h, s, s_t)
+
+
+class CountTarget:
+    """Raw counts as a ZINB target, with the positions of the non-zero entries precomputed.
+
+    :meth:`nll` equals ``counts.zinb_nll(x, μ, θ, pi_logit=…)`` (mean over all N·G entries) but evaluates
+    the lgamma terms only where x > 0: most entries of a count matrix are 0 and their likelihood,
+    log(π + (1 − π)(θ / (θ + μ))^θ), needs none.
+    """
+
+    def __init__(self, counts: Tensor) -> None:
+        flat = counts.reshape(-1)
+        self.shape = tuple(counts.shape)
+        self.nonzero = torch.nonzero(flat > 0.5, as_tuple=True)[0]
+        self.values = flat[self.nonzero]
+        self.is_zero = (flat <= 0.5).reshape(self.shape).to(counts.dtype)
+
+    def nll(self, mu: Tensor, theta: Tensor, pi_logit: Tensor) -> Tensor:
+        from .counts import zinb_log_prob
+
+        with torch.autocast(mu.device.type, enabled=False):
+            mu, theta, pi_logit = mu.float(), theta.float(), pi_logit.float()
+            eps = 1e-8
+            log_p_theta = torch.log(theta + eps) - torch.log(theta + mu + eps)
+            zero = torch.logaddexp(-F.softplus(-pi_logit), -F.softplus(pi_logit) + theta * log_p_theta)
+            idx = self.nonzero
+            nonzero = zinb_log_prob(
+                self.values,
+                mu.reshape(-1)[idx],
+                theta.reshape(-1)[idx],
+                pi_logit=pi_logit.reshape(-1)[idx],
+            )
+            total = -(zero * self.is_zero).sum() - nonzero.sum()
+        return total / float(self.shape[0] * self.shape[1])
 
 
 class ScVGAEOutput(NamedTuple):
@@ -251,9 +284,40 @@ def build_graph(x: np.ndarray, spec: Any, params: ScVGAEParams, *, cell_names: l
         matrix = PCA(n_components=n_pcs, svd_solver="randomized", random_state=spec.seed).fit_transform(x)
         matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     graph = graphs.build_graph(matrix, spec, cell_names=cell_names)
+    if spec.kind == "linear" and params.min_neighbors:
+        graph = _with_nearest(graph, x, params.min_neighbors)
     graph.info["built_on"] = "sqrt_normalised_counts" + ("_pca" if matrix is not x else "")
     graph.info.setdefault("deviations", []).extend(deviations)
     return graph
+
+
+def _with_nearest(graph: Graph, x: np.ndarray, k: int) -> Graph:
+    """The linear-kernel graph joined (union) with each cell's k most similar cells.
+
+    A global percentile leaves cells whose similarities are all low (rare types, small libraries) with
+    no partner, and a GCN then sees nothing but the cell itself. Every row of X has the same norm
+    (Σ_j x_ij² = median library size), so x_i·x_j ranks partners as the cosine does: the k most similar
+    cells are the cosine kNN.
+    """
+    from .. import graphs
+
+    n = graph.n_nodes
+    before = graph.stats()
+    knn = graphs.build_graph(x, graphs.GraphSpec(kind="knn", k=min(k, n - 1), metric="cosine"))
+    keys = np.unique(
+        np.concatenate(
+            [graph.edge_index[0] * n + graph.edge_index[1], knn.edge_index[0] * n + knn.edge_index[1]]
+        )
+    )
+    info = dict(graph.info)
+    info["min_neighbors"] = {
+        "k": int(k),
+        "isolated_before": before["n_isolated"],
+        "components_before": before["n_components"],
+        "edges_added": int(keys.size - graph.n_edges),
+    }
+    edge_index = np.vstack([keys // n, keys % n])
+    return graphs.Graph(edge_index, np.ones(keys.size, dtype=np.float32), n, graph.spec, info)
 
 
 # =============================================================================================
@@ -347,6 +411,11 @@ def match_input(out: anndata.AnnData, source: anndata.AnnData, prepared: Prepare
         varm={k: _expand_rows(v, cols, g) for k, v in out.varm.items()},
         uns=dict(out.uns),
     )
+    for key, value in out.layers.items():  # other per-entry results (e.g. the dropout probability): 0 outside
+        if key not in full.layers:
+            layer = np.zeros((n, g), dtype=np.float32)
+            layer[np.ix_(rows, cols)] = value.toarray() if sp.issparse(value) else np.asarray(value)
+            full.layers[key] = layer
     for key, value in out.obsp.items():
         m = _expand_rows(value, rows, n)
         full.obsp[key] = _expand_rows(sp.csr_matrix(m).T, rows, n).T.tocsr()
@@ -386,6 +455,15 @@ class ScVGAEParams:
     )
     lr: float = param(1e-3, "Adam learning rate", min=1e-7, max=1.0)
     epochs: int = param(300, "training epochs (full batch)", min=1, max=100000)
+    val_fraction: float = param(
+        0.05,
+        "share of the non-zero counts hidden from training to choose when to stop (0 = train all epochs)",
+        min=0.0,
+        max=0.5,
+    )
+    keep_dropout: bool = param(
+        False, "also write the dropout probability Π as layers['scvgae_dropout'] (cells x genes)"
+    )
     init_mean_bias: bool = param(
         True, "start the mean head at each gene's mean count (faster, steadier training)", advanced=True
     )
@@ -395,6 +473,12 @@ class ScVGAEParams:
         "(recorded as a deviation), refuse stops with a message",
         choices=("knn", "refuse"),
         advanced=True,
+    )
+    min_neighbors: int = param(
+        0,
+        "linear kernel: also join each cell to its this many most similar cells, so that no cell is left "
+        "without partners by the global percentile (0 = the paper's graph as is)",
+        min=0,
     )
     fallback_k: int = param(30, "neighbours per cell of the kNN graph used above 5,000 cells", min=1)
     n_pcs: int = param(50, "principal components of the imputed matrix for clustering and UMAP", min=2)
@@ -407,16 +491,28 @@ class ScVGAEParams:
             )
 
 
+# "paper" is the fixed preset: the paper's architecture, alpha and graph, with the bugs fixed (MODELS.md 4.6);
+# learning rate and stopping were chosen on scvgae_sample with a separate mask (benchmarks/bench_imputation.py).
 FIXED = {
     "prepare": {"normalize": "library_log1p", "n_hvg": 0, "n_graph_genes": 0, "scale": "none"},
     "graph": {"kind": "linear", "percentile": 85.0, "symmetrize": "union"},
     "model": {},
     "cluster": {"method": "leiden", "n_neighbors": 15, "resolution": 1.0},
-    "train": {"eval_every": 0},
+    "train": {"eval_every": 5, "patience": 4, "restore_best": True},
 }
+# The published code's training (MODELS.md 4.4-4.5): MSE only, lr 1e-4, 100 epochs, no validation, the
+# decoder's X̂ as output (taken here from an eval-mode pass, not the last training-mode one).
 LEGACY = {
     **FIXED,
-    "model": {"loss": "legacy", "output": "reconstruction", "lr": 1e-4, "epochs": 100, "init_mean_bias": False},
+    "model": {
+        "loss": "legacy",
+        "output": "reconstruction",
+        "lr": 1e-4,
+        "epochs": 100,
+        "val_fraction": 0.0,
+        "init_mean_bias": False,
+    },
+    "train": {"eval_every": 0, "patience": 0, "restore_best": False},
 }
 QUICK = {**FIXED, "model": {"hidden": 64, "decoder_hidden": 256, "epochs": 60, "lr": 3e-3}}
 
@@ -428,6 +524,7 @@ class Trained:
     edge_index: Tensor
     outcome: StageOutcome
     initial_state: dict[str, Tensor]
+    validation: Validation | None = None
 
 
 @register
@@ -461,7 +558,15 @@ class ScVGAE(Model):
         return match_input(out, source, prepared)
 
     def train_net(self, prepared: Prepared, graph: Graph, params: ScVGAEParams, trainer: Trainer) -> Trained:
-        """Build the network and run the training stage."""
+        """Build the network and run the training stage.
+
+        With ``val_fraction`` > 0 that share of the non-zero counts is hidden (set to 0 in X and in the ZINB
+        target, as an unobserved entry would be), and every ``eval_every`` epochs the model is scored on
+        how well it recovers them: the median |log1p(ŷ·10⁴/T) − log1p(x·10⁴/T)| over the hidden entries
+        (T: the cell's total count). The trainer keeps the best epoch and stops after ``patience``
+        evaluations without improvement (preset ``paper``), so training ends before the network starts
+        to reproduce the zeros of its input.
+        """
         from .. import memory
 
         p = params
@@ -476,8 +581,15 @@ class ScVGAE(Model):
             device=device,
             advice="Use fewer genes (for example the top 5,000 highly variable genes) or fewer cells.",
         )
-        x = torch.from_numpy(inp.x).to(device)
-        counts = torch.from_numpy(inp.counts).to(device)
+        val = validation_split(inp.counts, p.val_fraction, seed=trainer.spec.seed)
+        x_np, counts_np = inp.x, inp.counts
+        if val is not None:
+            x_np, counts_np = x_np.copy(), counts_np.copy()
+            x_np[val.rows, val.cols] = 0.0
+            counts_np[val.rows, val.cols] = 0.0
+        x = torch.from_numpy(x_np).to(device)
+        counts = torch.from_numpy(counts_np).to(device)
+        target = CountTarget(counts)
         s = torch.from_numpy(inp.size_factors).to(device)[:, None]
         edge_index = torch.from_numpy(graph.edge_index).to(device)
         net = ScVGAENet(
@@ -499,7 +611,7 @@ class ScVGAE(Model):
             with trainer.autocast():
                 out = net(x, edge_index)
             mse = F.mse_loss(out.reconstruction.float(), x)
-            zinb = zinb_nll(counts, out.mean * s, out.theta, pi_logit=out.pi_logit)
+            zinb = target.nll(out.mean * s, out.theta, out.pi_logit)
             if p.loss == "legacy":
                 # The published code's net effect (MODELS.md 4.4): only the MSE term trains.
                 loss = (1.0 - alpha) * mse
@@ -507,12 +619,36 @@ class ScVGAE(Model):
                 loss = alpha * mse + (1.0 - alpha) * zinb
             return {"loss": loss, "mse": mse.detach(), "zinb": zinb.detach()}
 
-        outcome = trainer.run_stage(Stage("train", net, optimizer, step, p.epochs))
-        return Trained(net, inp, edge_index, outcome, initial_state)
+        evaluate = None
+        if val is not None:
+            totals = counts_np.sum(axis=1, dtype=np.float64)[val.rows]
+            truth = _log_cp10k(val.values, totals)
+            rows_t, cols_t = torch.from_numpy(val.rows).to(device), torch.from_numpy(val.cols).to(device)
+
+            def evaluate() -> dict[str, float]:
+                net.eval()
+                with torch.no_grad(), trainer.autocast():
+                    out = net(x, edge_index)
+                pred = expected_counts(out, s, p.output)[rows_t, cols_t].float().cpu().numpy()
+                error = float(np.median(np.abs(_log_cp10k(pred, totals) - truth)))
+                return {"val_log_error": error, "val_score": -error}
+
+        stage = Stage(
+            "train",
+            net,
+            optimizer,
+            step,
+            p.epochs,
+            evaluate=evaluate,
+            score="val_score" if evaluate is not None else None,
+        )
+        outcome = trainer.run_stage(stage)
+        return Trained(net, inp, edge_index, outcome, initial_state, val)
 
     @staticmethod
-    def impute(trained: Trained, output: str) -> tuple[np.ndarray, np.ndarray]:
-        """(imputed counts [N, G], embedding h [N, hidden]) from an eval-mode pass (MODELS.md 4.6)."""
+    def impute(trained: Trained, output: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(imputed counts [N, G], embedding h [N, hidden], dropout probability Π [N, G]) from an
+        eval-mode pass (MODELS.md 4.6) on every observed count (validation entries included)."""
         net = trained.net
         device = next(net.parameters()).device
         x = torch.from_numpy(trained.inputs.x).to(device)
@@ -520,13 +656,13 @@ class ScVGAE(Model):
         net.eval()
         with torch.no_grad():
             out = net(x, trained.edge_index)
-        if output == "mean":
-            values = out.mean * s
-        elif output == "zinb_mean":
-            values = torch.sigmoid(-out.pi_logit) * out.mean * s
-        else:
-            values = out.reconstruction.clamp(min=0.0).pow(2) * s
-        return values.float().cpu().numpy(), out.embedding.float().cpu().numpy()
+        values = expected_counts(out, s, output)
+        dropout = torch.sigmoid(out.pi_logit)
+        return (
+            values.float().cpu().numpy(),
+            out.embedding.float().cpu().numpy(),
+            dropout.float().cpu().numpy(),
+        )
 
     def fit(
         self, prepared: Prepared, graph: Graph, params: ScVGAEParams, trainer: Trainer, *, cluster, label_key=None
@@ -537,12 +673,16 @@ class ScVGAE(Model):
         p = params
         seed = trainer.spec.seed
         trained = self.train_net(prepared, graph, p, trainer)
-        imputed, embedding = self.impute(trained, p.output)
+        imputed, embedding, dropout = self.impute(trained, p.output)
         outcome = trained.outcome
         n_cells, n_genes = imputed.shape
+        validated = [e["validation"] for e in outcome.history if e.get("validation")]
         result_metrics: dict[str, Any] = {
             "epochs_run": outcome.epochs_run,
             "stopped": outcome.stopped,
+            "best_epoch": outcome.best_epoch if validated else outcome.epochs_run,
+            "val_log_error": min((v["val_log_error"] for v in validated), default=None),
+            "n_validation_entries": 0 if trained.validation is None else int(trained.validation.rows.size),
             "seconds_per_epoch": outcome.seconds_per_epoch,
             "n_cells": n_cells,
             "n_features": n_genes,
@@ -603,7 +743,15 @@ class ScVGAE(Model):
             result_metrics["observed_counts"] = {k: m[k] for k in ("ari", "nmi", "n_clusters")}
 
         history = pd.DataFrame(
-            [{"epoch": e["epoch"], "loss": e["loss"], **e["losses"]} for e in outcome.history]
+            [
+                {
+                    "epoch": e["epoch"],
+                    "loss": e["loss"],
+                    **e["losses"],
+                    "val_log_error": (e.get("validation") or {}).get("val_log_error", np.nan),
+                }
+                for e in outcome.history
+            ]
         )
         uns = {
             "history": history,
@@ -620,12 +768,49 @@ class ScVGAE(Model):
             embedding_key="X_scvgae",
             obs=obs,
             obsm={"X_scvgae": embedding, "X_scvgae_pca": pcs, "X_umap": umap_xy},
-            layers={"imputed": imputed},
+            layers={"imputed": imputed, **({"scvgae_dropout": dropout} if p.keep_dropout else {})},
             uns=uns,
             metrics=result_metrics,
             weights={k: v.detach().cpu() for k, v in trained.net.state_dict().items()},
             views=views,
         )
+
+
+@dataclass
+class Validation:
+    """Non-zero counts hidden from training to choose the epoch (positions and true values)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+
+
+def validation_split(counts: np.ndarray, fraction: float, *, seed: int) -> Validation | None:
+    """A random ``fraction`` of the non-zero entries (None for fraction 0 or too few non-zeros)."""
+    if fraction <= 0:
+        return None
+    rows, cols = np.nonzero(counts)
+    n = int(round(fraction * rows.size))
+    if n < 1:
+        return None
+    rng = np.random.default_rng([seed, 20240])  # its own stream: independent of any mask the user made
+    pick = np.sort(rng.choice(rows.size, size=n, replace=False))
+    return Validation(rows[pick].astype(np.int64), cols[pick].astype(np.int64), counts[rows[pick], cols[pick]].copy())
+
+
+def expected_counts(out: ScVGAEOutput, s: Tensor, output: str) -> Tensor:
+    """The imputed value on the count scale: s·M ("mean"), (1 − Π)·s·M ("zinb_mean") or s·max(X̂, 0)²
+    ("reconstruction": X̂ lives on the scale of X = √(x / s))."""
+    if output == "mean":
+        return out.mean * s
+    if output == "zinb_mean":
+        return torch.sigmoid(-out.pi_logit) * out.mean * s
+    return out.reconstruction.float().clamp(min=0.0).pow(2) * s
+
+
+def _log_cp10k(values: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    factor = np.divide(1e4, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+    return np.log1p(np.asarray(values, dtype=np.float64) * factor)
 
 
 def lognorm_pcs(counts: np.ndarray, *, n_pcs: int = 50, seed: int = 0, target_sum: float = 1e4) -> np.ndarray:

@@ -178,7 +178,9 @@ def test_split_zinb_equals_the_shared_zinb():
     got = zinb_nll_split(x, mu, theta, logit, ridge=0.2)
     torch.testing.assert_close(got, want)
     for a, b in zip(
-        torch.autograd.grad(got, (mu, theta, logit)), torch.autograd.grad(want, (mu, theta, logit)), strict=True
+        torch.autograd.grad(got, (mu, theta, logit)),
+        torch.autograd.grad(want, (mu, theta, logit)),
+        strict=True,
     ):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4)
 
@@ -213,9 +215,13 @@ def test_propagation_is_the_symmetric_normalised_kernel():
     dinv = 1 / np.sqrt(a.sum(1))
     h = torch.randn(n, 3, requires_grad=True)
     out = aae.Propagation(ei, w, n, how="sym")(h)
-    np.testing.assert_allclose(out.detach().numpy(), (dinv[:, None] * a * dinv[None]) @ h.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out.detach().numpy(), (dinv[:, None] * a * dinv[None]) @ h.detach().numpy(), rtol=1e-5, atol=1e-6
+    )
     out.sum().backward()
-    np.testing.assert_allclose(h.grad.numpy(), ((dinv[:, None] * a * dinv[None]).T @ np.ones((n, 3))), rtol=1e-5)
+    np.testing.assert_allclose(
+        h.grad.numpy(), ((dinv[:, None] * a * dinv[None]).T @ np.ones((n, 3))), rtol=1e-5
+    )
     raw = aae.Propagation(ei, w, n, how="none")(h.detach())
     np.testing.assert_allclose(raw.numpy(), a @ h.detach().numpy(), rtol=1e-5, atol=1e-6)
 
@@ -260,7 +266,12 @@ def test_presets_make_the_fixed_and_legacy_choices_explicit():
         3.0,
         0.001,
     )
-    assert (fixed.prepare.n_hvg, fixed.prepare.scale, fixed.graph.kind, fixed.graph.k) == (2500, "zscore", "gaussian", 15)
+    assert (fixed.prepare.n_hvg, fixed.prepare.scale, fixed.graph.kind, fixed.graph.k) == (
+        2500,
+        "zscore",
+        "gaussian",
+        15,
+    )
     legacy = pipeline.resolve_config("attentionae", "legacy").params
     assert (legacy.adjacency, legacy.graph_target, legacy.dec_kernel, legacy.detach_target) == (
         "none",
@@ -280,7 +291,9 @@ def test_pretraining_loss_falls_and_the_learning_rate_steps(tiny_run):
     assert len(pre) == 30
     assert pre["loss"].iloc[-5:].mean() < 0.8 * pre["loss"].iloc[:5].mean()
     lr = pre.set_index("epoch")["lr"]
-    assert lr[9] == pytest.approx(5e-3) and lr[10] == pytest.approx(2.5e-3) and lr[20] == pytest.approx(1.25e-3)
+    assert (
+        lr[9] == pytest.approx(5e-3) and lr[10] == pytest.approx(2.5e-3) and lr[20] == pytest.approx(1.25e-3)
+    )
 
 
 def test_dec_starts_from_leiden_and_stops_on_label_changes(tiny_run):
@@ -336,7 +349,9 @@ def test_export_is_deterministic_in_eval_mode():
     session = aae.Session(prepared, graph, config.params, Trainer(config.train))
     assert session.mode == "dense"  # 80 cells <= dense_max_cells
     torch.testing.assert_close(session.embed(), session.embed())
-    noisy = aae.Session(prepared, graph, aae.AttentionAEParams(export_mode="train", hidden=(32, 16), latent=8), Trainer())
+    noisy = aae.Session(
+        prepared, graph, aae.AttentionAEParams(export_mode="train", hidden=(32, 16), latent=8), Trainer()
+    )
     assert not torch.equal(noisy.embed(), noisy.embed())
 
 

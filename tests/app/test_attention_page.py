@@ -1,0 +1,80 @@
+"""The Attention page: maps from the manifest, head statistics, filters, the pyvis graph with every
+label escaped, the strongest-edge table and downloads; fusion maps of AttentionAE-sc."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scgraph_core import plots
+from tests.app.conftest import HOSTILE, assert_clean, needs, open_page, texts
+
+
+def graph_html(at) -> str:
+    frames = at.get("iframe")
+    assert len(frames) == 1
+    return frames[0].proto.srcdoc
+
+
+def edge_table(at):
+    return next(d.value for d in at.dataframe if "source_cell" in d.value.columns)
+
+
+def test_graph_escapes_labels_and_matches_the_edge_table(app_home):
+    at = open_page("attention", active=app_home.runs["cellvgae"])
+    assert_clean(at)
+    assert at.selectbox(key="att_layer").options[:2] == ["hidden1 (graph, 2 heads)", "hidden2 (graph, 2 heads)"]
+    html = graph_html(at)
+    # The hostile cell type is text: escaped in the legend, unicode-escaped in the embedded data.
+    assert HOSTILE not in html and "alert(" in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    data = plots.graph_data_json(html)
+    assert any(HOSTILE in n["title"] for n in data["nodes"])
+    assert "<script src=" not in html and "<link" not in html  # nothing is fetched from the internet
+    table = edge_table(at)
+    assert len(table) == len(data["edges"]) == 120
+    assert (np.diff(table["weight"].to_numpy()) <= 1e-12).all()  # strongest first
+    assert (table["source"] != table["target"]).all()  # self loops left out by default
+    labels = {d.label for d in at.get("download_button")}
+    assert {"Edges (CSV)", "Graph (HTML, opens offline)", "Per-cell scores (CSV)"} <= labels
+
+
+def test_filters_heads_and_an_empty_result(app_home):
+    at = open_page("attention", active=app_home.runs["cellvgae"])
+    at.selectbox(key="att_layer").set_value("mu").run()
+    stat = at.selectbox(key="att_stat:mu")
+    assert stat.options == ["mean over heads", "std over heads (disagreement)", "head 1", "head 2"]
+    stat.set_value("1").run()
+    at.multiselect(key="att_inc:celltype").set_value(["type0"]).run()
+    assert_clean(at)
+    table = edge_table(at)
+    assert set(table["source_label"]) == {"type0"} and set(table["target_label"]) == {"type0"}
+    at.multiselect(key="att_inc:celltype").set_value([]).run()
+    at.multiselect(key="att_exc:celltype").set_value([HOSTILE]).run()
+    table = edge_table(at)
+    assert HOSTILE not in set(table["source_label"]) | set(table["target_label"])
+    at.toggle(key="att_self").set_value(True).run()
+    assert (edge_table(at)["source"] == edge_table(at)["target"]).any()  # α_ii are the largest here
+    lo, hi = at.slider(key="att_range:mu:1").value
+    at.slider(key="att_range:mu:1").set_value((hi, hi)).run()
+    at.multiselect(key="att_exc:celltype").set_value(["type0", "type1", HOSTILE]).run()
+    assert not at.exception
+    assert any("No edge passes these filters" in m for m in texts(at.info))
+
+
+def test_node_overlay_modes(app_home):
+    at = open_page("attention", active=app_home.runs["cellvgae"])
+    for mode in ("incoming_mean", "outgoing", "touching"):
+        at.radio(key="att_mode").set_value(mode).run()
+        assert_clean(at)
+    assert any(d.value.columns[0] == "group" for d in at.dataframe)
+
+
+def test_fusion_attention_of_attentionae(app_home):
+    run_id = needs(app_home, "attentionae")
+    at = open_page("attention", active=run_id)
+    assert_clean(at)
+    assert all("fusion" in o for o in at.selectbox(key="att_layer").options)
+    assert any("Fusion attention" in m for m in texts(at.info))
+    assert at.radio(key="att_mode").value == "stored"
+    data = plots.graph_data_json(graph_html(at))
+    assert len(data["edges"]) > 0 and HOSTILE not in graph_html(at)

@@ -1,0 +1,50 @@
+"""The Imputation page: listed only for runs with an imputed layer; observed against imputed values
+on the same UMAP, their distribution, and a gene-gene plot before and after."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.app.conftest import assert_clean, needs, open_page, plotly_array, plotly_figures, texts
+
+
+def listed(app_home, run_id: str) -> bool:
+    """What app.py asks to decide whether the Imputation page is in the page list."""
+    from scgraph_app import sidebar
+
+    path = app_home.store.open(run_id).file("result.h5ad")
+    return sidebar._has_view(str(path), path.stat().st_mtime, "imputed_layer")
+
+
+def test_the_page_is_listed_only_for_runs_that_impute(app_home):
+    assert not listed(app_home, app_home.runs["cellvgae"])
+    at = open_page("imputation", active=app_home.runs["cellvgae"])
+    assert not at.exception
+    assert any("no imputed expression" in m for m in texts(at.info))
+
+
+def test_scvgae_imputation_views(app_home):
+    run_id = needs(app_home, "scvgae")
+    at = open_page("imputation", active=run_id)
+    assert_clean(at)
+    assert listed(app_home, run_id)
+    gene = at.selectbox(key="imp_gene").value
+    result = app_home.store.open(run_id).read_result()
+    figs = plotly_figures(at)
+    assert len(figs) == 4  # observed UMAP, imputed UMAP, histogram, gene-gene
+    imputed = np.asarray(result.layers["imputed"][:, result.var_names.get_loc(gene)]).reshape(-1)
+    drawn = np.sort(plotly_array(figs[1]["data"][-1]["marker"]["color"]))
+    np.testing.assert_allclose(drawn, np.sort(np.log1p(np.clip(imputed, 0, None))), rtol=1e-5, atol=1e-6)
+    assert {"cells at 0 before", "mean imputed at those zeros", "correlation"} <= {m.label for m in at.metric}
+    # Raw values instead of log1p, and another pair of genes.
+    at.toggle(key="imp_log").set_value(False).run()
+    at.selectbox(key="imp_gy").set_value(result.var_names[3]).run()
+    assert_clean(at)
+    assert "observed" in plotly_figures(at)[3]["layout"]["annotations"][0]["text"]
+
+
+def test_attentionae_denoised_output_is_an_imputed_layer(app_home):
+    run_id = needs(app_home, "attentionae")
+    at = open_page("imputation", active=run_id)
+    assert_clean(at)
+    assert len(plotly_figures(at)) == 4

@@ -1,0 +1,75 @@
+"""The Model & graph page: models from the registry, presets, forms from the schemas, graph statistics
+before training, device and estimate; invalid settings are explained."""
+
+from __future__ import annotations
+
+from scgraph_core.models import base
+from tests.app.conftest import assert_clean, open_page, texts
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_models_presets_graph_statistics_and_estimate_are_shown():
+    at = open_page("model")
+    assert_clean(at)
+    model_radio = at.radio(key="model_pick")
+    assert model_radio.value == "cellvgae"
+    assert set(model_radio.options) == {cls.title for cls in base.available().values()}
+    assert at.radio(key="preset_pick:cellvgae").value == "quick"
+    # The form is the schema's: quick preset values, help text on every control.
+    epochs = next(n for n in at.number_input if n.label == "Epochs")
+    assert epochs.value == 60 and epochs.help
+    assert all(w.help for w in at.number_input) and all(w.help for w in at.selectbox)
+    # The demo's kNN graph (k = 5 on 250 genes) before training.
+    assert metric(at, "cells") == "700"
+    assert int(metric(at, "mean degree").split(".")[0]) >= 5
+    assert metric(at, "isolated cells") == "0"
+    assert any("measured basis" in c for c in texts(at.caption))
+    assert metric(at, "training").endswith("s")
+    assert any("CPU" in c or "GPU" in c for c in texts(at.caption))
+
+
+def test_changing_k_rebuilds_the_graph_statistics():
+    at = open_page("model")
+    before = int(metric(at, "edges").replace(",", ""))
+    k = next(n for n in at.number_input if n.label == "Neighbours (k)")
+    k.set_value(15).run()
+    assert_clean(at)
+    assert at.session_state["config"]["overrides"]["graph"] == {"k": 15}
+    assert int(metric(at, "edges").replace(",", "")) > 2 * before
+
+
+def test_the_paper_preset_replaces_the_quick_values():
+    at = open_page("model")
+    at.radio(key="preset_pick:cellvgae").set_value("paper").run()
+    assert_clean(at)
+    assert at.session_state["config"]["preset"] == "paper"
+    assert next(n for n in at.number_input if n.label == "Epochs").value == 200
+    assert next(t for t in at.text_input if t.label == "Attention heads").value == "10"
+
+
+def test_an_invalid_combination_is_a_readable_message():
+    at = open_page("model")
+    heads = next(t for t in at.text_input if t.label == "Attention heads")
+    heads.set_value("2, 2").run()
+    assert not at.exception
+    messages = texts(at.error)
+    assert messages and "heads needs 4 values" in messages[0]
+    # Fixing it clears the message.
+    next(t for t in at.text_input if t.label == "Attention heads").set_value("3").run()
+    assert_clean(at)
+
+
+def test_a_count_model_on_the_demo_warns_that_raw_counts_are_needed():
+    models = base.available()
+    counting = [name for name, cls in models.items() if cls.requires_counts]
+    if not counting:
+        import pytest
+
+        pytest.skip("no registered model needs raw counts yet")
+    at = open_page("model")
+    at.radio(key="model_pick").set_value(models[counting[0]].title).run()
+    assert not at.exception
+    assert any("needs raw counts" in w for w in texts(at.warning))

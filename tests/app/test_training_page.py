@@ -1,0 +1,110 @@
+"""The Training page: Start launches the real background worker; the live view reads the run folder
+(progress, ETA, device, memory, loss terms); Stop ends the run and keeps the best checkpoint."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from scgraph_core import jobs
+from tests.app.conftest import TINY, assert_clean, open_page, texts
+from tests.helpers import toy_counts
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def toy_file(tmp_path):
+    path = tmp_path / "toy.h5ad"
+    toy_counts(n_cells=120).write_h5ad(path)
+    return {"path": str(path), "orientation": "auto", "format": None, "name": "toy.h5ad", "kind": "path"}
+
+
+def test_start_watch_and_stop_a_background_run(app_home, toy_file):
+    tiny = dict(TINY["cellvgae"])
+    tiny["model"] = {**tiny["model"], "epochs": 3000}  # long enough to be stopped mid-way
+    config = {
+        "model": "cellvgae",
+        "preset": "quick",
+        "overrides": tiny,
+        "label_key": "celltype",
+        "label_key_set": True,
+        "run_name": "",
+    }
+    at = open_page("training", state={"dataset": toy_file, "config": config})
+    assert_clean(at)
+    before = {i.id for i in app_home.store.list()}
+    at.text_input(key="run_name").set_value("started from the page").run()
+    at.button(key="start_training").click().run()
+    new = [i.id for i in app_home.store.list() if i.id not in before]
+    assert len(new) == 1, "Start should create exactly one run"
+    run = app_home.store.open(new[0])
+    try:
+        assert not at.exception
+        assert at.session_state["active_run"] == run.id  # the new run is the one watched
+        worker = run.read_json("worker.json")
+        assert run.meta["name"] == "started from the page" and worker["pid"] > 0
+        # Detached: the worker is in its own session, so closing the app does not stop it.
+        assert os.getsid(worker["pid"]) != os.getsid(0)
+        assert run.config["input"]["path"] == toy_file["path"]
+        wait_for(lambda: jobs.progress(run).epoch >= 2, 240, "the first epochs")
+        at.run()
+        assert_clean(at)
+        bars = [p for p in at.get("progress")]
+        assert bars and "of 3000" in bars[0].proto.text and "left for training" in bars[0].proto.text
+        assert {"elapsed", "per epoch", "device", "precision", "peak memory"} <= {m.label for m in at.metric}
+        assert next(m.value for m in at.metric if m.label == "device") == "cpu"
+        assert len(at.get("plotly_chart")) >= 1  # the loss terms
+        at.button(key=f"stop:{run.id}").click().run()
+        assert run.stop_requested()
+        state = wait_for(lambda: jobs.status(run)["state"] in ("stopped", "done", "failed") and jobs.status(run)["state"], 240, "the stop")
+        assert state == "stopped", jobs.log_tail(run)
+    finally:
+        jobs.stop(run)
+        wait_for(lambda: jobs.worker_alive(run) is False, 120, "the worker to exit")
+    at.run()
+    assert not at.exception
+    assert any(w.startswith("Stopped") for w in texts(at.warning))
+    assert run.file("result.h5ad").exists()  # results from the best checkpoint
+    metrics = run.read_json("metrics.json")
+    assert metrics["stopped"] is True and metrics["epochs_run"] < 3000
+
+
+def test_a_finished_run_shows_its_curves_and_links(app_home):
+    at = open_page("training", active=app_home.runs["cellvgae"])
+    assert_clean(at)
+    assert any(s == "Finished." for s in texts(at.success))
+    assert len(at.get("plotly_chart")) == 2  # loss terms, validation scores
+    assert {"ARI", "NMI", "clusters"} <= set(at.dataframe[-1].value.columns)
+    assert {p.proto.label for p in at.get("page_link")} >= {"Explore the embedding", "Attention", "Marker genes"}
+
+
+def test_a_missing_gpu_is_refused_before_starting(app_home, toy_file):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    config = {
+        "model": "cellvgae",
+        "preset": "quick",
+        "overrides": {"train": {"device": "cuda"}},
+        "label_key": None,
+        "label_key_set": True,
+        "run_name": "",
+    }
+    before = {i.id for i in app_home.store.list()}
+    at = open_page("training", state={"dataset": toy_file, "config": config})
+    at.button(key="start_training").click().run()
+    assert not at.exception
+    assert any("no CUDA GPU is available" in e for e in texts(at.error))
+    assert {i.id for i in app_home.store.list()} == before  # no run was created
