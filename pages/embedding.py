@@ -111,55 +111,61 @@ def colours_for(result, name: str) -> dict[str, str] | None:
     return plots.category_colors(cats, list(given)) if cats else None
 
 
-with ui.guard("the UMAP"):
-    coords = cache.layout(run, adata)
-    values, name, categorical = colour_choice("emb", adata, views, label_key)
-    hover = adata.obs_names.to_numpy() if adata.n_obs <= 50_000 else None
-    fig = plots.embedding_scatter(
-        coords,
-        values,
-        name=name,
-        categorical=categorical,
-        colors=colours_for(adata, name) if categorical else None,
-        hover=hover,
-        dragmode="lasso",
-        height=560,
-    )
-    event = st.plotly_chart(
-        fig,
-        width="stretch",
-        key=f"umap:{run.id}",
-        on_select="rerun",
-        selection_mode=("box", "lasso"),
-        config={"displaylogo": False, "scrollZoom": True},
-    )
-    st.caption(
-        f"{adata.n_obs:,} cells. Drag with the lasso (or the box tool) to select cells; double-click to clear. "
-        "Click a legend entry to hide a group."
-    )
-    chosen = plots.selected_cells(fig, (event or {}).get("selection") if event else None)
-    if chosen.size:
-        st.markdown(f"**{chosen.size:,} cells selected**")
-        groups = [(views.get("clusters"), "clusters")]
-        if label_key:
-            groups.insert(0, (label_key, "known cell types"))
-        cols = st.columns(len(groups))
-        for col, (key, title) in zip(cols, groups, strict=False):
-            if key and key in adata.obs:
-                col.plotly_chart(
-                    plots.composition_figure(adata.obs[key].astype(str).to_numpy()[chosen], title=title),
-                    width="stretch",
-                    key=f"comp:{key}",
-                )
-        table = adata.obs.iloc[chosen][[c for c in (label_key, views.get("clusters")) if c]].copy()
-        table.insert(0, "cell", adata.obs_names[chosen])
-        st.download_button(
-            "Download the selected cells (CSV)",
-            table.to_csv(index=False),
-            file_name=f"{run.id}_selected_cells.csv",
-            mime="text/csv",
-            key="dl_selected",
+@st.fragment
+def umap_view() -> None:
+    """The UMAP and the selection: a colour change or a selection reruns only this part."""
+    with ui.guard("the UMAP"):
+        coords = cache.layout(run, adata)
+        values, name, categorical = colour_choice("emb", adata, views, label_key)
+        hover = adata.obs_names.to_numpy() if adata.n_obs <= 50_000 else None
+        fig = plots.embedding_scatter(
+            coords,
+            values,
+            name=name,
+            categorical=categorical,
+            colors=colours_for(adata, name) if categorical else None,
+            hover=hover,
+            dragmode="lasso",
+            height=560,
         )
+        event = st.plotly_chart(
+            fig,
+            width="stretch",
+            key=f"umap:{run.id}",
+            on_select="rerun",
+            selection_mode=("box", "lasso"),
+            config={"displaylogo": False, "scrollZoom": True},
+        )
+        st.caption(
+            f"{adata.n_obs:,} cells. Drag with the lasso (or the box tool) to select cells; double-click to clear. "
+            "Click a legend entry to hide a group."
+        )
+        chosen = plots.selected_cells(fig, (event or {}).get("selection") if event else None)
+        if chosen.size:
+            st.markdown(f"**{chosen.size:,} cells selected**")
+            groups = [(views.get("clusters"), "clusters")]
+            if label_key:
+                groups.insert(0, (label_key, "known cell types"))
+            cols = st.columns(len(groups))
+            for col, (key, title) in zip(cols, groups, strict=False):
+                if key and key in adata.obs:
+                    col.plotly_chart(
+                        plots.composition_figure(adata.obs[key].astype(str).to_numpy()[chosen], title=title),
+                        width="stretch",
+                        key=f"comp:{key}",
+                    )
+            table = adata.obs.iloc[chosen][[c for c in (label_key, views.get("clusters")) if c]].copy()
+            table.insert(0, "cell", adata.obs_names[chosen])
+            st.download_button(
+                "Download the selected cells (CSV)",
+                table.to_csv(index=False),
+                file_name=f"{run.id}_selected_cells.csv",
+                mime="text/csv",
+                key="dl_selected",
+            )
+
+
+umap_view()
 
 with ui.guard("re-clustering"):
     st.subheader("Clusters and scores")
@@ -283,7 +289,11 @@ with ui.guard("the comparison"):
     others = [i for i in state.runs() if i.id != run.id and (i.path / "result.h5ad").exists()]
     if not others:
         st.caption("Train a second run (another model, preset or seed) to compare it with this one here.")
-    elif st.toggle("Compare with another run", key="compare_on"):
+    elif st.toggle(
+        "Compare with another run",
+        key="compare_on",
+        help="Draw this run and another one next to each other, coloured the same way.",
+    ):
         other_id = st.selectbox(
             "Other run",
             [i.id for i in others],
@@ -291,6 +301,7 @@ with ui.guard("the comparison"):
                 f"{i.name} · {i.model} · {ui.fmt_time(i.created)}" for i in others if i.id == rid
             ),
             key="compare_run",
+            help="Any other run with results, e.g. another model, preset or seed on the same cells.",
         )
         other = state.store().open(other_id)
         other_adata = cache.result(other)
@@ -305,6 +316,7 @@ with ui.guard("the comparison"):
             }.get,
             horizontal=True,
             key="compare_colour",
+            help="The known cell types show whether both runs separate them; clusters show what each found.",
         )
         cols = st.columns(2)
         for col, (r, a, v) in zip(

@@ -140,8 +140,16 @@ with ui.guard("the gene-gene plot"):
     st.subheader("Two genes, before and after imputation")
     c = st.columns(2)
     second = [g for g in suggested if g != gene] or [g for g in genes if g != gene]
-    gx = c[0].selectbox("First gene", genes, index=genes.index(gene), key="imp_gx")
-    gy = c[1].selectbox("Second gene", genes, index=genes.index(second[0]), key="imp_gy")
+    gx = c[0].selectbox(
+        "First gene", genes, index=genes.index(gene), key="imp_gx", help="Drawn on the x axis of both plots."
+    )
+    gy = c[1].selectbox(
+        "Second gene",
+        genes,
+        index=genes.index(second[0]),
+        key="imp_gy",
+        help="Drawn on the y axis of both plots.",
+    )
     tx = (lambda v: np.log1p(np.clip(v, 0, None))) if log_view else (lambda v: v)
     colours = None
     if label_key:

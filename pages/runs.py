@@ -85,6 +85,7 @@ with ui.guard("the run list"):
         "Run to manage",
         ids,
         key=PICK,
+        help="The run the buttons below act on (clicking a row of the table picks it too).",
         format_func=lambda rid: (
             f"{by_id[rid].name} · {by_id[rid].model} · {by_id[rid].state} · {ui.fmt_time(by_id[rid].created)}"
         ),
@@ -131,7 +132,9 @@ with ui.guard("the run's actions"):
         "Delete", icon=":material/delete:", disabled=running, help="Remove the run folder from disk."
     ):
         st.write("This removes the run's folder and everything in it.")
-        sure = st.checkbox("Yes, delete this run", key=f"del_sure:{run.id}")
+        sure = st.checkbox(
+            "Yes, delete this run", key=f"del_sure:{run.id}", help="Deleting cannot be undone."
+        )
         if st.button("Delete for good", type="primary", key="run_delete", disabled=not sure):
             state.store().delete(run.id)
             st.session_state.pop(PICK, None)
@@ -142,7 +145,11 @@ with ui.guard("the run's actions"):
 
     r = st.columns([3, 1])
     new_name = r[0].text_input(
-        "Rename", value=run.meta.get("name", run.id), key=f"rename:{run.id}", max_chars=120
+        "Rename",
+        value=run.meta.get("name", run.id),
+        key=f"rename:{run.id}",
+        max_chars=120,
+        help="The name shown in the run lists; the folder keeps its id.",
     )
     r[1].write("")
     if r[1].button("Save name", key="run_rename", disabled=new_name.strip() == run.meta.get("name", "")):
@@ -184,7 +191,13 @@ with ui.guard("the downloads"):
             key="dl_zip",
             icon=":material/folder_zip:",
         )
-        one = d[2].selectbox("One file", files, key=f"one_file:{run.id}", label_visibility="collapsed")
+        one = d[2].selectbox(
+            "One file",
+            files,
+            key=f"one_file:{run.id}",
+            label_visibility="collapsed",
+            help="A single table or log of the run folder.",
+        )
         d[2].download_button(
             f"Download {one}",
             data=run.file(one).read_bytes(),

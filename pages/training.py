@@ -92,9 +92,7 @@ with ui.guard("the run list"):
     st.selectbox(
         "Run to watch",
         choices,
-        format_func=lambda rid: (
-            f"{by_id[rid].name} · {by_id[rid].model} · {by_id[rid].state} · {ui.fmt_time(by_id[rid].created)}"
-        ),
+        format_func=lambda rid: f"{by_id[rid].name} · {by_id[rid].model} · {ui.fmt_time(by_id[rid].created)}",
         key=WATCH,
         on_change=lambda: state.set_active_run(st.session_state[WATCH]),
         help="Every run on disk; the one you pick becomes the active run for the explore pages.",

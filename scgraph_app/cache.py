@@ -95,19 +95,7 @@ def _graph_preview(
         "n_graph_genes": int(prepared.graph_input.shape[1]),
         "notes": list(prepared.record.get("notes", [])),
         "backend": graph.info.get("backend"),
-        "degrees": np.bincount(_degrees(graph), minlength=1).tolist(),
     }
-
-
-def _degrees(graph) -> np.ndarray:
-    import scipy.sparse as sp
-
-    src, dst = graph.edge_index
-    keep = src != dst
-    A = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.int8), (src[keep], dst[keep])), shape=(graph.n_nodes,) * 2
-    )
-    return np.diff(((A + A.T) > 0).tocsr().indptr)
 
 
 def graph_preview(source: dict[str, Any], prepare: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:

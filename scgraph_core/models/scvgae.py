@@ -113,6 +113,28 @@ class CountTarget:
         return total / float(self.shape[0] * self.shape[1])
 
 
+class GraphNorm(nn.Module):
+    """GraphNorm (Cai et al., ICML 2021) for one graph: per feature, over the N nodes,
+
+        out = γ ⊙ (x − α ⊙ mean(x)) / √(mean((x − α ⊙ mean(x))²) + ε) + β
+
+    with learnable γ (1), β (0) and mean scale α (1). Equal to PyG's ``GraphNorm`` without a batch
+    vector; written here so that training does not import PyTorch Geometric.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.mean_scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - self.mean_scale * x.mean(dim=0, keepdim=True)
+        std = torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + self.eps)
+        return self.weight * centred / std + self.bias
+
+
 class ScVGAEOutput(NamedTuple):
     """One forward pass. ``mean`` is M (normalised scale: multiply by the size factors for counts)."""
 
@@ -150,8 +172,6 @@ class ScVGAENet(nn.Module):
         theta_max: float = 1e4,
     ) -> None:
         super().__init__()
-        from torch_geometric.nn import GraphNorm
-
         if min(n_genes, n_cells, hidden, decoder_hidden) < 1:
             raise ConfigError("scVGAE needs at least one gene, one cell and positive layer widths.")
         self.n_genes, self.n_cells, self.hidden = int(n_genes), int(n_cells), int(hidden)
@@ -244,7 +264,9 @@ def model_inputs(prepared: Prepared) -> Inputs:
     return Inputs(counts=counts, size_factors=s, x=x)
 
 
-def build_graph(x: np.ndarray, spec: Any, params: ScVGAEParams, *, cell_names: list[str] | None = None) -> Graph:
+def build_graph(
+    x: np.ndarray, spec: Any, params: ScVGAEParams, *, cell_names: list[str] | None = None
+) -> Graph:
     """The cell graph on X (MODELS.md 4.2, 4.6).
 
     ``kind = linear`` (the paper): S = X Xᵀ thresholded at the global ``percentile`` of all N² values,
@@ -277,6 +299,10 @@ def build_graph(x: np.ndarray, spec: Any, params: ScVGAEParams, *, cell_names: l
             "authors' later code does"
         )
     matrix = x
+    if spec.kind == "linear" and params.kernel == "centred":
+        # S = X_c X_cᵀ with every gene centred: the uncentred x_i·x_j of non-negative √-counts is dominated
+        # by the genes all cells express, and its top pairs join cell types (see ScVGAEParams.kernel).
+        matrix = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
     if spec.kind != "linear" and spec.use == "pca":
         from sklearn.decomposition import PCA
 
@@ -286,7 +312,9 @@ def build_graph(x: np.ndarray, spec: Any, params: ScVGAEParams, *, cell_names: l
     graph = graphs.build_graph(matrix, spec, cell_names=cell_names)
     if spec.kind == "linear" and params.min_neighbors:
         graph = _with_nearest(graph, x, params.min_neighbors)
-    graph.info["built_on"] = "sqrt_normalised_counts" + ("_pca" if matrix is not x else "")
+    graph.info["built_on"] = "sqrt_normalised_counts" + (
+        "_centred" if spec.kind == "linear" and params.kernel == "centred" else "_pca" if matrix is not x else ""
+    )
     graph.info.setdefault("deviations", []).extend(deviations)
     return graph
 
@@ -474,6 +502,13 @@ class ScVGAEParams:
         choices=("knn", "refuse"),
         advanced=True,
     )
+    kernel: str = param(
+        "centred",
+        "linear kernel: centred = x_i·x_j after centring every gene (the Gram matrix of the centred data); "
+        "raw = x_i·x_j of the √-normalised counts as the paper-era code computes it (on scvgae_sample only "
+        "55% of its edges join cells of the same type, against 81% centred)",
+        choices=("centred", "raw"),
+    )
     min_neighbors: int = param(
         0,
         "linear kernel: also join each cell to its this many most similar cells, so that no cell is left "
@@ -510,6 +545,7 @@ LEGACY = {
         "lr": 1e-4,
         "epochs": 100,
         "val_fraction": 0.0,
+        "kernel": "raw",
         "init_mean_bias": False,
     },
     "train": {"eval_every": 0, "patience": 0, "restore_best": False},
@@ -554,7 +590,9 @@ class ScVGAE(Model):
         names = [str(c) for c in prepared.adata.obs_names]
         return build_graph(self.inputs(prepared).x, config.graph, config.params, cell_names=names)
 
-    def match_input(self, out: anndata.AnnData, source: anndata.AnnData, prepared: Prepared) -> anndata.AnnData:
+    def match_input(
+        self, out: anndata.AnnData, source: anndata.AnnData, prepared: Prepared
+    ) -> anndata.AnnData:
         return match_input(out, source, prepared)
 
     def train_net(self, prepared: Prepared, graph: Graph, params: ScVGAEParams, trainer: Trainer) -> Trained:
@@ -665,7 +703,14 @@ class ScVGAE(Model):
         )
 
     def fit(
-        self, prepared: Prepared, graph: Graph, params: ScVGAEParams, trainer: Trainer, *, cluster, label_key=None
+        self,
+        prepared: Prepared,
+        graph: Graph,
+        params: ScVGAEParams,
+        trainer: Trainer,
+        *,
+        cluster,
+        label_key=None,
     ) -> Result:
         from .. import cluster as clustering
         from .. import metrics
@@ -795,7 +840,9 @@ def validation_split(counts: np.ndarray, fraction: float, *, seed: int) -> Valid
         return None
     rng = np.random.default_rng([seed, 20240])  # its own stream: independent of any mask the user made
     pick = np.sort(rng.choice(rows.size, size=n, replace=False))
-    return Validation(rows[pick].astype(np.int64), cols[pick].astype(np.int64), counts[rows[pick], cols[pick]].copy())
+    return Validation(
+        rows[pick].astype(np.int64), cols[pick].astype(np.int64), counts[rows[pick], cols[pick]].copy()
+    )
 
 
 def expected_counts(out: ScVGAEOutput, s: Tensor, output: str) -> Tensor:

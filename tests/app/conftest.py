@@ -98,7 +98,9 @@ def _app_home_env(app_home, monkeypatch):
     monkeypatch.setenv("SCGRAPH_HOME", str(app_home.path))
 
 
-def open_page(page: str, *, active: str | None = None, state: dict | None = None, timeout: float = 180) -> AppTest:
+def open_page(
+    page: str, *, active: str | None = None, state: dict | None = None, timeout: float = 180
+) -> AppTest:
     """Run the app, then switch to ``pages/<page>.py`` (the Data page is the default)."""
     at = AppTest.from_file(str(APP), default_timeout=timeout)
     if active is not None:

@@ -22,7 +22,10 @@ def edge_table(at):
 def test_graph_escapes_labels_and_matches_the_edge_table(app_home):
     at = open_page("attention", active=app_home.runs["cellvgae"])
     assert_clean(at)
-    assert at.selectbox(key="att_layer").options[:2] == ["hidden1 (graph, 2 heads)", "hidden2 (graph, 2 heads)"]
+    assert at.selectbox(key="att_layer").options[:2] == [
+        "hidden1 (graph, 2 heads)",
+        "hidden2 (graph, 2 heads)",
+    ]
     html = graph_html(at)
     # The hostile cell type is text: escaped in the legend, unicode-escaped in the embedded data.
     assert HOSTILE not in html and "alert(" in html

@@ -55,7 +55,9 @@ def test_an_uploaded_csv_is_read_and_its_qc_computed_from_counts():
 def test_a_broken_upload_shows_what_is_wrong_and_the_page_keeps_working():
     at = open_page("data")
     at.radio[0].set_value("upload").run()
-    at.file_uploader[0].set_value(("cells.h5ad", b"this is not an HDF5 file", "application/octet-stream")).run()
+    at.file_uploader[0].set_value(
+        ("cells.h5ad", b"this is not an HDF5 file", "application/octet-stream")
+    ).run()
     assert not at.exception
     assert at.error, "the reader's message should be shown"
     message = texts(at.error)[0]

@@ -21,7 +21,9 @@ def test_observed_and_learnt_expression_side_by_side(app_home):
     # The learnt panel holds E · P_mu[g] for every cell (sorted by value for drawing).
     adata = app_home.store.open(run_id).read_result()
     weights, names = interpret.gene_weight_matrix(adata, "P_mu")
-    expected = interpret.learnt_expression(np.asarray(adata.obsm["X_cellvgae"]), weights, names.index(chosen[0]))
+    expected = interpret.learnt_expression(
+        np.asarray(adata.obsm["X_cellvgae"]), weights, names.index(chosen[0])
+    )
     drawn = np.sort(plotly_array(figs[1]["data"][-1]["marker"]["color"]))
     np.testing.assert_allclose(drawn, np.sort(expected), rtol=1e-5, atol=1e-6)
     assert any("Correlation of learnt and observed" in c for c in texts(at.caption))

@@ -38,7 +38,11 @@ def test_rename_downloads_and_delete(app_home):
     labels = {d.label for d in at.get("download_button")}
     assert any(label.startswith("result.h5ad (") for label in labels)
     assert any(label.startswith("All tables and logs (") for label in labels)
-    files = sorted(p.name for p in app_home.store.open(copy).path.iterdir() if p.suffix in (".csv", ".json", ".jsonl", ".log"))
+    files = sorted(
+        p.name
+        for p in app_home.store.open(copy).path.iterdir()
+        if p.suffix in (".csv", ".json", ".jsonl", ".log")
+    )
     assert any(label == f"All tables and logs ({len(files)} files, zip)" for label in labels)
     at.checkbox(key=f"del_sure:{copy}").check().run()
     at.button(key="run_delete").click().run()

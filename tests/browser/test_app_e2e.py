@@ -38,6 +38,7 @@ FLAGS = [
     "--disable-sync",
 ]
 TRAIN_TIMEOUT_S = 420
+VIEW_HEIGHT = 1100
 
 
 def _free_port() -> int:
@@ -144,14 +145,23 @@ def _no_exceptions(page) -> None:
 
 
 def _shot(page, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its main block, so grow the window to it."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    time.sleep(1.0)  # let plotly finish drawing
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    time.sleep(0.6)  # let plotly finish drawing
+    width = page.viewport_size["width"]
+    height = page.evaluate(
+        "() => { const m = document.querySelector(\"[data-testid='stMain']\");"
+        " return m ? m.scrollHeight : document.body.scrollHeight; }"
+    )
+    page.set_viewport_size({"width": width, "height": int(min(max(height + 40, 900), 3200))})
+    time.sleep(0.8)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size({"width": width, "height": VIEW_HEIGHT})
 
 
 def test_demo_trains_and_every_view_appears(browser, app_url):
     url, home = app_url
-    page = browser.new_page(viewport={"width": 1440, "height": 1500})
+    page = browser.new_page(viewport={"width": 1440, "height": VIEW_HEIGHT})
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
 
@@ -174,8 +184,10 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     # Training: start the quick preset; the live view draws epochs, then the run finishes.
     _go(page, "Training")
     page.get_by_role("button", name="Start training").click()
-    page.wait_for_selector("text=/Epoch \\d+ of 60/", timeout=180_000)
+    page.wait_for_selector("text=/Epoch \\d+ of 60|Finished\\./", timeout=180_000)
     page.wait_for_selector(".js-plotly-plot", timeout=60_000)  # the live loss curves
+    # Wait for a stretch of curve (or the end, on a fast machine) before the screenshot.
+    page.wait_for_selector("text=/Epoch ([2-5][0-9]) of 60|Finished\\./", timeout=TRAIN_TIMEOUT_S * 1000)
     _shot(page, "training")
     page.wait_for_selector("text=Finished.", timeout=TRAIN_TIMEOUT_S * 1000)
     _settle(page)
@@ -190,6 +202,20 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     assert page.locator(".js-plotly-plot").count() >= 1
     _no_exceptions(page)
     _shot(page, "embedding")
+    # Select cells with the box tool: their composition appears under the plot.
+    plot = page.locator(".js-plotly-plot").first
+    plot.hover()
+    plot.locator('.modebar-btn[data-title="Box Select"]').click()
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.05)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.95, steps=12)
+    page.mouse.up()
+    page.wait_for_selector("text=/[0-9,]+ cells selected/", timeout=60_000)
+    _settle(page)
+    assert page.get_by_text("Download the selected cells (CSV)").first.is_visible()
+    _no_exceptions(page)
+    _shot(page, "embedding-selection")
 
     # Attention: the pyvis graph draws nodes inside its iframe.
     _go(page, "Attention")
@@ -212,7 +238,7 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     n_edges = frame.evaluate("edges.length")
     assert n_nodes > 10 and n_edges == 120
     _no_exceptions(page)
-    time.sleep(3)  # the layout settles
+    time.sleep(2)  # the layout settles
     _shot(page, "attention")
 
     # Markers: the P_mu marker table.

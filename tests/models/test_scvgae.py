@@ -23,6 +23,20 @@ from tests.helpers import toy_counts
 TINY = {"hidden": 16, "decoder_hidden": 32, "epochs": 25, "lr": 5e-3}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: one thread. On a busy 2-core machine each multi-threaded kernel launch of these
+    toy-sized operations costs more than the work itself."""
+    import numba
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    yield
+    torch.set_num_threads(before[0])
+    numba.set_num_threads(before[1])
+
+
 def _toy_with_gaps() -> ad.AnnData:
     """Toy counts with an all-zero gene and an all-zero cell, names out of alphabetical order."""
     adata = toy_counts(n_cells=120, n_genes=40, seed=1)
@@ -52,7 +66,21 @@ def cli_run(tmp_path_factory):
     adata.write_h5ad(path)
     out = root / "run"
     argv = ["train", "--model", "scvgae", "--input", str(path), "--out", str(out), "--label-key", "celltype"]
-    argv += ["--seed", "3", "--quiet", "--epochs", "20", "--hidden", "16", "--decoder-hidden", "32", "--k", "3"]
+    argv += [
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--quiet",
+        "--epochs",
+        "20",
+        "--hidden",
+        "16",
+        "--decoder-hidden",
+        "32",
+        "--k",
+        "3",
+    ]
     code = main(argv)
     return code, adata, out
 
@@ -73,6 +101,19 @@ def test_count_target_equals_the_shared_zinb_nll():
     assert torch.allclose(ours, ref, rtol=1e-5)
     for g, t in zip(grads, (mu, theta, logit), strict=True):
         assert torch.allclose(g, t.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_graph_norm_equals_pytorch_geometric():
+    from torch_geometric.nn import GraphNorm as PyGGraphNorm
+
+    x = torch.randn(50, 8) * 3 + 1
+    ours, ref = sv.GraphNorm(8), PyGGraphNorm(8)
+    with torch.no_grad():
+        for norm in (ours, ref):
+            norm.weight.copy_(torch.linspace(0.5, 2, 8))
+            norm.bias.copy_(torch.linspace(-1, 1, 8))
+            norm.mean_scale.copy_(torch.linspace(0, 1.5, 8))
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
 
 
 def test_zinb_term_receives_gradient_and_decreases():
@@ -111,7 +152,12 @@ def test_legacy_loss_leaves_the_dispersion_and_dropout_heads_untrained():
 
 def test_presets_and_parameter_checks():
     p = pipeline.resolve_config("scvgae", "paper")
-    assert (p.params.alpha, p.params.loss, p.params.hidden, p.params.decoder_hidden) == (0.05, "fixed", 128, 1024)
+    assert (p.params.alpha, p.params.loss, p.params.hidden, p.params.decoder_hidden) == (
+        0.05,
+        "fixed",
+        128,
+        1024,
+    )
     assert (p.graph.kind, p.graph.percentile) == ("linear", 85.0)
     with pytest.raises(ConfigError, match="output = reconstruction"):
         pipeline.resolve_config("scvgae", "paper", {"model": {"loss": "legacy"}})
@@ -202,7 +248,10 @@ def test_imputed_layer_keeps_the_input_cells_genes_and_count_scale(cli_run):
     ratio = imputed[kept].sum(1) / observed
     assert 0.5 < np.median(ratio) < 2.0
     assert np.corrcoef(np.log(imputed[kept].sum(1)), np.log(observed))[0, 1] > 0.8
-    assert np.isnan(result.obsm["X_scvgae"][5]).all() and np.isfinite(np.delete(result.obsm["X_scvgae"], 5, 0)).all()
+    assert (
+        np.isnan(result.obsm["X_scvgae"][5]).all()
+        and np.isfinite(np.delete(result.obsm["X_scvgae"], 5, 0)).all()
+    )
 
 
 def test_views_manifest_points_at_real_slots(cli_run):

@@ -1,0 +1,126 @@
+"""Figure builders: WebGL scatter with row numbers, QC numbers, curves, and the escaped pyvis graph."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scgraph_core import plots
+from tests.helpers import toy_counts
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_categorical_scatter_has_one_webgl_trace_per_group_and_maps_selections_back():
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(300, 2))
+    labels = np.array(["B", "noise", "A10", "A2"] * 75)
+    fig = plots.embedding_scatter(xy, labels, name="cluster")
+    assert all(t.type == "scattergl" for t in fig.data)
+    assert [t.name.split(" ")[0] for t in fig.data] == [
+        "A2",
+        "A10",
+        "B",
+        "noise",
+    ]  # natural order, noise last
+    assert fig.data[-1].marker.color == plots.NOISE_COLOR
+    rows = np.concatenate([np.asarray(t.customdata) for t in fig.data])
+    assert sorted(rows) == list(range(300))
+    # A selection (as Streamlit returns it) maps to cell rows, with or without customdata in the points.
+    picked = {"points": [{"curve_number": 2, "point_index": 0}, {"customdata": 7}]}
+    assert set(plots.selected_cells(fig, picked)) == {int(fig.data[2].customdata[0]), 7}
+    assert plots.selected_cells(fig, None).size == 0
+
+
+def test_continuous_scatter_puts_high_values_on_top_and_greys_missing():
+    xy = np.zeros((5, 2))
+    values = np.array([3.0, np.nan, 1.0, 2.0, 0.0])
+    fig = plots.embedding_scatter(xy, values, name="NKG7")
+    missing, main = fig.data
+    assert list(missing.customdata) == [1]
+    assert list(main.marker.color) == [0.0, 1.0, 2.0, 3.0]
+    assert main.marker.showscale
+
+
+def test_many_categories_become_one_trace():
+    fig = plots.embedding_scatter(np.zeros((200, 2)), [f"c{i}" for i in range(200)])
+    assert len(fig.data) == 1
+
+
+def test_hover_text_escapes_category_names():
+    fig = plots.embedding_scatter(np.zeros((2, 2)), [HOSTILE, "B"], hover=["cell0", "cell1"])
+    assert all("<script>" not in t.hovertemplate for t in fig.data)
+
+
+def test_qc_metrics_from_counts_and_from_obs_columns():
+    adata = toy_counts(n_cells=50, n_genes=20)
+    adata.var_names = [f"MT-{i}" if i < 2 else f"g{i}" for i in range(20)]
+    qc, notes = plots.qc_metrics(adata)
+    X = adata.X.toarray()
+    np.testing.assert_allclose(qc["total"], X.sum(axis=1))
+    np.testing.assert_array_equal(qc["genes"], (X > 0).sum(axis=1))
+    np.testing.assert_allclose(qc["mito_pct"], 100 * X[:, :2].sum(axis=1) / X.sum(axis=1))
+    assert "2 mitochondrial genes" in notes["mito_pct"]
+    # Log data without counts: the file's QC columns are used (a fraction becomes a percentage).
+    log = ad.AnnData(
+        sp.csr_matrix(np.log1p(X)),
+        obs=pd.DataFrame({"n_counts": X.sum(1), "percent_mito": 0.02}, index=adata.obs_names),
+    )
+    qc, notes = plots.qc_metrics(log)
+    np.testing.assert_allclose(qc["total"], X.sum(axis=1))
+    assert np.allclose(qc["mito_pct"], 2.0) and "'percent_mito'" in notes["mito_pct"]
+    assert "non-zero value in X" in notes["genes"]
+    fig = plots.qc_figure(qc, notes)
+    assert len(fig.data) == 3
+
+
+def test_loss_and_validation_figures():
+    history = pd.DataFrame(
+        {
+            "stage": "train",
+            "epoch": [1, 2, 3],
+            "loss": [3.0, 2.0, 1.5],
+            "kl": [0.1, 0.2, 0.2],
+            "val_auc": [None, 0.7, None],
+        }
+    )
+    assert plots.loss_terms(history) == ["loss", "kl"]
+    assert len(plots.loss_figure(history).data) == 2
+    val = plots.validation_figure(history)
+    assert val is not None and list(val.data[0].y) == [0.7]
+    assert plots.validation_figure(history.drop(columns="val_auc")) is None
+
+
+def test_attention_graph_is_self_contained_and_escapes_every_name():
+    edges = pd.DataFrame({"source": [0, 1, 2], "target": [1, 2, 0], "weight": [0.5, 0.25, 0.9]})
+    html = plots.attention_graph_html(
+        edges,
+        cell_names=["<img src=x onerror=alert(2)>", "c1", "c2"],
+        groups=[HOSTILE, "B", "B"],
+        title="layer <i>mu</i>",
+        show_labels=True,
+    )
+    assert HOSTILE not in html and "<img src=x" not in html and "<i>mu</i>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "layer &lt;i&gt;mu&lt;/i&gt;" in html
+    assert "<script src=" not in html and "<link" not in html  # vis-network is inlined
+    data = plots.graph_data_json(html)
+    by_id = {n["id"]: n for n in data["nodes"]}
+    assert by_id[0]["label"] == HOSTILE  # drawn on the canvas as text
+    assert by_id[0]["title"].startswith("<img src=x onerror=alert(2)>")  # shown with innerText
+    assert len(data["edges"]) == 3
+    widths = {(e["from"], e["to"]): e["width"] for e in data["edges"]}
+    assert widths[(2, 0)] > widths[(0, 1)] > widths[(1, 2)]
+
+
+def test_small_figures():
+    assert len(plots.composition_figure(["a", "b", "a"]).data[0].y) == 2
+    heat = plots.heatmap_figure(pd.DataFrame([[1.0, 2.0]], columns=["0", "1"]))
+    assert heat.data[0].z.shape == (1, 2)
+    assert len(plots.gene_weight_figure(np.array([0.1, -0.2]), "NKG7").data[0].y) == 2
+    assert len(plots.imputation_histogram(np.array([0, 1.0]), np.array([0.5, 1.0])).data) == 2
+    fig = plots.gene_gene_figure(
+        (np.arange(5.0), np.arange(5.0)), (np.arange(5.0), -np.arange(5.0)), ("a", "b")
+    )
+    assert "r = 1.00" in fig.layout.annotations[0].text and "r = -1.00" in fig.layout.annotations[1].text
