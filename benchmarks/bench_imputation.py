@@ -100,6 +100,19 @@ def kmeans_ari(counts, labels, seed: int = 0) -> float:
     return float(adjusted_rand_score(codes, pred))
 
 
+def same_type_fraction(adata, config) -> float:
+    """Share of the model's graph edges that join two cells of the same labelled type (a diagnostic;
+    the labels play no part in building the graph)."""
+    from scgraph_core import data
+    from scgraph_core.models import scvgae
+
+    prepared = data.prepare(adata, config.prepare)
+    graph = scvgae.build_graph(scvgae.model_inputs(prepared).x, config.graph, config.params)
+    labels = prepared.adata.obs["celltype"].to_numpy()
+    src, dst = graph.edge_index
+    return float((labels[src] == labels[dst]).mean())
+
+
 def single(dataset: str, method: str, fraction: float, seed: int, knn_k: int, model: dict) -> dict:
     """Run one method on one dataset in this process and return its scores."""
     import numpy as np
@@ -161,6 +174,7 @@ def single(dataset: str, method: str, fraction: float, seed: int, knn_k: int, mo
             final_losses=m["final_losses"],
         )
         elapsed = time.perf_counter() - start
+        extra["graph_same_type_fraction"] = same_type_fraction(adata, config)
         extra["kmeans_ari_imputed"] = kmeans_ari(np.asarray(imputed), adata.obs["celltype"])
         extra["kmeans_ari_input"] = kmeans_ari(adata.X.toarray(), adata.obs["celltype"])
     else:

@@ -194,6 +194,10 @@ def worker_alive(run: Run) -> bool | None:
     return _not_zombie(pid)
 
 
+def _zombie(pid: Any, host: Any) -> bool:
+    return isinstance(pid, int) and host == socket.gethostname() and not _not_zombie(pid)
+
+
 def _not_zombie(pid: int) -> bool:
     # A process that ended but was not reaped still answers kill(pid, 0); /proc says it is a zombie.
     try:
@@ -217,6 +221,13 @@ def log_tail(run: Run, n_chars: int = 1500) -> str:
 def status(run: Run) -> dict[str, Any]:
     """The run's status, with a worker that died before it began reported as failed (with its log)."""
     st = dict(run.status)
+    if st.get("state") == "running" and _zombie(st.get("pid"), st.get("host")):
+        # Ended but not yet reaped by init: Run.status still sees the process, but it is gone.
+        st["state"] = "failed"
+        st["message"] = (
+            "The training process ended without finishing (it was killed or crashed). "
+            "The last checkpoint, if any, is kept; start a new run to train again."
+        )
     if st.get("state") == "queued":
         info = worker_info(run)
         started = float(info.get("started", 0) or 0)

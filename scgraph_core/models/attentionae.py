@@ -292,7 +292,7 @@ class AttentionAEParams:
         advanced=True,
     )
     zinb_cells: int = param(
-        4096,
+        2048,
         "cells whose counts enter the ZINB term each epoch, a fresh random sample (0 = all cells)",
         min=0,
         advanced=True,

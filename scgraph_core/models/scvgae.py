@@ -20,6 +20,13 @@ Loss (paper section "Loss"; MODELS.md 4.4), both terms mean-reduced:
 
 with x the raw counts and s the size factors, so the ZINB term fits counts and trains all three heads.
 The imputed expression is s·M (expected counts with the dropout zeros removed), from an eval-mode pass.
+
+Graph (:func:`build_graph`): the paper's linear kernel S = X Xᵀ with a global 85th-percentile threshold
+(binary, about 0.15·N partners per cell), computed blockwise; by default on gene-centred X (``kernel``),
+and replaced by a kNN graph above 5,000 cells (recorded as a deviation). Training (:meth:`ScVGAE.train_net`):
+full batch Adam; 5 % of the non-zero counts are hidden as a validation set and the epoch that recovers
+them best is kept. What differs from the published code, and why, is listed in MODELS.md 4.4-4.6 and in
+the parameter help texts.
 """
 
 from __future__ import annotations
@@ -313,7 +320,11 @@ def build_graph(
     if spec.kind == "linear" and params.min_neighbors:
         graph = _with_nearest(graph, x, params.min_neighbors)
     graph.info["built_on"] = "sqrt_normalised_counts" + (
-        "_centred" if spec.kind == "linear" and params.kernel == "centred" else "_pca" if matrix is not x else ""
+        "_centred"
+        if spec.kind == "linear" and params.kernel == "centred"
+        else "_pca"
+        if matrix is not x
+        else ""
     )
     graph.info.setdefault("deviations", []).extend(deviations)
     return graph

@@ -88,7 +88,12 @@ def test_start_watch_and_stop_a_background_run(app_home, toy_file):
     if jobs.status(run)["state"] == "stopped":  # a fast machine finished before the test ended it
         assert any(w.startswith("Stopped") for w in texts(at.warning))
     else:  # a worker gone without finishing is a readable failure, not a run that seems to go on
-        assert any("ended without finishing" in e for e in texts(at.error))
+        state = jobs.status(run)
+        assert any("ended without finishing" in e for e in texts(at.error)), (
+            state,
+            texts(at.error),
+            texts(at.info),
+        )
 
 
 def test_a_finished_run_shows_its_curves_and_links(app_home):

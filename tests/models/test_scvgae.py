@@ -158,7 +158,15 @@ def test_presets_and_parameter_checks():
         128,
         1024,
     )
-    assert (p.graph.kind, p.graph.percentile) == ("linear", 85.0)
+    assert (p.graph.kind, p.graph.percentile, p.params.kernel) == ("linear", 85.0, "centred")
+    legacy = pipeline.resolve_config("scvgae", "legacy").params
+    assert (legacy.loss, legacy.kernel, legacy.val_fraction, legacy.lr, legacy.epochs) == (
+        "legacy",
+        "raw",
+        0.0,
+        1e-4,
+        100,
+    )
     with pytest.raises(ConfigError, match="output = reconstruction"):
         pipeline.resolve_config("scvgae", "paper", {"model": {"loss": "legacy"}})
 
@@ -209,10 +217,38 @@ def test_memory_guard_refuses_the_all_pairs_graph_or_switches_to_knn(monkeypatch
     assert any("kNN graph instead" in d for d in graph.info["deviations"])
 
 
+def _types_under_shared_genes(seed: int) -> ad.AnnData:
+    """Three cell types that differ 3-fold in 12 genes each, under 4 genes every cell expresses highly."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, 3, 150)
+    profiles = np.ones((3, 40))
+    profiles[:, :4] = 60.0
+    for t in range(3):
+        profiles[t, 4 + 12 * t : 16 + 12 * t] *= 3.0
+    library = rng.uniform(0.5, 2.0, 150)[:, None]
+    adata = ad.AnnData(sp.csr_matrix(rng.poisson(profiles[types] * library).astype(np.float32)))
+    adata.obs_names = [f"cell{i}" for i in range(150)]
+    adata.var_names = [f"gene{j}" for j in range(40)]
+    adata.obs["celltype"] = types.astype(str)
+    return adata
+
+
+def test_centred_linear_kernel_joins_cells_of_the_same_type():
+    adata = _types_under_shared_genes(seed=0)
+    labels = adata.obs["celltype"].to_numpy()
+    same = {}
+    for kernel in ("raw", "centred"):
+        _, _, graph = _prepared(adata, kernel=kernel)
+        src, dst = graph.edge_index
+        same[kernel] = (labels[src] == labels[dst]).mean()
+        assert graph.stats()["mean_degree"] == pytest.approx(0.15 * 150, rel=0.1)  # the paper's density
+    assert same["centred"] > 0.97 and same["centred"] > same["raw"] + 0.03
+
+
 def test_linear_graph_leaves_no_cell_without_partners():
     adata = toy_counts(n_cells=90, n_genes=30)
-    _, _, bare = _prepared(adata, min_neighbors=0)
-    _, _, fixed = _prepared(adata, min_neighbors=3)
+    _, _, bare = _prepared(adata, min_neighbors=0, kernel="raw")
+    _, _, fixed = _prepared(adata, min_neighbors=3, kernel="raw")
     assert fixed.stats()["n_isolated"] == 0
     assert fixed.stats()["min_degree"] >= 3
     bare_keys = set(map(tuple, bare.edge_index.T))
