@@ -1,10 +1,14 @@
 """Clustering of cell embeddings.
 
-* :func:`umap_embedding` and :func:`hdbscan_grid`: CellVGAE's recipe (MODELS.md 1.5). A 2-D UMAP of the
+* :func:`umap_embedding` and :func:`hdbscan_grid`: CellVGAE's recipe (MODELS.md 1.5). A UMAP of the
   embedding, HDBSCAN over min_cluster_size x min_samples, all labelings kept, and one chosen without
-  labels: the best silhouette among runs with at most 5 % noise and at least two clusters (pitfall 7).
-  :func:`best_with_labels` is the "best-of" choice that uses the cell types; it is only ever reported
-  next to the automatic one (MODELS.md 6.3).
+  labels among the runs with at most 5 % noise and at least two clusters (pitfall 7), by one of three
+  rules (``select``): "silhouette" (the best silhouette, MODELS.md's rule), "consensus" (the run that
+  agrees best with the other runs, :func:`consensus_scores`) or "dbcv" (HDBSCAN's relative validity).
+  :func:`cluster_embedding`'s default clusters a 10-D UMAP with min_dist 0 and picks by consensus
+  over three UMAP layouts; the paper's 2-D recipe is ``cluster_umap_dims=2``. :func:`best_with_labels`
+  is the "best-of" choice that uses the cell types; it is only ever reported next to the automatic one
+  (MODELS.md 6.3).
 * :func:`refine_clusters`: the optional small-cluster post-processing (split large clusters, assign
   noise by a kNN vote in the latent space); off by default.
 * :func:`leiden`, :func:`kmeans`: graph and centroid clustering.
@@ -20,6 +24,7 @@ stays cheap for the app and the command line.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +36,7 @@ from .metrics import silhouette
 from .params import from_dict, param, to_dict
 
 NOISE = -1
+SELECT_RULES = ("consensus", "silhouette", "dbcv")
 
 # Above this many cells kNN graphs (Leiden, UMAP) use approximate neighbours (pynndescent); below it
 # the exact search is fast, needs no numba compilation and does not depend on threading.
@@ -175,14 +181,90 @@ def umap_embedding(
 # HDBSCAN grid (CellVGAE)
 
 
+def pair_agreement(a: Any, b: Any) -> float:
+    """Adjusted Rand index between two labelings of the same cells, noise (-1) counted as one group.
+
+        ARI = (Σ_ij C(n_ij, 2) − E) / (½ [Σ_i C(a_i, 2) + Σ_j C(b_j, 2)] − E),
+        E = Σ_i C(a_i, 2) · Σ_j C(b_j, 2) / C(n, 2)
+
+    with n_ij the contingency table and a_i, b_j its margins (Hubert & Arabie 1985). Computed from one
+    ``bincount`` of the paired codes, so it costs O(n) and no cells x cells matrix. Two labelings that
+    are both a single group (or both all singletons) agree perfectly: 1.0, as scikit-learn says.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ConfigError(f"Both labelings need one label per cell; got shapes {a.shape} and {b.shape}.")
+    n = a.size
+    _, ca = np.unique(a, return_inverse=True)
+    _, cb = np.unique(b, return_inverse=True)
+    nb = int(cb.max()) + 1 if n else 1
+    joint = np.bincount(ca.astype(np.int64) * nb + cb, minlength=0).astype(np.float64)
+
+    def pairs(counts: np.ndarray) -> float:
+        return float((counts * (counts - 1.0)).sum() / 2.0)
+
+    sum_ij = pairs(joint)
+    sum_a = pairs(np.bincount(ca).astype(np.float64))
+    sum_b = pairs(np.bincount(cb).astype(np.float64))
+    total = n * (n - 1) / 2.0
+    expected = sum_a * sum_b / total if total else 0.0
+    top = (sum_a + sum_b) / 2.0
+    if top == expected:  # both trivial (one group, or all singletons)
+        return 1.0
+    return float((sum_ij - expected) / (top - expected))
+
+
+def consensus_scores(
+    candidates: Any, voters: Sequence[Any], *, self_index: Sequence[int] | None = None
+) -> np.ndarray:
+    """How well each candidate labeling agrees with a set of voting labelings: mean ARI.
+
+        score(c) = 1/|V_c| Σ_{v ∈ V_c} ARI(c, v)
+
+    This is the medoid ("median partition") choice of cluster ensembles (Strehl & Ghosh, JMLR 3:583,
+    2002): the labeling that shares the most with all the others, so a run that splits a cell type into
+    fragments, or merges two because of one layout, loses to the run most runs agree with.
+    ``candidates`` is [C, N]; ``voters`` a sequence of [N] labelings. ``self_index[c]`` (optional) is the
+    position of candidate c among the voters, left out of its own mean (V_c = V minus itself).
+    Identical labelings are compared once (grid points often agree).
+    """
+    cand = np.asarray(candidates)
+    if cand.ndim != 2:
+        raise ConfigError(f"candidates must be a [runs, cells] array of labelings; got shape {cand.shape}.")
+    votes = [np.asarray(v) for v in voters]
+    if not votes:
+        raise ConfigError("consensus_scores needs at least one voting labeling.")
+    if self_index is not None and len(self_index) != len(cand):
+        raise ConfigError("self_index needs one voter position per candidate.")
+    memo: dict[tuple[bytes, bytes], float] = {}
+    keys = [v.astype(np.int64).tobytes() for v in votes]
+    scores = np.empty(len(cand), dtype=np.float64)
+    for c, labels in enumerate(cand):
+        ck = labels.astype(np.int64).tobytes()
+        total, count = 0.0, 0
+        for j, (vk, v) in enumerate(zip(keys, votes, strict=True)):
+            if self_index is not None and j == self_index[c]:
+                continue
+            pair = (ck, vk) if ck <= vk else (vk, ck)
+            if pair not in memo:
+                memo[pair] = 1.0 if ck == vk else pair_agreement(labels, v)
+            total += memo[pair]
+            count += 1
+        scores[c] = total / count if count else np.nan
+    return scores
+
+
 @dataclass
 class GridResult:
     """All runs of an HDBSCAN grid and the automatic, label-free choice among them.
 
     ``runs[i]`` describes row ``labels[i]``: min_cluster_size, min_samples, n_clusters (noise
-    excluded), noise (cells), noise_fraction, silhouette (noise excluded; None below two clusters) and
-    eligible (noise_fraction <= max_noise with at least two clusters). ``chosen`` is the index picked
-    by ``rule``, a sentence saying how it was picked.
+    excluded), noise (cells), noise_fraction, silhouette (noise excluded, on the clustered points; None
+    below two clusters), eligible (noise_fraction <= max_noise with at least two clusters), consensus
+    (mean ARI with the eligible runs of every layout; None unless ``select`` is "consensus" or for
+    ineligible runs) and dbcv (HDBSCAN's relative validity; None unless ``select`` is "dbcv").
+    ``chosen`` is the index picked by ``select``; ``rule`` a sentence saying how it was picked;
+    ``n_layouts`` how many point sets voted (1 + len(extra_points)) and ``n_voters`` how many runs.
     """
 
     runs: list[dict[str, Any]]
@@ -190,6 +272,9 @@ class GridResult:
     chosen: int
     rule: str
     max_noise: float = 0.05
+    select: str = "silhouette"
+    n_layouts: int = 1
+    n_voters: int = 0
 
     @property
     def chosen_labels(self) -> np.ndarray:
@@ -202,33 +287,72 @@ class GridResult:
         return self.runs[self.chosen]
 
 
-def _choose(runs: list[dict[str, Any]], max_noise: float) -> tuple[int, str]:
-    """The label-free choice: best silhouette with low noise and >= 2 clusters, else lowest noise."""
+def _named(run: dict[str, Any]) -> str:
+    return f"min_cluster_size={run['min_cluster_size']}, min_samples={run['min_samples']}"
+
+
+def _choose(runs: list[dict[str, Any]], max_noise: float, select: str = "silhouette") -> tuple[int, str]:
+    """The label-free choice among eligible runs (noise <= max_noise, >= 2 clusters), else lowest noise.
+
+    "silhouette": best silhouette. "consensus": best consensus score, ties by silhouette. "dbcv": best
+    relative validity, ties by silhouette. ``max()`` keeps the first of equal keys, i.e. the earliest
+    grid point, so the choice is deterministic.
+    """
 
     def sil(i: int) -> float:
         s = runs[i]["silhouette"]
         return -np.inf if s is None else s
 
-    def named(i: int) -> str:
-        r = runs[i]
-        return f"min_cluster_size={r['min_cluster_size']}, min_samples={r['min_samples']}"
+    def score(i: int, key: str) -> float:
+        v = runs[i].get(key)
+        return -np.inf if v is None or not np.isfinite(v) else float(v)
 
     eligible = [i for i, r in enumerate(runs) if r["eligible"]]
+    pool = f"the {len(eligible)} runs with noise <= {max_noise:.0%} and at least 2 clusters"
     if eligible:
-        # max() keeps the first of equal scores, i.e. the earliest grid point: deterministic.
+        if select == "consensus":
+            best = max(eligible, key=lambda i: (score(i, "consensus"), sil(i)))
+            return best, (
+                f"the run that agrees best with the others (mean ARI {runs[best]['consensus']:.3f} against "
+                f"the eligible runs of every layout) among {pool}: {_named(runs[best])}"
+            )
+        if select == "dbcv":
+            best = max(eligible, key=lambda i: (score(i, "dbcv"), sil(i)))
+            return best, (
+                f"best HDBSCAN relative validity (DBCV {runs[best]['dbcv']:.3f}) among {pool}: "
+                f"{_named(runs[best])}"
+            )
         best = max(eligible, key=sil)
-        return best, (
-            f"best silhouette among the {len(eligible)} runs with noise <= {max_noise:.0%} and at least "
-            f"2 clusters: {named(best)}"
-        )
+        return best, f"best silhouette among {pool}: {_named(runs[best])}"
     several = [i for i, r in enumerate(runs) if r["n_clusters"] >= 2]
-    pool = several or list(range(len(runs)))
-    best = min(pool, key=lambda i: (runs[i]["noise_fraction"], -sil(i)))
+    fallback = several or list(range(len(runs)))
+    best = min(fallback, key=lambda i: (runs[i]["noise_fraction"], -sil(i)))
     what = "with at least 2 clusters" if several else "(no run found 2 clusters)"
     return best, (
         f"no run had noise <= {max_noise:.0%} with at least 2 clusters; fell back to the lowest noise "
-        f"{what}, ties broken by silhouette: {named(best)} ({runs[best]['noise_fraction']:.1%} noise)"
+        f"{what}, ties broken by silhouette: {_named(runs[best])} ({runs[best]['noise_fraction']:.1%} noise)"
     )
+
+
+def _run_grid(
+    pts: np.ndarray, sizes: tuple[int, ...], samples: tuple[int, ...], validity: bool
+) -> tuple[np.ndarray, list[float | None]]:
+    """Labels [len(sizes)·len(samples), N] (min_cluster_size-major) and, if asked, relative validity."""
+    import hdbscan
+
+    out = np.empty((len(sizes) * len(samples), pts.shape[0]), dtype=np.int64)
+    dbcv: list[float | None] = []
+    for r, (size, ms) in enumerate((a, b) for a in sizes for b in samples):
+        model = hdbscan.HDBSCAN(min_cluster_size=int(size), min_samples=int(ms), gen_min_span_tree=validity)
+        out[r] = model.fit_predict(pts)
+        value = None
+        if validity:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-noise runs divide by zero inside
+                raw = float(model.relative_validity_)
+            value = raw if np.isfinite(raw) else None
+        dbcv.append(value)
+    return out, dbcv
 
 
 def hdbscan_grid(
@@ -239,16 +363,23 @@ def hdbscan_grid(
     max_noise: float = 0.05,
     silhouette_sample: int | None = 5000,
     seed: int | None = 0,
+    select: str = "silhouette",
+    extra_points: Sequence[Any] = (),
 ) -> GridResult:
     """Run ``hdbscan.HDBSCAN`` for every (min_cluster_size, min_samples) pair on ``points``.
 
-    ``points`` are normally the 2-D UMAP coordinates of the embedding (CellVGAE clusters on them), but
-    any cells x dims matrix works. Runs are ordered min_cluster_size-major. HDBSCAN itself is
+    ``points`` are normally UMAP coordinates of the embedding (CellVGAE clusters on them), but any
+    cells x dims matrix works. Runs are ordered min_cluster_size-major. HDBSCAN itself is
     deterministic; ``seed`` only draws the silhouette subsample (above ``silhouette_sample`` cells).
-    The choice rule is described in :class:`GridResult` and :func:`_choose`.
-    """
-    import hdbscan
 
+    ``select`` picks one run without labels among those with noise <= ``max_noise`` and >= 2 clusters:
+    "silhouette" (the best silhouette on ``points``, MODELS.md 1.7 pitfall 7; the default here for
+    compatibility), "consensus" (:func:`consensus_scores`: the run agreeing best with the other eligible
+    runs) or "dbcv" (HDBSCAN's relative validity, a density-based validity index). With "consensus",
+    ``extra_points`` (other layouts of the same cells, e.g. UMAPs with other seeds) get the same grid
+    and their eligible runs vote too; the candidates are always the runs on ``points``, so the chosen
+    labeling is one of the returned ``labels``. Without eligible runs: the lowest-noise run.
+    """
     pts = _matrix(points, "The points to cluster", allow_sparse=False)
     n = pts.shape[0]
     sizes, samples = tuple(min_cluster_sizes), tuple(min_samples)
@@ -264,33 +395,71 @@ def hdbscan_grid(
         )
     if not 0.0 <= max_noise <= 1.0:
         raise ConfigError(f"max_noise is a fraction of cells between 0 and 1; got {max_noise}.")
+    if select not in SELECT_RULES:
+        raise ConfigError(f"Unknown HDBSCAN selection rule {select!r}; use one of {', '.join(SELECT_RULES)}.")
+    extra = [_matrix(e, "extra_points", allow_sparse=False) for e in extra_points]
+    for e in extra:
+        if e.shape[0] != n:
+            raise ConfigError(f"Every extra layout needs one row per cell ({n}); got {e.shape[0]} rows.")
 
+    all_labels, dbcv = _run_grid(pts, sizes, samples, validity=select == "dbcv")
     runs: list[dict[str, Any]] = []
-    all_labels = np.empty((len(sizes) * len(samples), n), dtype=np.int64)
     scores: dict[bytes, float | None] = {}  # grid points often agree; score each labeling once
-    for size in sizes:
-        for ms in samples:
-            labels = hdbscan.HDBSCAN(min_cluster_size=int(size), min_samples=int(ms)).fit_predict(pts)
-            labels = labels.astype(np.int64)
-            key = labels.tobytes()
-            if key not in scores:
-                scores[key] = silhouette(pts, labels, sample=silhouette_sample, seed=seed)
-            noise = int((labels == NOISE).sum())
-            n_clusters = int(len(np.unique(labels[labels != NOISE])))
-            all_labels[len(runs)] = labels
-            runs.append(
-                {
-                    "min_cluster_size": int(size),
-                    "min_samples": int(ms),
-                    "n_clusters": n_clusters,
-                    "noise": noise,
-                    "noise_fraction": noise / n,
-                    "silhouette": scores[key],
-                    "eligible": noise / n <= max_noise and n_clusters >= 2,
-                }
-            )
-    chosen, rule = _choose(runs, max_noise)
-    return GridResult(runs=runs, labels=all_labels, chosen=chosen, rule=rule, max_noise=max_noise)
+    pairs = [(a, b) for a in sizes for b in samples]
+    for r, (size, ms) in enumerate(pairs):
+        labels = all_labels[r]
+        key = labels.tobytes()
+        if key not in scores:
+            scores[key] = silhouette(pts, labels, sample=silhouette_sample, seed=seed)
+        noise = int((labels == NOISE).sum())
+        n_clusters = int(len(np.unique(labels[labels != NOISE])))
+        runs.append(
+            {
+                "min_cluster_size": int(size),
+                "min_samples": int(ms),
+                "n_clusters": n_clusters,
+                "noise": noise,
+                "noise_fraction": noise / n,
+                "silhouette": scores[key],
+                "eligible": noise / n <= max_noise and n_clusters >= 2,
+                "consensus": None,
+                "dbcv": dbcv[r],
+            }
+        )
+
+    def eligible_rows(labels: np.ndarray) -> list[int]:
+        out = []
+        for r, row in enumerate(labels):
+            k = len(np.unique(row[row != NOISE]))
+            if (row == NOISE).sum() / n <= max_noise and k >= 2:
+                out.append(r)
+        return out
+
+    n_voters = 0
+    if select == "consensus":
+        cand = [i for i, run in enumerate(runs) if run["eligible"]]
+        voters = [all_labels[i] for i in cand]
+        for e in extra:
+            more, _ = _run_grid(e, sizes, samples, validity=False)
+            voters.extend(more[i] for i in eligible_rows(more))
+        n_voters = len(voters)
+        if cand and n_voters > 1:
+            found = consensus_scores(all_labels[cand], voters, self_index=list(range(len(cand))))
+            for i, value in zip(cand, found.tolist(), strict=True):
+                runs[i]["consensus"] = value
+        elif cand:
+            runs[cand[0]]["consensus"] = 1.0  # the only eligible run agrees with itself
+    chosen, rule = _choose(runs, max_noise, select)
+    return GridResult(
+        runs=runs,
+        labels=all_labels,
+        chosen=chosen,
+        rule=rule,
+        max_noise=max_noise,
+        select=select,
+        n_layouts=1 + len(extra),
+        n_voters=n_voters,
+    )
 
 
 def best_with_labels(grid: GridResult, labels_true: Any) -> int:
@@ -613,8 +782,36 @@ class ClusterParams:
     )
     space: str = param(
         "umap",
-        "Where HDBSCAN runs: the 2-D UMAP of the embedding (the paper) or the embedding itself",
+        "Where HDBSCAN runs: a UMAP of the embedding (cluster_umap_dims; the paper: 2-D) or the embedding itself",
         choices=("umap", "embedding"),
+        advanced=True,
+    )
+    hdbscan_select: str = param(
+        "consensus",
+        "How the HDBSCAN run is chosen without labels: consensus (agrees best with the other runs), "
+        "silhouette (the paper's best silhouette) or dbcv (HDBSCAN's relative validity)",
+        choices=SELECT_RULES,
+    )
+    cluster_umap_dims: int = param(
+        10,
+        "Dimensions of the UMAP that HDBSCAN clusters (2 = cluster the drawn 2-D UMAP, as in the paper); "
+        "the drawn UMAP stays 2-D",
+        min=2,
+        max=100,
+        advanced=True,
+    )
+    cluster_umap_min_dist: float = param(
+        0.0,
+        "min_dist of the UMAP that HDBSCAN clusters (0 packs each group tightly; the drawing keeps umap_min_dist)",
+        min=0.0,
+        advanced=True,
+    )
+    umap_repeats: int = param(
+        3,
+        "Consensus choice: UMAP layouts (seeds seed, seed+1, ...) whose HDBSCAN runs vote; each extra one "
+        "costs a UMAP and a grid",
+        min=1,
+        max=20,
         advanced=True,
     )
     min_cluster_sizes: tuple[int, ...] = param(
@@ -671,9 +868,11 @@ class ClusterResult:
     """Labels (noise -1) and how they were obtained.
 
     ``params`` holds the resolved :class:`ClusterParams` plus the seed. ``info`` is JSON-ready:
-    n_clusters, noise, and for HDBSCAN the grid ``runs``, ``chosen`` and ``rule`` (and ``refine`` when
-    post-processing ran). ``coords`` are the points HDBSCAN clustered (the UMAP, or None), ``grid`` the
-    full :class:`GridResult` with all labelings.
+    n_clusters, noise, and for HDBSCAN the grid ``runs``, ``chosen``, ``rule`` (the full sentence:
+    space, grid and choice), ``select``, ``space`` (what was clustered) and ``n_layouts`` (and
+    ``refine`` when post-processing ran). ``coords`` are the points HDBSCAN clustered (a UMAP of
+    ``cluster_umap_dims`` dimensions, the given ``umap_coords``, or None when it ran on the embedding),
+    ``grid`` the full :class:`GridResult` with all labelings.
     """
 
     labels: np.ndarray
@@ -691,14 +890,25 @@ def cluster_embedding(
     umap_coords: Any = None,
     seed: int = 0,
     params: ClusterParams | None = None,
+    umap_label: str | None = None,
     **options: Any,
 ) -> ClusterResult:
     """Cluster a cells x dims embedding with one of the methods; ``options`` are :class:`ClusterParams`.
 
     Pass either ``method`` and ``options`` (validated here) or an already validated ``params``. For
-    HDBSCAN on the UMAP, ``umap_coords`` (computed earlier, e.g. for plotting) are reused when given,
-    else the UMAP is computed here (seeded). Other methods ignore them. Unknown or invalid options raise
+    HDBSCAN on a UMAP, ``umap_coords`` (computed earlier) are clustered as given when passed; else a
+    UMAP with ``cluster_umap_dims`` dimensions and ``cluster_umap_min_dist`` is computed here with
+    ``seed``. With the consensus choice, a grid of more than one point and ``umap_repeats`` > 1, the
+    extra layouts are UMAPs of the same dimensions as the clustered points with seeds seed+1, seed+2,
+    ... (``cluster_umap_min_dist``); ``umap_label`` names the given ``umap_coords`` in the rule
+    sentence. Other methods ignore all of this. Unknown or invalid options raise
     :class:`ConfigError`.
+
+    The defaults (10-D UMAP, min_dist 0, consensus over 3 layouts) differ from the paper's recipe
+    (HDBSCAN on the drawn 2-D UMAP, best silhouette): on a 2-D layout HDBSCAN merges or fragments cell
+    types depending on the layout's seed, and the silhouette prefers well-separated fragments
+    (README, CellVGAE fidelity). ``cluster_umap_dims=2, cluster_umap_min_dist=umap_min_dist,
+    hdbscan_select="silhouette"`` is the paper's recipe.
     """
     if params is None:
         params = from_dict(ClusterParams, {"method": method, **options}, where="Clustering: ")
@@ -709,22 +919,44 @@ def cluster_embedding(
     info: dict[str, Any] = {}
     coords = grid = None
     if params.method == "hdbscan":
+        n_points = len(params.min_cluster_sizes) * len(params.min_samples)
+        vote = params.hdbscan_select == "consensus" and params.umap_repeats > 1 and n_points > 1
+        extra: list[np.ndarray] = []
         if params.space == "umap":
             if umap_coords is not None:
                 coords = _matrix(umap_coords, "umap_coords", allow_sparse=False)
                 if coords.shape[0] != n:
                     raise ConfigError(f"umap_coords has {coords.shape[0]} rows but the embedding has {n}.")
+                where = umap_label or f"the given {coords.shape[1]}-D layout"
             else:
                 coords = umap_embedding(
                     X,
                     n_neighbors=params.n_neighbors,
-                    min_dist=params.umap_min_dist,
+                    min_dist=params.cluster_umap_min_dist,
+                    n_components=params.cluster_umap_dims,
                     n_epochs=params.umap_n_epochs,
                     seed=seed,
                 )
+                where = (
+                    f"a {params.cluster_umap_dims}-D UMAP of the embedding "
+                    f"(min_dist {params.cluster_umap_min_dist:g}, seed {seed})"
+                )
+            if vote:
+                extra = [
+                    umap_embedding(
+                        X,
+                        n_neighbors=params.n_neighbors,
+                        min_dist=params.cluster_umap_min_dist,
+                        n_components=coords.shape[1],
+                        n_epochs=params.umap_n_epochs,
+                        seed=seed + r,
+                    )
+                    for r in range(1, params.umap_repeats)
+                ]
             points = coords
         else:
             points = X.toarray() if sp.issparse(X) else X
+            where = "the embedding itself"
         grid = hdbscan_grid(
             points,
             min_cluster_sizes=params.min_cluster_sizes,
@@ -732,9 +964,22 @@ def cluster_embedding(
             max_noise=params.max_noise,
             silhouette_sample=params.silhouette_sample,
             seed=seed,
+            select=params.hdbscan_select,
+            extra_points=extra,
         )
         labels = grid.chosen_labels.copy()
-        info.update(runs=grid.runs, chosen=grid.chosen, rule=grid.rule)
+        layouts = ""
+        if params.hdbscan_select == "consensus" and extra:
+            layouts = f"; {grid.n_voters} runs voted from {grid.n_layouts} UMAP layouts (seeds {seed}-{seed + len(extra)})"
+        rule = f"HDBSCAN on {where}, {n_points}-point grid; chosen: {grid.rule}{layouts}"
+        info.update(
+            runs=grid.runs,
+            chosen=grid.chosen,
+            rule=rule,
+            select=params.hdbscan_select,
+            space=where,
+            n_layouts=grid.n_layouts,
+        )
         if params.refine or params.assign_noise:
             labels, info["refine"] = refine_clusters(
                 points,

@@ -12,9 +12,11 @@ from scgraph_core.cluster import (
     ClusterParams,
     best_with_labels,
     cluster_embedding,
+    consensus_scores,
     hdbscan_grid,
     kmeans,
     leiden,
+    pair_agreement,
     refine_clusters,
     scanpy_baseline,
     umap_embedding,
@@ -77,6 +79,81 @@ def test_grid_falls_back_to_lowest_noise_and_says_so():
     several = [r for r in grid.runs if r["n_clusters"] >= 2]
     assert grid.runs[grid.chosen]["noise_fraction"] == min(r["noise_fraction"] for r in several)
     assert "fell back" in grid.rule
+
+
+def test_pair_agreement_is_the_adjusted_rand_index():
+    rng = np.random.default_rng(0)
+    for n, ka, kb in ((50, 2, 3), (500, 8, 5), (3000, 12, 12)):
+        a = rng.integers(-1, ka, n)  # -1 (noise) is one more group
+        b = np.where(rng.random(n) < 0.7, a, rng.integers(-1, kb, n))
+        assert pair_agreement(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    same = rng.integers(0, 4, 100)
+    assert pair_agreement(same, same + 7) == pytest.approx(1.0)  # names do not matter
+    assert pair_agreement(np.zeros(10, int), np.zeros(10, int)) == 1.0  # both one group
+    with pytest.raises(ConfigError, match="one label per cell"):
+        pair_agreement(np.zeros(3, int), np.zeros(4, int))
+
+
+def test_consensus_scores_are_mean_agreement_without_self():
+    rng = np.random.default_rng(1)
+    truth = np.repeat([0, 1, 2], 40)
+    runs = [truth.copy() for _ in range(3)]
+    runs[1][:10] = 1  # a little disagreement
+    runs[2][:30] = 1
+    runs.append(rng.integers(0, 6, 120))  # an outlier labeling
+    cand = np.stack(runs)
+    scores = consensus_scores(cand, runs, self_index=range(4))
+    for c in range(4):
+        others = [adjusted_rand_score(cand[c], runs[j]) for j in range(4) if j != c]
+        assert scores[c] == pytest.approx(np.mean(others), abs=1e-12)
+    # The medoid is the middle labeling (close to both the exact and the coarser one); the random one is last.
+    assert int(np.argmax(scores)) == 1 and int(np.argmin(scores)) == 3
+    # Without self_index every voter counts, the candidate itself included (ARI 1 with itself).
+    with_self = consensus_scores(cand[:1], runs)
+    assert with_self[0] == pytest.approx((1.0 + 3 * scores[0]) / 4)
+
+
+def _three_blobs(gap: float, seed: int) -> np.ndarray:
+    """Blob A far away; blobs B and C ``gap`` apart, joined by a thin bridge of cells when gap is small."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal([-30.0, 0.0], 1.0, (150, 2))
+    b = rng.normal([0.0, 0.0], 1.0, (150, 2))
+    c = rng.normal([gap, 0.0], 1.0, (150, 2))
+    bridge = np.c_[np.linspace(0.0, gap, 30), rng.normal(0.0, 0.3, 30)]
+    return np.vstack([a, b, c, bridge])
+
+
+def test_consensus_choice_follows_the_other_layouts():
+    """One layout nearly joins B and C (half its grid merges them); two layouts keep them apart.
+
+    The consensus picks, among the first layout's own runs, one that splits B from C, where the
+    silhouette on that layout alone prefers the merge. Labels stay one of the first layout's runs.
+    """
+    truth = np.r_[np.repeat([0, 1, 2], 150), np.where(np.arange(30) < 15, 1, 2)]
+    joined = _three_blobs(5.0, 0)
+    apart = [_three_blobs(40.0, 1), _three_blobs(40.0, 2)]
+    alone = hdbscan_grid(joined, select="silhouette")
+    voted = hdbscan_grid(joined, select="consensus", extra_points=apart)
+    assert adjusted_rand_score(truth, alone.chosen_labels) < 0.7  # B and C merged
+    assert adjusted_rand_score(truth, voted.chosen_labels) > 0.9
+    assert voted.n_layouts == 3 and voted.n_voters > len([r for r in voted.runs if r["eligible"]])
+    assert any(np.array_equal(voted.chosen_labels, row) for row in voted.labels)
+    eligible = [r for r in voted.runs if r["eligible"]]
+    assert voted.chosen_run["consensus"] == max(r["consensus"] for r in eligible)
+    assert all(r["consensus"] is None for r in voted.runs if not r["eligible"])
+    assert "agrees best" in voted.rule
+
+
+def test_dbcv_choice_and_unknown_rules(blobs2d):
+    points, _ = blobs2d
+    grid = hdbscan_grid(points, min_cluster_sizes=(10, 25), min_samples=(5, 10), select="dbcv")
+    eligible = [r for r in grid.runs if r["eligible"]]
+    assert all(r["dbcv"] is not None for r in eligible)
+    assert grid.chosen_run["dbcv"] == max(r["dbcv"] for r in eligible) and "DBCV" in grid.rule
+    with pytest.raises(ConfigError, match="selection rule"):
+        hdbscan_grid(points, select="best-ari")
+    with pytest.raises(ConfigError, match="one row per cell"):
+        hdbscan_grid(points, select="consensus", extra_points=[points[:10]])
 
 
 def test_best_with_labels_is_the_best_ari(blobs2d):
@@ -202,11 +279,25 @@ def test_umap_is_seeded_when_the_graph_falls_apart():
 
 def test_cluster_embedding_hdbscan_on_umap(blobs10d):
     points, truth = blobs10d
+    # The default: a 10-D UMAP with min_dist 0, the run chosen by consensus over 3 seeded layouts.
     result = cluster_embedding(points, seed=0, umap_n_epochs=100)
-    assert result.method == "hdbscan" and result.coords.shape == (len(points), 2)
-    assert len(result.info["runs"]) == 16 and "silhouette" in result.info["rule"]
-    assert result.grid.labels.shape == (16, len(points)) and result.params["seed"] == 0
+    assert result.method == "hdbscan" and result.coords.shape == (len(points), 10)
+    assert len(result.info["runs"]) == 16 and result.info["select"] == "consensus"
+    assert "10-D UMAP" in result.info["rule"] and "3 UMAP layouts (seeds 0-2)" in result.info["rule"]
+    assert result.grid.n_layouts == 3 and result.grid.labels.shape == (16, len(points))
+    assert result.params["seed"] == 0
     assert adjusted_rand_score(truth, result.labels) > 0.9
+    # The paper's recipe: the 2-D UMAP, best silhouette.
+    paper = cluster_embedding(
+        points,
+        seed=0,
+        umap_n_epochs=100,
+        cluster_umap_dims=2,
+        cluster_umap_min_dist=0.1,
+        hdbscan_select="silhouette",
+    )
+    assert paper.coords.shape == (len(points), 2) and "best silhouette" in paper.info["rule"]
+    assert paper.grid.n_layouts == 1 and adjusted_rand_score(truth, paper.labels) > 0.9
     # Given coordinates are reused (no new UMAP); post-processing is recorded in info.
     refined = cluster_embedding(points, umap_coords=result.coords, refine=True, assign_noise=True)
     assert refined.params["refine"] is True and refined.info["refine"]["checked"] == [0, 1, 2]

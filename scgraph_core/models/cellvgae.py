@@ -540,7 +540,9 @@ class CellVGAE(Model):
                 result_metrics[f"{name}_{k}"] = v
         trainer.emit({"kind": "pipeline", "step": "cluster"})
 
-        # Clustering: UMAP of the latent space, then the chosen method (HDBSCAN grid by default).
+        # Clustering: a 2-D UMAP of the latent space to draw, then the chosen method (HDBSCAN grid by
+        # default, on its own UMAP: cluster_umap_dims, min_dist cluster_umap_min_dist; the paper's recipe,
+        # cluster_umap_dims = 2 with the drawing's min_dist, clusters the drawn UMAP itself).
         umap_xy = clustering.umap_embedding(
             mu,
             n_neighbors=cluster.n_neighbors,
@@ -548,9 +550,17 @@ class CellVGAE(Model):
             n_epochs=cluster.umap_n_epochs,
             seed=seed,
         )
-        found = clustering.cluster_embedding(mu, umap_coords=umap_xy, seed=seed, **to_dict(cluster))
+        on_drawing = cluster.cluster_umap_dims == 2 and cluster.cluster_umap_min_dist == cluster.umap_min_dist
+        found = clustering.cluster_embedding(
+            mu,
+            umap_coords=umap_xy if on_drawing else None,
+            umap_label=f"the drawn 2-D UMAP (min_dist {cluster.umap_min_dist:g}, seed {seed})",
+            seed=seed,
+            **to_dict(cluster),
+        )
         labels = np.asarray(found.labels, dtype=np.int64)
         grid = found.grid
+        # Silhouettes are reported on the drawn 2-D UMAP (as the paper does) when HDBSCAN ran on a UMAP.
         space = umap_xy if found.coords is not None else mu
         uns: dict = {"cluster_method": found.method, "cluster_rule": found.info.get("rule", found.method)}
         tables: dict = {}
@@ -558,11 +568,19 @@ class CellVGAE(Model):
         if grid is not None:
             tables["hdbscan_grid"] = pd.DataFrame(grid.runs)
             uns["hdbscan_chosen"] = int(grid.chosen)
+            uns["hdbscan_select"] = grid.select
+            # What HDBSCAN clustered (obsm key), so the grid's labelings can be reproduced or redrawn.
+            if found.coords is None:
+                uns["cluster_space"] = "X_cellvgae"
+            else:
+                uns["cluster_space"] = "X_umap" if on_drawing else "X_umap_cluster"
         leiden_labels = clustering.leiden(mu, resolution=cluster.resolution, seed=seed)
 
         truth = prepared.adata.obs[label_key].to_numpy() if label_key is not None else None
         result_metrics.update(metrics.clustering_metrics(truth, labels, embedding=space, seed=seed))
         result_metrics["cluster_rule"] = uns["cluster_rule"]
+        if grid is not None:
+            result_metrics["hdbscan_chosen"] = dict(grid.chosen_run)
         if truth is not None:
             leiden_scores = metrics.clustering_metrics(truth, leiden_labels, embedding=mu, seed=seed)
             result_metrics["leiden"] = {k: leiden_scores[k] for k in ("ari", "nmi", "n_clusters")}
@@ -581,6 +599,8 @@ class CellVGAE(Model):
         obsm = {"X_cellvgae": mu, "X_cellvgae_log_sigma": log_sigma, "X_umap": umap_xy}
         if grid is not None:
             obsm["cellvgae_hdbscan_grid"] = grid.labels.T.astype(np.int32)
+            if found.coords is not None and not on_drawing:
+                obsm["X_umap_cluster"] = np.asarray(found.coords, dtype=np.float32)
 
         # Interpretation: attention, P_mu / P_sigma, marker genes, learnt expression inputs.
         trainer.emit({"kind": "pipeline", "step": "interpret"})

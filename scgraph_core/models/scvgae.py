@@ -516,8 +516,8 @@ class ScVGAEParams:
     kernel: str = param(
         "centred",
         "linear kernel: centred = x_i·x_j after centring every gene (the Gram matrix of the centred data); "
-        "raw = x_i·x_j of the √-normalised counts as the paper-era code computes it (on scvgae_sample only "
-        "55% of its edges join cells of the same type, against 81% centred)",
+        "raw = x_i·x_j of the √-normalised counts as the paper-era code computes it (on scvgae_sample "
+        "about half of its edges join cells of different types, against one in five centred)",
         choices=("centred", "raw"),
     )
     min_neighbors: int = param(

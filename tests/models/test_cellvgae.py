@@ -78,6 +78,16 @@ def test_result_slots(tiny_run):
     for key in ("ari", "nmi", "silhouette", "n_clusters", "noise", "seconds_per_epoch", "val_auc"):
         assert key in m
     assert run.state == "done"
+    # HDBSCAN ran on its own 10-D UMAP (stored) and the run was chosen by consensus, said in the rule.
+    uns = out.uns["cellvgae"]
+    assert uns["cluster_space"] == "X_umap_cluster" and out.obsm["X_umap_cluster"].shape == (n, 10)
+    assert uns["hdbscan_select"] == "consensus" and "10-D UMAP" in m["cluster_rule"]
+    assert "3 UMAP layouts" in m["cluster_rule"] and m["cluster_rule"] == uns["cluster_rule"]
+    grid = out.obsm["cellvgae_hdbscan_grid"]
+    chosen = uns["hdbscan_chosen"]
+    assert m["hdbscan_chosen"]["min_cluster_size"] == uns["hdbscan_grid"]["min_cluster_size"][chosen]
+    codes = out.obs["cellvgae_cluster"].astype(str).to_numpy()
+    assert np.array_equal(codes == "noise", grid[:, chosen] == -1)  # the reported clusters are that run
 
 
 def test_views_manifest_points_at_real_slots(tiny_run):
@@ -185,6 +195,33 @@ def test_nan_loss_fails_the_run_with_a_message(tmp_path, monkeypatch):
         pipeline.execute(toy_counts(), config, run=run)
     assert run.state == "failed" and "loss became nan" in run.status["message"]
     assert not run.file("result.h5ad").exists()
+
+
+def test_deterministic_runs_repeat_exactly_and_paper_clustering_uses_the_drawn_umap():
+    # Two seeded runs with deterministic=True give the same embedding bit for bit, hence the same UMAP
+    # and clusters. The paper's clustering recipe (2-D UMAP, best silhouette) clusters the drawn UMAP.
+    paper = {"cluster_umap_dims": 2, "cluster_umap_min_dist": 0.1, "hdbscan_select": "silhouette"}
+    try:
+        outs = [
+            pipeline.fit(
+                toy_counts(),
+                "cellvgae",
+                preset="quick",
+                params=TINY["model"],
+                prepare=TINY["prepare"],
+                cluster={**TINY["cluster"], **paper},
+                train={"seed": 5, "deterministic": True, "eval_every": 0},
+            )
+            for _ in range(2)
+        ]
+    finally:
+        torch.use_deterministic_algorithms(False)  # the trainer sets it process-wide; not for other tests
+    a, b = outs
+    assert np.array_equal(a.obsm["X_cellvgae"], b.obsm["X_cellvgae"])
+    assert np.array_equal(a.obs["cellvgae_cluster"].to_numpy(), b.obs["cellvgae_cluster"].to_numpy())
+    assert a.uns["cellvgae"]["cluster_space"] == "X_umap" and "X_umap_cluster" not in a.obsm
+    assert "drawn 2-D UMAP" in a.uns["cellvgae"]["cluster_rule"]
+    assert "best silhouette" in a.uns["cellvgae"]["cluster_rule"]
 
 
 def test_python_api_returns_annotated_copy():

@@ -255,6 +255,23 @@ def test_linear_graph_leaves_no_cell_without_partners():
     assert bare_keys <= set(map(tuple, fixed.edge_index.T))  # the percentile graph is kept whole
 
 
+def test_cli_help_lists_the_model_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--model", "scvgae", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--alpha",
+        "--kernel",
+        "--val-fraction",
+        "--output",
+        "--large-graph",
+        "--label-key",
+        "--seed",
+    ):
+        assert flag in text
+
+
 def test_cli_round_trip_writes_result_and_metrics(cli_run):
     code, _, out = cli_run
     assert code == 0
