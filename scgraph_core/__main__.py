@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runs import Run, RunStore
 
     sections = pipeline.sections_for(args.model)
-    overrides = {name: params.given(args, schema) for name, schema in sections.items()}
+    overrides = {name: params.given(args, schema, name) for name, schema in sections.items()}
     config = pipeline.resolve_config(args.model, args.preset, overrides, label_key=args.label_key)
     adata = _read_input(args)
     record = config.to_dict()
@@ -282,14 +282,15 @@ def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
         "--preset",
         default="paper",
         choices=sorted(cls.presets),
-        help="starting settings: paper = the authors' settings, quick = a demo that trains in seconds",
+        help="starting settings: paper = the authors' settings with their code's bugs fixed, legacy (where "
+        "offered) = the authors' code as published, quick = a demo that trains in seconds",
     )
     p.add_argument(
         "--label-key", default=None, metavar="COL", help="obs column with known cell types, for ARI/NMI"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, schema in pipeline.sections_for(model).items():
-        params.add_arguments(p, schema, title={"model": f"{cls.title} model"}.get(name, name))
+        params.add_arguments(p, schema, title={"model": f"{cls.title} model"}.get(name, name), section=name)
     p.set_defaults(func=cmd_train)
 
     w = sub.add_parser("work", help="run a queued run folder (used by the app)")

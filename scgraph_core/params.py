@@ -196,31 +196,54 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, schema: type, *, title: str | None = None) -> None:
+# Parameter names that mean the same thing in every section that declares them: one flag sets them all.
+SHARED_FLAGS = frozenset({"seed"})
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, schema: type, *, title: str | None = None, section: str | None = None
+) -> None:
     """Add one flag per parameter. Flags default to "not given" so presets can fill the rest.
 
-    A name already on the parser is not added twice; :func:`given` then hands its value to every
-    schema that declares it.
+    A name another section already put on the parser gets the section's prefix (``--cluster-k`` beside the
+    graph's ``--k``) when ``section`` is given, so one flag never sets two different things; names in
+    :data:`SHARED_FLAGS` (``--seed``) stay one flag that :func:`given` hands to every schema declaring it.
     """
     group = parser.add_argument_group(title) if title else parser
+    owners: dict[str, list[str | None]] = dict(parser.get_default("_scgraph_owners") or {})
     for info in describe(schema):
-        if info.flag in parser._option_string_actions:
-            continue  # shared name (such as --seed): one flag sets it in every schema that has it
+        dest, flag = info.name, info.flag
+        if flag in parser._option_string_actions:
+            if info.name in SHARED_FLAGS or section is None:
+                owners[dest] = [*owners.get(dest, []), section]
+                continue
+            dest, flag = f"{section}.{info.name}", f"--{section}-{flag[2:]}"
+        owners[dest] = [*owners.get(dest, []), section]
         shown = list(info.default) if isinstance(info.default, tuple) else info.default
         help_text = f"{info.help} (default: {shown})"
         if info.choices is not None:
             help_text += f"; one of: {', '.join(str(c) for c in info.choices)}"
         metavar = {"ints": "N,N,...", "floats": "X,X,..."}.get(info.kind)
         group.add_argument(
-            info.flag,
-            dest=info.name,
+            flag,
+            dest=dest,
             default=argparse.SUPPRESS,
             help=help_text,
             metavar=metavar,
         )
+    parser.set_defaults(_scgraph_owners=owners)
 
 
-def given(namespace: argparse.Namespace, schema: type) -> dict[str, Any]:
-    """The schema's parameters that were given on the command line (as raw strings)."""
-    names = {i.name for i in describe(schema)}
-    return {k: v for k, v in vars(namespace).items() if k in names}
+def given(namespace: argparse.Namespace, schema: type, section: str | None = None) -> dict[str, Any]:
+    """The schema's parameters that were given on the command line (as raw strings); with ``section``,
+    only the flags that belong to it (its prefixed ones and the unprefixed ones it owns or shares)."""
+    values = vars(namespace)
+    owners = values.get("_scgraph_owners", {})
+    out: dict[str, Any] = {}
+    for info in describe(schema):
+        prefixed = f"{section}.{info.name}"
+        if section is not None and prefixed in values:
+            out[info.name] = values[prefixed]
+        elif info.name in values and (section is None or section in owners.get(info.name, [section])):
+            out[info.name] = values[info.name]
+    return out

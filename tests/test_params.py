@@ -68,3 +68,31 @@ def test_describe_exposes_help_and_ranges():
     assert infos["hidden"].kind == "ints"
     assert infos["cutoff"].optional
     assert infos["conv"].choices == ("gat", "gcn")
+
+
+def test_a_name_two_sections_declare_gets_its_own_flag(capsys):
+    from scgraph_core.__main__ import main
+
+    parser = argparse.ArgumentParser()
+
+    @dataclass(frozen=True)
+    class Other:
+        k: int | None = params.param(None, "clusters", min=1)
+        seed: int = params.param(0, "seed")
+
+    @dataclass(frozen=True)
+    class WithSeed:
+        k: int = params.param(5, "neighbours per cell", min=1)
+        seed: int = params.param(0, "seed")
+
+    params.add_arguments(parser, WithSeed, section="graph")
+    params.add_arguments(parser, Other, section="cluster")
+    ns = parser.parse_args(["--k", "9", "--seed", "3"])
+    assert params.given(ns, WithSeed, "graph") == {"k": "9", "seed": "3"}
+    assert params.given(ns, Other, "cluster") == {"seed": "3"}  # --k is the graph's, --seed is shared
+    ns = parser.parse_args(["--cluster-k", "4"])
+    assert params.given(ns, Other, "cluster") == {"k": "4"} and params.given(ns, WithSeed, "graph") == {}
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "scvgae", "--help"])
+    text = capsys.readouterr().out
+    assert "--cluster-k" in text and "--model-n-pcs" in text

@@ -254,8 +254,8 @@ def test_presets_make_the_fixed_and_legacy_choices_explicit():
     assert (p.adjacency, p.graph_target, p.dec_kernel, p.detach_target, p.export_mode) == (
         "sym",
         "connectivities",
-        "student_t",
-        True,
+        "legacy",
+        False,
         "eval",
     )
     assert (p.lr, p.pretrain_epochs, p.pretrain_patience, p.lr_step, p.grad_clip, p.dec_tol) == (
