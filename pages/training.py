@@ -200,6 +200,8 @@ def run_view(run_id: str) -> None:
                     [{k: round(v, 3) if isinstance(v, float) else v for k, v in shown.items()}],
                     hide_index=True,
                 )
+            for note in metrics.get("notes") or []:
+                st.info(ui.md(str(note)), icon=":material/info:")
             if run.file("result.h5ad").exists():
                 cols = st.columns(3)
                 cols[0].page_link(

@@ -200,6 +200,8 @@ def _print_metrics(metrics: dict) -> None:
         if key in metrics:
             value = metrics[key]
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    for note in metrics.get("notes") or []:
+        print(f"note: {note}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

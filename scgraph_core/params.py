@@ -223,7 +223,7 @@ def add_arguments(
         help_text = f"{info.help} (default: {shown})"
         if info.choices is not None:
             help_text += f"; one of: {', '.join(str(c) for c in info.choices)}"
-        metavar = {"ints": "N,N,...", "floats": "X,X,..."}.get(info.kind)
+        metavar = {"ints": "N,N,...", "floats": "X,X,..."}.get(info.kind) or info.name.upper()
         group.add_argument(
             flag,
             dest=dest,

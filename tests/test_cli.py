@@ -108,3 +108,11 @@ def test_graph_bad_flag_value_is_a_clear_error(tmp_path, capsys):
 def test_runs_list_empty(capsys):
     assert main(["runs", "list"]) == 0
     assert "no runs" in capsys.readouterr().out
+
+
+def test_metric_notes_are_printed(capsys):
+    from scgraph_core.__main__ import _print_metrics
+
+    _print_metrics({"ari": 0.5, "notes": ["DEC merged the 9 Leiden clusters it started from into 3."]})
+    out = capsys.readouterr().out
+    assert "ari: 0.5000" in out and "note: DEC merged the 9 Leiden clusters" in out

@@ -838,6 +838,14 @@ class AttentionAE(Model):
             "seconds_export": seconds_export,
             "peak_memory_mb": peak_memory_mb(run.device),
         }
+        n_final = int(q_np.shape[1])
+        if dec_ran and n_final * 2 <= n_init:
+            result_metrics["notes"] = [
+                f"DEC merged the {n_init} Leiden clusters it started from into {n_final}. That suits "
+                "well-separated cell types; on a continuous process (a differentiation trajectory) it can "
+                "merge real states: compare with textbook DEC (dec_kernel = student_t, detach_target = "
+                "true), which keeps the starting clusters."
+            ]
         if not dec_ran:
             result_metrics["dec_skipped"] = (
                 "stopped during pre-training"
