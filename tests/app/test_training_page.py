@@ -109,6 +109,16 @@ def test_a_finished_run_shows_its_curves_and_links(app_home):
     }
 
 
+def test_notes_in_the_metrics_are_shown(app_home):
+    run_id = app_home.copy_run("cellvgae", "run with a note")
+    run = app_home.store.open(run_id)
+    metrics = run.read_json("metrics.json", {})
+    run.write_json("metrics.json", {**metrics, "notes": ["DEC merged the 9 Leiden clusters into 3 <b>."]})
+    at = open_page("training", active=run_id)
+    assert_clean(at)
+    assert any("DEC merged the 9 Leiden clusters into 3 <b>." in t for t in texts(at.info))
+
+
 def test_a_missing_gpu_is_refused_before_starting(app_home, toy_file):
     import torch
 
