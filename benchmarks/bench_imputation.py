@@ -113,7 +113,9 @@ def same_type_fraction(adata, config) -> float:
     return float((labels[src] == labels[dst]).mean())
 
 
-def single(dataset: str, method: str, fraction: float, seed: int, knn_k: int, model: dict) -> dict:
+def single(
+    dataset: str, method: str, fraction: float, seed: int, knn_k: int, model: dict, graph: dict | None = None
+) -> dict:
     """Run one method on one dataset in this process and return its scores."""
     import numpy as np
 
@@ -150,6 +152,8 @@ def single(dataset: str, method: str, fraction: float, seed: int, knn_k: int, mo
         preset = "paper" if method == "scvgae" else "legacy"
         overrides = {"model": {**model, "keep_dropout": True}} if method == "scvgae" else {}
         overrides["train"] = {"seed": 0}
+        if graph and method == "scvgae":
+            overrides["graph"] = graph
         config = pipeline.resolve_config("scvgae", preset, overrides, label_key="celltype")
         out, result = pipeline.execute(adata, config)
         imputed = out.layers["imputed"]
@@ -235,15 +239,16 @@ def main() -> None:
     parser.add_argument("--mask-seed", type=int, default=0)
     parser.add_argument("--knn-k", default="10", help="k of the kNN baseline (a list runs each)")
     parser.add_argument("--model", default="{}", help="JSON overrides of scVGAE's model parameters")
+    parser.add_argument("--graph", default="{}", help="JSON overrides of scVGAE's graph parameters")
     parser.add_argument("--tag", default="", help="results go to imputation_<tag>.json")
     parser.add_argument("--out", default=None)
     parser.add_argument("--single", nargs=2, metavar=("DATASET", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model = json.loads(args.model)
+    model, graph = json.loads(args.model), json.loads(args.graph)
     if args.single:
         ds, method = args.single
         k = int(args.knn_k.split(",")[0])
-        print(json.dumps(single(ds, method, args.fraction, args.mask_seed, k, model)))
+        print(json.dumps(single(ds, method, args.fraction, args.mask_seed, k, model, graph)))
         return
     missing = [d for d in args.datasets.split(",") if not (SHARED / f"{d}.h5ad").exists()]
     if missing:
@@ -255,6 +260,7 @@ def main() -> None:
             for k in args.knn_k.split(",") if method == "knn" else [args.knn_k.split(",")[0]]:
                 cmd = [sys.executable, __file__, "--single", ds, method, "--fraction", str(args.fraction)]
                 cmd += ["--mask-seed", str(args.mask_seed), "--knn-k", k, "--model", args.model]
+                cmd += ["--graph", args.graph]
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
                 )
@@ -283,6 +289,7 @@ def main() -> None:
         "fraction_hidden": args.fraction,
         "mask_seed": args.mask_seed,
         "model_overrides": model,
+        "graph_overrides": graph,
         "machine": info,
         "rows": rows,
     }

@@ -75,7 +75,8 @@ TOPICS: dict[str, dict] = {
             "A share of the edges is hidden from the network. Every few epochs it is asked to find them "
             "among random pairs: the **AUC** and **average precision** on those held-out edges show "
             "whether it learnt the structure of the data rather than memorised the graph (0.5 is chance, "
-            "1 is perfect). The run keeps going if you close the tab; **Stop** ends it after the current "
+            "1 is perfect); once training ends, the final embedding is read over every edge. The run "
+            "keeps going if you close the tab; **Stop** ends it after the current "
             "epoch and keeps the best checkpoint."
         ),
         "papers": [CELLVGAE, VGAE],

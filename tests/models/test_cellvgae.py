@@ -155,9 +155,13 @@ def test_checkpoint_reload_gives_the_same_embedding(tiny_run):
         test=p.test_fraction,
         seed=config.train.seed,
     )
+    x = torch.from_numpy(prepared.features)
     with torch.no_grad():
-        mu, _ = net.encode(torch.from_numpy(prepared.features), split.message)
+        mu, _ = net.encode(x, split.every_edge())  # embed_edges = all: the whole graph
+        mu_train, _ = net.encode(x, split.message)
+    assert split.every_edge().shape[1] > split.message.shape[1]
     np.testing.assert_allclose(mu.numpy(), out.obsm["X_cellvgae"], atol=1e-5)
+    assert np.abs(mu_train.numpy() - out.obsm["X_cellvgae"]).max() > 1e-4  # the held-out edges count
 
 
 def test_run_folder_files(tiny_run):
@@ -250,6 +254,9 @@ def test_edge_split_holds_out_and_excludes_positives():
     assert not everything & key(split.val_neg.numpy())
     assert split.val_neg.shape == split.val_pos.shape
     assert split.message.shape[1] == 2 * split.train_pos.shape[1]
+    whole = split.every_edge().numpy()
+    self_loops = ei[0] == ei[1]
+    assert key(whole) == key(ei[:, ~self_loops]) and whole.shape[1] == len(key(whole))
 
 
 def test_cli_round_trip(tmp_path):
