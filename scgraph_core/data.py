@@ -1186,6 +1186,22 @@ def _scale_features(F: np.ndarray, how: str, max_value: float | None) -> np.ndar
     return F
 
 
+def _per_gene_scaled(matrix: Any) -> bool:
+    """True when the columns look z-scored (``sc.pp.scale``): centred, and 90 % of them with a standard
+    deviation within a third of 1 (clipping at max_value and subsetting cells spread it a little)."""
+    if matrix.shape[0] < 3:
+        return False
+    if sp.issparse(matrix):
+        mean = np.asarray(matrix.mean(axis=0)).ravel()
+        sq = np.asarray(matrix.multiply(matrix).mean(axis=0)).ravel()
+        std = np.sqrt(np.maximum(sq - mean**2, 0.0))
+    else:
+        dense = np.asarray(matrix, dtype=np.float64)
+        mean, std = dense.mean(axis=0), dense.std(axis=0)
+    inside = (std > 0.75) & (std < 1.0 / 0.75)
+    return bool(np.median(np.abs(mean)) < 0.1 and inside.mean() >= 0.9)
+
+
 def _select_hvg(
     matrix: Any,
     var_names: pd.Index,
@@ -1366,11 +1382,26 @@ def prepare(adata: ad.AnnData, spec: PrepareSpec | None = None) -> Prepared:
     var_names = adata.var_names[genes]
     # 3. Gene selection (scanpy reads its own copy; lognorm is not touched).
     hvg_input = counts_kept if spec.hvg_flavor == "seurat_v3" else lognorm
-    hvg = _select_hvg(hvg_input, var_names, spec.n_hvg, spec.hvg_flavor, "n_hvg", notes)
-    if spec.n_graph_genes == spec.n_hvg:
+    n_hvg, n_graph_genes = spec.n_hvg, spec.n_graph_genes
+    if x_kind == "scaled" and method == "none" and hvg_input is lognorm and _per_gene_scaled(lognorm):
+        # Per-gene scaled X: every gene has about unit variance, so a dispersion ranking picks noise.
+        asked = [
+            f"{name}={n}"
+            for name, n in (("n_hvg", n_hvg), ("n_graph_genes", n_graph_genes))
+            if 0 < n < genes.size
+        ]
+        if asked:
+            notes.append(
+                f"X holds scaled values, in which every gene has about the same variance, so highly "
+                f"variable genes cannot be ranked: all {genes.size} genes are used ({', '.join(asked)} "
+                "ignored). Load log-normalised data or raw counts to select genes."
+            )
+        n_hvg = n_graph_genes = 0
+    hvg = _select_hvg(hvg_input, var_names, n_hvg, spec.hvg_flavor, "n_hvg", notes)
+    if n_graph_genes == n_hvg:
         graph = hvg.copy()
     else:
-        graph = _select_hvg(hvg_input, var_names, spec.n_graph_genes, spec.hvg_flavor, "n_graph_genes", notes)
+        graph = _select_hvg(hvg_input, var_names, n_graph_genes, spec.hvg_flavor, "n_graph_genes", notes)
     hvg_idx = np.flatnonzero(hvg)
     graph_idx = np.flatnonzero(graph)
 

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from scgraph_core.data import (
     DataWarning,
     PrepareSpec,
+    _per_gene_scaled,
     detect_x_kind,
     load_demo,
     mask_nonzero,
@@ -561,6 +562,20 @@ def test_prepare_lognorm_input_and_counts_layer():
     log_only.X = adata.X
     with pytest.raises(DataError, match="needs raw counts"):
         prepare(log_only, PrepareSpec(normalize="library_log1p"))
+
+
+def test_prepare_keeps_every_gene_of_z_scored_data():
+    import scanpy as sc
+
+    demo = sc.datasets.pbmc68k_reduced()  # as bundled: X z-scored per gene (sc.pp.scale), 765 genes
+    prep = prepare(demo, PrepareSpec(n_hvg=250, n_graph_genes=250))
+    assert prep.record["x_kind"] == "scaled"
+    assert prep.record["n_hvg_used"] == prep.record["n_graph_genes_used"] == demo.n_vars
+    assert any("cannot be ranked" in note and "n_hvg=250" in note for note in prep.record["notes"])
+    # Only z-scored columns count: centred with unit spread, dense or sparse; not genes of varied spread.
+    z = np.random.default_rng(0).normal(size=(300, 60))
+    assert _per_gene_scaled(z) and _per_gene_scaled(sp.csr_matrix(z))
+    assert not _per_gene_scaled(z * np.linspace(0.1, 3.0, 60)) and not _per_gene_scaled(z + 2.0)
 
 
 def test_prepare_hvg_failure_is_data_error(monkeypatch):

@@ -366,6 +366,12 @@ class AttentionAEParams:
     dec_min_epochs: int = param(20, "DEC epochs before the stopping rule applies", min=0)
     dec_zinb_weight: float = param(0.1, "weight of the ZINB term during DEC", min=0.0, advanced=True)
     dec_graph_weight: float = param(0.01, "weight of the graph term during DEC", min=0.0, advanced=True)
+    min_cluster_cells: int = param(
+        5,
+        "clusters DEC leaves with fewer cells are folded into each cell's next most likely cluster",
+        min=1,
+        advanced=True,
+    )
     dec_kernel: str = param(
         "student_t",
         "DEC soft assignment: Student-t with exponent -(alpha+1)/2 (DEC paper) or the authors' squared kernel",
@@ -510,6 +516,7 @@ class Session:
         ).to(device)
         self.centres: Tensor | None = None
         self.dec: _DECModule | None = None
+        self.folded_clusters = 0  # clusters below min_cluster_cells that assign() folded away
 
     # ---- pieces of the loss ------------------------------------------------------------------------
 
@@ -662,13 +669,13 @@ class Session:
                 w.requires_grad_(True)
 
     def assign(self, z: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(labels, Q, centres) after DEC: clusters DEC emptied are dropped, the rest renumbered by size
-        (0 = the largest), Q renormalised over the clusters kept; labels = argmax Q."""
+        """(labels, Q, centres) after DEC: the clusters :func:`kept_clusters` keeps, renumbered by size
+        (0 = the largest), Q renormalised over them; labels = argmax Q."""
         with torch.no_grad():
             q = self.log_q(z).exp().cpu().numpy()
         centres = (self.dec.centres if self.dec is not None else self.centres).detach().cpu().numpy()
-        used, sizes = np.unique(q.argmax(1), return_counts=True)
-        used = used[np.argsort(-sizes, kind="stable")]
+        used = kept_clusters(q, self.params.min_cluster_cells)
+        self.folded_clusters = int(np.unique(q.argmax(1)).size - used.size)
         q = q[:, used]
         q /= q.sum(1, keepdims=True)
         return q.argmax(1), q.astype(np.float32), centres[used]
@@ -829,6 +836,7 @@ class AttentionAE(Model):
             "pretrain_best_epoch": pre.best_epoch,
             "dec_epochs_run": dec_outcome.epochs_run if dec_outcome else 0,
             "dec_converged": bool(dec_outcome.converged) if dec_outcome else False,
+            "dec_folded_clusters": run.folded_clusters,
             "epochs_run": pre.epochs_run + (dec_outcome.epochs_run if dec_outcome else 0),
             "stopped": bool(pre.stopped or (dec_outcome.stopped if dec_outcome else False)),
             "seconds_per_epoch": pre.seconds_per_epoch,
@@ -867,6 +875,26 @@ class AttentionAE(Model):
             weights=weights,
             views=views,
         )
+
+
+def kept_clusters(q: np.ndarray, min_cells: int) -> np.ndarray:
+    """Columns of the soft assignments ``q`` [N, C] to keep, largest cluster first.
+
+    A cluster that no cell has as its argmax is dropped, and so is one that fewer than ``min_cells``
+    cells have (DEC's squared kernel can leave such vestiges of a starting cluster, 1-3 cells each on a
+    trajectory); its cells go to their next most likely cluster. Repeated until every cluster kept has
+    ``min_cells``, unless that would drop them all (tiny data: then only the empty ones go).
+    """
+    keep = np.arange(q.shape[1])
+    while True:
+        sizes = np.bincount(q[:, keep].argmax(1), minlength=len(keep))
+        drop = sizes < max(1, min_cells)
+        if drop.all():
+            drop = sizes == 0
+        if not drop.any():
+            break
+        keep = keep[~drop]
+    return keep[np.argsort(-sizes, kind="stable")]
 
 
 def history_table(pre: Any, dec: Any | None) -> pd.DataFrame:

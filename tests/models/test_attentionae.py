@@ -168,6 +168,22 @@ def test_dec_soft_assignment_target_and_kl():
     assert torch.equal(log_soft_assign(z, centres).argmax(1), d2.argmin(1))
 
 
+def test_vestigial_dec_clusters_are_folded_into_the_next_likely_one():
+    rng = np.random.default_rng(0)
+    q = rng.dirichlet(np.ones(5) * 0.3, size=200)
+    q[:, 3] *= 1e-3  # cluster 3: (almost) nobody's argmax
+    q[:3, 4] = 10.0  # cluster 4: the argmax of 3 cells only
+    q[3:, 4] *= 1e-3
+    q /= q.sum(1, keepdims=True)
+    kept = aae.kept_clusters(q, min_cells=5)
+    assert set(kept) == {0, 1, 2}
+    sizes = np.bincount(q[:, kept].argmax(1))
+    assert list(sizes) == sorted(sizes, reverse=True) and sizes.sum() == 200  # largest first, none lost
+    assert set(aae.kept_clusters(q, min_cells=1)) == {0, 1, 2, 4}  # only the empty one goes
+    # Tiny data where every cluster is below the minimum: only empty clusters are dropped.
+    assert set(aae.kept_clusters(q[:8], min_cells=50)) == set(np.unique(q[:8].argmax(1)))
+
+
 def test_split_zinb_equals_the_shared_zinb():
     torch.manual_seed(0)
     x = torch.poisson(torch.rand(50, 40) * 2.0)
