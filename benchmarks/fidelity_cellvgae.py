@@ -1,7 +1,8 @@
 """CellVGAE fidelity on PBMC3k (the paper's 250 HVGs and Seurat labels), MODELS.md 1.8.
 
 For every seed the paper preset (GAT, 2 x 128 hidden, 10 heads, latent 50, KL, lr 1e-4, 200 epochs,
-kNN k = 5 on the 250 genes) is trained once and scored against ``obs['celltype']``:
+kNN k = 5 on the 250 genes; the embedding read over every edge once training ends, ``embed_edges =
+all``) is trained once and scored against ``obs['celltype']``:
 
 * **label-free** (reported): the engine's default clustering, chosen without labels. HDBSCAN runs the
   paper's 16-point grid on a 10-D UMAP of the embedding (min_dist 0) and the run that agrees best with
