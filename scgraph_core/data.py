@@ -1189,15 +1189,19 @@ def _scale_features(F: np.ndarray, how: str, max_value: float | None) -> np.ndar
 def _per_gene_scaled(matrix: Any) -> bool:
     """True when the columns look z-scored (``sc.pp.scale``): centred, and 90 % of them with a standard
     deviation within a third of 1 (clipping at max_value and subsetting cells spread it a little)."""
-    if matrix.shape[0] < 3:
+    n = matrix.shape[0]
+    if n < 3:
         return False
-    if sp.issparse(matrix):
-        mean = np.asarray(matrix.mean(axis=0)).ravel()
-        sq = np.asarray(matrix.multiply(matrix).mean(axis=0)).ravel()
-        std = np.sqrt(np.maximum(sq - mean**2, 0.0))
-    else:
-        dense = np.asarray(matrix, dtype=np.float64)
-        mean, std = dense.mean(axis=0), dense.std(axis=0)
+    total = np.zeros(matrix.shape[1])
+    squares = np.zeros(matrix.shape[1])
+    for start in range(0, n, 4096):  # row blocks: no float64 copy of a large dense X
+        block = matrix[start : start + 4096]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = block.astype(np.float64)
+        total += block.sum(axis=0)
+        squares += (block * block).sum(axis=0)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
     inside = (std > 0.75) & (std < 1.0 / 0.75)
     return bool(np.median(np.abs(mean)) < 0.1 and inside.mean() >= 0.9)
 

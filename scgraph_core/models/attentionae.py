@@ -516,7 +516,6 @@ class Session:
         ).to(device)
         self.centres: Tensor | None = None
         self.dec: _DECModule | None = None
-        self.folded_clusters = 0  # clusters below min_cluster_cells that assign() folded away
 
     # ---- pieces of the loss ------------------------------------------------------------------------
 
@@ -668,17 +667,18 @@ class Session:
             for w in frozen:
                 w.requires_grad_(True)
 
-    def assign(self, z: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(labels, Q, centres) after DEC: the clusters :func:`kept_clusters` keeps, renumbered by size
-        (0 = the largest), Q renormalised over them; labels = argmax Q."""
+    def assign(self, z: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(labels, Q, centres, folded) after DEC: the clusters :func:`kept_clusters` keeps, renumbered by
+        size (0 = the largest), Q renormalised over them; labels = argmax Q; folded = how many clusters
+        some cell had as its argmax but that were too small to keep."""
         with torch.no_grad():
             q = self.log_q(z).exp().cpu().numpy()
         centres = (self.dec.centres if self.dec is not None else self.centres).detach().cpu().numpy()
         used = kept_clusters(q, self.params.min_cluster_cells)
-        self.folded_clusters = int(np.unique(q.argmax(1)).size - used.size)
+        folded = int(np.unique(q.argmax(1)).size - used.size)
         q = q[:, used]
         q /= q.sum(1, keepdims=True)
-        return q.argmax(1), q.astype(np.float32), centres[used]
+        return q.argmax(1), q.astype(np.float32), centres[used], folded
 
     def denoised(self, z: Tensor, prepared: Any) -> np.ndarray:
         """μ·s for the model genes (expected counts), NaN for genes the model does not see; [N, G]."""
@@ -756,9 +756,9 @@ class AttentionAE(Model):
         z = run.embed()
         z_np = z.cpu().numpy()
         if dec_ran:
-            labels, q_np, centres = run.assign(z)
+            labels, q_np, centres, folded = run.assign(z)
         else:
-            labels = init_labels
+            labels, folded = init_labels, 0
             q_np = np.eye(n_init, dtype=np.float32)[init_labels]
             centres = run.centres.cpu().numpy()
         final_scores = metrics.clustering_metrics(
@@ -836,7 +836,7 @@ class AttentionAE(Model):
             "pretrain_best_epoch": pre.best_epoch,
             "dec_epochs_run": dec_outcome.epochs_run if dec_outcome else 0,
             "dec_converged": bool(dec_outcome.converged) if dec_outcome else False,
-            "dec_folded_clusters": run.folded_clusters,
+            "dec_folded_clusters": folded,
             "epochs_run": pre.epochs_run + (dec_outcome.epochs_run if dec_outcome else 0),
             "stopped": bool(pre.stopped or (dec_outcome.stopped if dec_outcome else False)),
             "seconds_per_epoch": pre.seconds_per_epoch,

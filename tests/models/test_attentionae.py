@@ -320,6 +320,9 @@ def test_dec_starts_from_leiden_and_stops_on_label_changes(tiny_run):
     else:
         assert m["dec_epochs_run"] == 30
     assert m["n_clusters"] <= m["leiden_init"]["n_clusters"]
+    assert isinstance(m["dec_folded_clusters"], int) and m["dec_folded_clusters"] >= 0
+    sizes = result.obs["attentionae_cluster"].value_counts()
+    assert (sizes >= 5).all() and sizes.sum() == 160  # min_cluster_cells: no vestiges, no cell lost
     assert m["ari"] is not None and m["leiden_init"]["ari"] is not None
 
 
