@@ -780,6 +780,27 @@ class ScVGAE(Model):
         truth = prepared.adata.obs[label_key].to_numpy() if label_key is not None else None
         result_metrics.update(metrics.clustering_metrics(truth, labels, embedding=pcs, seed=seed))
         result_metrics["cluster_method"] = method
+        # The same recipe on the observed counts, always: the app shows both, and how far they agree
+        # (label-free) says what imputation did to the cluster structure.
+        obs_pcs = lognorm_pcs(trained.inputs.counts, n_pcs=p.n_pcs, seed=seed)
+        if method == "kmeans":
+            base_labels = clustering.kmeans(obs_pcs, cluster.k, seed=seed, n_init=cluster.n_init)
+        else:
+            base_labels = clustering.leiden(
+                obs_pcs, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed
+            )
+        observed_key = f"scvgae_observed_{method}"
+        obs[observed_key] = _categorical(base_labels)
+        views["other_clusters"] = [*views["other_clusters"], observed_key]
+        agreement = metrics.clustering_metrics(base_labels, labels)
+        m = metrics.clustering_metrics(truth, base_labels, seed=seed)
+        result_metrics["observed_counts"] = {
+            k: m[k] for k in ("ari", "nmi", "n_clusters") if m.get(k) is not None
+        }
+        result_metrics["agreement_with_observed"] = {"ari": agreement["ari"], "nmi": agreement["nmi"]}
+        note = observed_clusters_note(method, labels, base_labels, agreement["ari"])
+        if note:
+            result_metrics["notes"] = [note]
         if truth is not None:
             scores = {"leiden": leiden_labels}
             if method == "kmeans":
@@ -787,16 +808,6 @@ class ScVGAE(Model):
             for name, lab in scores.items():
                 m = metrics.clustering_metrics(truth, lab, seed=seed)
                 result_metrics[name] = {k: m[k] for k in ("ari", "nmi", "n_clusters")}
-            # The same clustering on the observed counts, so the effect of imputation is visible.
-            obs_pcs = lognorm_pcs(trained.inputs.counts, n_pcs=p.n_pcs, seed=seed)
-            if method == "kmeans":
-                base_labels = clustering.kmeans(obs_pcs, cluster.k, seed=seed, n_init=cluster.n_init)
-            else:
-                base_labels = clustering.leiden(
-                    obs_pcs, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed
-                )
-            m = metrics.clustering_metrics(truth, base_labels, seed=seed)
-            result_metrics["observed_counts"] = {k: m[k] for k in ("ari", "nmi", "n_clusters")}
 
         history = pd.DataFrame(
             [
@@ -830,6 +841,25 @@ class ScVGAE(Model):
             weights={k: v.detach().cpu() for k, v in trained.net.state_dict().items()},
             views=views,
         )
+
+
+AGREEMENT_NOTE_BELOW = 0.5
+
+
+def observed_clusters_note(method: str, imputed: np.ndarray, observed: np.ndarray, ari: float) -> str | None:
+    """A note for the run when clustering the imputed matrix disagrees with the same clustering of the
+    observed counts (ARI between the two partitions below :data:`AGREEMENT_NOTE_BELOW`), else None."""
+    if not np.isfinite(ari) or ari >= AGREEMENT_NOTE_BELOW:
+        return None
+    n_imp, n_obs = int(np.unique(imputed).size), int(np.unique(observed).size)
+    return (
+        f"{method.capitalize()} on the imputed matrix ({n_imp} clusters) agrees only weakly with the same "
+        f"clustering of the observed counts ({n_obs} clusters; ARI {ari:.2f} between the two). Imputation "
+        "smooths each cell towards its graph neighbours, and the smoothed matrix can split cell types "
+        "along technical axes such as sequencing depth. Both clusterings are in the results "
+        f"(scvgae_{method}, scvgae_observed_{method}); use scVGAE for expression recovery and check "
+        "clusters against the observed counts."
+    )
 
 
 @dataclass

@@ -320,3 +320,28 @@ def test_views_manifest_points_at_real_slots(cli_run):
         assert key in result.obs
     history = result.uns["scvgae"][views["history"]]
     assert {"epoch", "loss", "mse", "zinb"} <= set(history.columns) and len(history) == 20
+
+
+def test_observed_counts_are_clustered_the_same_way_and_compared(cli_run):
+    _, _, out = cli_run
+    result = ad.read_h5ad(out / "result.h5ad")
+    metrics = json.loads((out / "metrics.json").read_text())
+    views = result.uns["scgraph"]["views"]
+    assert "scvgae_observed_leiden" in views["other_clusters"]
+    observed = result.obs["scvgae_observed_leiden"].to_numpy()
+    imputed = result.obs["scvgae_leiden"].to_numpy()
+    kept = result.obs["scvgae_modelled"].to_numpy()
+    from sklearn.metrics import adjusted_rand_score
+
+    expected = adjusted_rand_score(observed[kept].astype(str), imputed[kept].astype(str))
+    assert metrics["agreement_with_observed"]["ari"] == pytest.approx(expected, abs=1e-9)
+    assert metrics["observed_counts"]["n_clusters"] == len(set(observed[kept]))
+    assert metrics["observed_counts"]["ari"] is not None  # the run has a label key
+
+
+def test_weak_agreement_with_the_observed_clusters_is_a_note():
+    a = np.repeat(np.arange(4), 10)
+    assert sv.observed_clusters_note("leiden", a, a, 1.0) is None
+    note = sv.observed_clusters_note("leiden", np.arange(40) % 16, a, 0.31)
+    assert "16 clusters" in note and "4 clusters" in note and "0.31" in note
+    assert "scvgae_observed_leiden" in note
