@@ -25,8 +25,8 @@ Graph (:func:`build_graph`): the paper's linear kernel S = X Xᵀ with a global 
 (binary, about 0.15·N partners per cell), computed blockwise; by default on gene-centred X (``kernel``),
 and replaced by a kNN graph above 5,000 cells (recorded as a deviation). Training (:meth:`ScVGAE.train_net`):
 full batch Adam on every observed count, as in the paper; optionally (``val_fraction``) a share of the
-non-zero counts is hidden as a validation set and the epoch that recovers them best is kept. What differs from the published code, and why, is listed in MODELS.md 4.4-4.6 and in
-the parameter help texts.
+non-zero counts is hidden as a validation set and the epoch that recovers them best is kept. What differs
+from the published code, and why, is listed in MODELS.md 4.4-4.6 and in the parameter help texts.
 """
 
 from __future__ import annotations
@@ -542,7 +542,7 @@ class ScVGAEParams:
 # "paper" is the fixed preset: the paper's architecture, alpha and graph, with the bugs fixed (MODELS.md 4.6);
 # the learning rate was chosen on scvgae_sample with a separate mask (benchmarks/bench_imputation.py). It
 # trains on every count, like the paper, and stops when the training loss stops falling. Choosing the epoch
-# on hidden counts instead (val_fraction 0.05) stopped at epoch 20-25: slightly lower errors on the hidden
+# on hidden counts instead (val_fraction 0.05) kept epoch 20-25: slightly lower errors on the hidden
 # entries of bench_imputation.py (median L1 0.60 / 0.49 / 0.82 on scvgae_sample / paul15 / pbmc4k, against
 # 0.64 / 0.53 / 0.88), but an imputed matrix that k-means clusters far worse (ARI 0.53 / 0.27 / 0.55, against
 # 0.75 / 0.34 / 0.60; the observed counts give 0.74 / 0.33 / 0.78).
@@ -807,7 +807,7 @@ class ScVGAE(Model):
         result_metrics["agreement_with_observed"] = {"ari": agreement["ari"], "nmi": agreement["nmi"]}
         note = observed_clusters_note(method, labels, base_labels, agreement["ari"])
         if note:
-            result_metrics["notes"] = [note]
+            result_metrics.setdefault("notes", []).append(note)
         if truth is not None:
             scores = {"leiden": leiden_labels}
             if method == "kmeans":
