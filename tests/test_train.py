@@ -99,3 +99,18 @@ def test_patience_stops_early():
     )
     assert outcome.epochs_run == 3
     assert any(e["kind"] == "early_stop" for e in events)
+
+
+def test_cpu_runs_use_deterministic_algorithms_and_the_flag_does_not_leak():
+    # On the CPU the trainer always turns PyTorch's deterministic algorithms on (a seeded run repeats); a
+    # later seed_everything with deterministic=False turns the process-wide flag off again.
+    from scgraph_core.train import seed_everything
+
+    try:
+        torch.use_deterministic_algorithms(False)
+        Trainer(TrainSpec(device="cpu", deterministic=False))
+        assert torch.are_deterministic_algorithms_enabled()
+        seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
