@@ -19,8 +19,9 @@ all``) is trained once and scored against ``obs['celltype']``:
 In the same run, two floors: the same pipeline after one epoch (nearly random weights) and scanpy's
 PCA -> kNN -> Leiden (resolution 0.5) on the same matrix.
 
-Training is seeded and, by default, deterministic (``--deterministic``: PyTorch's deterministic
-algorithms; bit-identical embeddings for a seed on the same CPU type and thread count); UMAP and
+Training is seeded and deterministic (PyTorch's deterministic algorithms, always on for the CPU and by
+default on a GPU, ``--no-deterministic`` turns them off there; bit-identical embeddings for a seed on the
+same CPU type and thread count); UMAP and
 HDBSCAN are seeded/deterministic, so a rerun reproduces the table.
 
     python benchmarks/fidelity_cellvgae.py [--seeds 0,1,2] [--epochs 200] [--no-deterministic]
@@ -101,7 +102,7 @@ def main() -> None:
         "--deterministic",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="PyTorch deterministic algorithms (reproducible; default on)",
+        help="PyTorch deterministic algorithms on a GPU too (reproducible; default on; always on for the CPU)",
     )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fidelity_cellvgae.json"))
     args = parser.parse_args()
