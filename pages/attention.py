@@ -77,9 +77,14 @@ with ui.guard("the attention controls"):
     weights = amap.weights(int(statistic) if statistic.isdigit() else statistic)
     kind = maps[name].get("kind", "graph")
     if kind == "fusion":
+        scope = maps[name].get("scope")
+        whom = {
+            "all cells": "every cell",
+            "graph neighbours": "its neighbours in the cell graph (attention = graph, the default for large data)",
+        }.get(scope, "other cells")
         st.info(
-            "Fusion attention: each cell attends to every cell (AttentionAE-sc). Only the strongest pairs "
-            "were stored, so the map is a selection of the full attention.",
+            f"Fusion attention: each cell attends to {whom} (AttentionAE-sc). Only the strongest pairs per "
+            "cell were stored, so the map is a selection of the full attention.",
             icon=":material/info:",
         )
     ready = True

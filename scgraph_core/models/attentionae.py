@@ -816,6 +816,7 @@ class AttentionAE(Model):
                     "heads": int(alpha.shape[1]),
                     "kind": "fusion",
                     "node_obs": f"attentionae_attention_{name}",
+                    "scope": "all cells" if run.mode == "dense" else "graph neighbours",
                 }
             views["attention_layers"] = list(maps)
             del maps

@@ -77,7 +77,7 @@ def test_fusion_attention_of_attentionae(app_home):
     at = open_page("attention", active=run_id)
     assert_clean(at)
     assert all("fusion" in o for o in at.selectbox(key="att_layer").options)
-    assert any("Fusion attention" in m for m in texts(at.info))
+    assert any("Fusion attention: each cell attends to every cell" in m for m in texts(at.info))
     assert at.radio(key="att_mode").value == "stored"
     data = plots.graph_data_json(graph_html(at))
     assert len(data["edges"]) > 0 and HOSTILE not in graph_html(at)

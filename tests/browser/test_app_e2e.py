@@ -2,7 +2,8 @@
 
 Starts ``streamlit run app.py`` on a free port with its own SCGRAPH_HOME, loads the built-in demo,
 trains the quick preset through the Training page (the real background worker), and checks that the
-UMAP, the attention graph and the marker table appear. Screenshots of every page go to
+UMAP, the attention graph and the marker table appear. A second test loads a raw-count file by its path and
+trains scVGAE and AttentionAE-sc the same way, for the Imputation page and the fusion attention. Screenshots of every page go to
 ``$SCGRAPH_SCREENSHOTS`` (README.md's are in ``docs/screenshots/``). Skips with the reason when Chromium or Playwright is
 missing (``.ci/run`` installs both); Playwright never downloads a browser here.
 """
@@ -262,4 +263,85 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     _no_exceptions(page)
     _shot(page, "runs")
     assert not dialogs, f"a page opened a dialog: {dialogs}"
+    page.close()
+
+
+def _raw_count_file(tmp_path: Path) -> Path:
+    """scvgae_sample from ../shared/data when it is there (real counts for the README's screenshots);
+    otherwise Poisson counts made here, so the test runs in a fresh clone too."""
+    from tests.conftest import SHARED_DATA
+
+    real = SHARED_DATA / "scvgae_sample.h5ad"
+    if real.exists():
+        return real
+    from tests.helpers import toy_counts
+
+    path = tmp_path / "toy_counts.h5ad"
+    toy_counts(n_cells=400, n_genes=300, n_types=4).write_h5ad(path)
+    return path
+
+
+def _train_quick(page, model_title: str) -> None:
+    """Pick a model's quick preset on the Model & graph page, start it on the Training page, wait for the end."""
+    _go(page, "Model & graph")
+    radios = page.locator("[data-testid='stRadio']")
+    radios.filter(has_text="Model").first.get_by_text(model_title, exact=True).click()
+    _settle(page)
+    radios.filter(has_text="Preset").first.get_by_text("quick", exact=True).click()
+    _settle(page)
+    _no_exceptions(page)
+    _go(page, "Training")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_selector(
+        "text=/Starting the training process|Epoch \\d+ of|Preparing|Building/", timeout=120_000
+    )
+    page.wait_for_selector(
+        "[data-testid='stAlertContentSuccess']:has-text('Finished')", timeout=TRAIN_TIMEOUT_S * 1000
+    )
+    _settle(page)
+    _no_exceptions(page)
+
+
+def test_count_models_train_and_their_views_appear(browser, app_url, tmp_path):
+    """A raw-count file loaded by path; scVGAE's Imputation page and AttentionAE-sc's clusters and fusion
+    attention, each trained through the Training page (quick presets)."""
+    url, home = app_url
+    counts = _raw_count_file(tmp_path)
+    page = browser.new_page(viewport={"width": 1440, "height": VIEW_HEIGHT})
+    page.goto(url)
+    page.wait_for_selector("h1:has-text('Data')", timeout=90_000)
+    _settle(page, 120)
+    page.get_by_text("File or folder on this server").first.click()
+    _settle(page)
+    field = page.get_by_role("textbox", name="Path on the server")
+    field.fill(str(counts))
+    field.press("Enter")
+    _settle(page)
+    page.get_by_role("button", name="Load this file").click()
+    page.locator("h3", has_text=counts.name).first.wait_for(timeout=90_000)  # the dataset summary
+    _settle(page, 120)
+    _no_exceptions(page)
+    before = set((home / "runs").iterdir()) if (home / "runs").exists() else set()
+
+    _train_quick(page, "scVGAE")
+    _go(page, "Imputation")
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    assert page.locator(".js-plotly-plot").count() == 4  # observed and imputed UMAPs, histogram, gene-gene
+    assert page.get_by_text("cells at 0 before").first.is_visible()
+    _no_exceptions(page)
+    _shot(page, "imputation")
+
+    _train_quick(page, "AttentionAE-sc")
+    new = set((home / "runs").iterdir()) - before
+    assert len(new) == 2 and all((r / "result.h5ad").exists() for r in new)
+    _go(page, "Embedding")
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    _no_exceptions(page)
+    _shot(page, "embedding-attentionae")
+    _go(page, "Attention")
+    page.wait_for_selector("iframe", timeout=60_000)
+    assert page.get_by_text("Fusion attention").first.is_visible()
+    _no_exceptions(page)
+    time.sleep(2)  # the graph layout settles
+    _shot(page, "attention-attentionae")
     page.close()

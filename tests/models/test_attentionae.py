@@ -343,6 +343,7 @@ def test_views_manifest_and_result_slots(tiny_run):
     for name in ("fusion1", "fusion2"):
         view = views["attention"][name]
         assert view["kind"] == "fusion" and view["heads"] == 2
+        assert result.metrics["attention_mode"] == "dense" and view["scope"] == "all cells"
         mat = out.obsp[view["obsp"]]
         assert mat.shape == (n, n) and (np.diff(mat.indptr) <= 4).all()
         assert mat.sum(1).max() <= 1 + 1e-5  # the strongest 4 of a softmax row
@@ -391,7 +392,8 @@ def test_cli_round_trip(tmp_path):
     assert metrics["attention_mode"] == "graph"
     result = ad.read_h5ad(out_dir / "result.h5ad")
     assert result.uns["scgraph"]["config"]["train"]["seed"] == 3
-    assert result.uns["scgraph"]["views"]["attention"]["fusion1"]["kind"] == "fusion"
+    fusion = result.uns["scgraph"]["views"]["attention"]["fusion1"]
+    assert fusion["kind"] == "fusion" and fusion["scope"] == "graph neighbours"
 
 
 @pytest.mark.gpu
