@@ -164,6 +164,14 @@ def _shot(page, name: str) -> None:
     page.set_viewport_size({"width": width, "height": VIEW_HEIGHT})
 
 
+def _visit(page, title: str, selector: str, shot: str) -> None:
+    """Open a page, wait for ``selector`` to appear, check it shows no error, take its screenshot."""
+    _go(page, title)
+    page.wait_for_selector(selector, timeout=60_000)
+    _no_exceptions(page)
+    _shot(page, shot)
+
+
 def test_demo_trains_and_every_view_appears(browser, app_url):
     url, home = app_url
     page = browser.new_page(viewport={"width": 1440, "height": VIEW_HEIGHT})
@@ -253,15 +261,8 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     _no_exceptions(page)
     _shot(page, "markers")
 
-    _go(page, "Expression")
-    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
-    _no_exceptions(page)
-    _shot(page, "expression")
-
-    _go(page, "Runs")
-    page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
-    _no_exceptions(page)
-    _shot(page, "runs")
+    _visit(page, "Expression", ".js-plotly-plot", "expression")
+    _visit(page, "Runs", "[data-testid='stDataFrame']", "runs")
     assert not dialogs, f"a page opened a dialog: {dialogs}"
     page.close()
 
@@ -334,10 +335,7 @@ def test_count_models_train_and_their_views_appear(browser, app_url, tmp_path):
     _train_quick(page, "AttentionAE-sc")
     new = set((home / "runs").iterdir()) - before
     assert len(new) == 2 and all((r / "result.h5ad").exists() for r in new)
-    _go(page, "Embedding")
-    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
-    _no_exceptions(page)
-    _shot(page, "embedding-attentionae")
+    _visit(page, "Embedding", ".js-plotly-plot", "embedding-attentionae")
     _go(page, "Attention")
     page.wait_for_selector("iframe", timeout=60_000)
     assert page.get_by_text("Fusion attention").first.is_visible()
