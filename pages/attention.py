@@ -74,7 +74,8 @@ with ui.guard("the attention controls"):
         help="The cell types (or clusters) that colour the graph and that the filters below use.",
     )
     groups = adata.obs[group_key].astype(str).to_numpy() if group_key else None
-    weights = amap.weights(int(statistic) if statistic.isdigit() else statistic)
+    head_stat = int(statistic) if statistic.isdigit() else statistic
+    weights = amap.weights(head_stat)
     kind = maps[name].get("kind", "graph")
     if kind == "fusion":
         scope = maps[name].get("scope")
@@ -87,6 +88,33 @@ with ui.guard("the attention controls"):
             "cell were stored, so the map is a selection of the full attention.",
             icon=":material/info:",
         )
+        hubs, half, targets = interpret.attention_hubs(amap.edge_index, adata.n_obs, labels=groups, top=10)
+        if half:
+            concentrated = half <= max(5, 0.02 * adata.n_obs)
+            st.caption(
+                f"Half of the stored pairs between different cells point to {half:,} of the {targets:,} cells "
+                f"attended to ({adata.n_obs:,} cells in all)."
+                + (
+                    " Attention concentrates on a few shared reference cells: a cell that many cells attend "
+                    "to is a landmark of the model's key space, not necessarily a biological partner of "
+                    "each of them. 'Relative to an even split' below shows how strong each pair is."
+                    if concentrated
+                    else ""
+                )
+            )
+            with st.expander("Most attended cells"):
+                shown = hubs.assign(cell=adata.obs_names.to_numpy()[hubs["cell"].to_numpy()])
+                st.dataframe(
+                    shown.rename(columns={"label": "cell type" if group_key == label_key else "cluster"}),
+                    hide_index=True,
+                    width="stretch",
+                    column_config={
+                        "listeners": st.column_config.NumberColumn(
+                            "cells attending", help="Other cells whose strongest pairs include this cell"
+                        ),
+                        "share": st.column_config.NumberColumn("share of pairs", format="percent"),
+                    },
+                )
     ready = True
 if not ready:
     st.stop()
@@ -173,6 +201,26 @@ with ui.guard("the attention graph"):
         key="att_match",
         help="With 'Only these cell types': both ends of an edge must be of those types, or at least one.",
     )
+    relative = False
+    if amap.keys is not None and statistic != "std":
+        relative = (
+            st.radio(
+                "Edge weight",
+                ["attention", "relative"],
+                format_func={
+                    "attention": "attention",
+                    "relative": "relative to an even split (attention x keys)",
+                }.get,
+                horizontal=True,
+                key="att_scale",
+                help="Relative: the attention times the number of cells the listening cell could attend to. "
+                "1 means no preference for that cell; 20 means twenty times its even share. It makes pairs "
+                "comparable between cells with few and many neighbours, and across dense maps of any size.",
+            )
+            == "relative"
+        )
+    if relative:
+        weights = amap.relative(head_stat)
     finite = weights[np.isfinite(weights)]
     lo_all, hi_all = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     c = st.columns([2, 2, 1, 1])
@@ -191,7 +239,7 @@ with ui.guard("the attention graph"):
             lo_all,
             hi_all,
             (lo_all, hi_all),
-            key=f"att_range:{name}:{statistic}",
+            key=f"att_range:{name}:{statistic}" + (":relative" if relative else ""),
             help="Keep only edges whose weight lies in this range.",
             format="%.3f",
         )
@@ -225,6 +273,8 @@ with ui.guard("the attention graph"):
         stat_word = {"mean": "mean attention", "std": "std of attention"}.get(
             statistic
         ) or f"head {int(statistic) + 1}"
+        if relative:
+            stat_word += " x keys"
         html = plots.attention_graph_html(
             edges,
             cell_names=names,

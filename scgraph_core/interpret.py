@@ -316,7 +316,8 @@ class AttentionMap:
     ``uns[model]['attention'][name]`` when the model stored its heads, else from the manifest's ``obsp``
     matrix (row = target, column = source; one "head": the mean over heads). ``kind`` is 'graph'
     (attention over graph edges, incoming weights of a cell sum to 1) or 'fusion' (the strongest
-    cell-to-cell pairs of an all-cell attention).
+    cell-to-cell pairs of an all-cell attention). ``keys`` [N], where known: how many cells each target
+    cell spread its attention over (its graph in-degree, or every cell for dense fusion attention).
     """
 
     def __init__(
@@ -330,6 +331,7 @@ class AttentionMap:
         per_head: bool,
         std: np.ndarray | None = None,
         node_obs: str | None = None,
+        keys: np.ndarray | None = None,
     ):
         self.name = name
         self.edge_index = np.asarray(edge_index, dtype=np.int64)
@@ -339,6 +341,7 @@ class AttentionMap:
         self.per_head = bool(per_head)
         self._std = None if std is None else np.asarray(std, dtype=np.float64)
         self.node_obs = node_obs
+        self.keys = None if keys is None else np.asarray(keys, dtype=np.float64).reshape(-1)
 
     @property
     def n_edges(self) -> int:
@@ -347,6 +350,14 @@ class AttentionMap:
     def weights(self, statistic: str | int = "mean") -> np.ndarray:
         """Per edge: the mean over heads, the std over heads, or one head's α (``statistic`` = head)."""
         return attention_statistic(self.alpha, statistic, std=self._std)
+
+    def relative(self, statistic: str | int = "mean") -> np.ndarray:
+        """Per edge: :meth:`weights` times the number of keys its target cell attended over, i.e. the
+        attention relative to an even split (1 = no preference for that key; 50 = fifty times the even
+        share). Needs ``keys`` (see :attr:`keys`)."""
+        if self.keys is None:
+            raise ValueError(f"attention map {self.name!r} does not record how many keys each cell had")
+        return self.weights(statistic) * self.keys[self.edge_index[1]]
 
 
 def attention_statistic(
@@ -381,6 +392,17 @@ def attention_map(adata, name: str) -> AttentionMap:
     stored = stored.get(name) if isinstance(stored, dict) else None
     kind = str(entry.get("kind", "graph"))
     heads = int(entry.get("heads", 1) or 1)
+    n = adata.n_obs
+
+    def keys(ei: np.ndarray) -> np.ndarray | None:
+        if isinstance(stored, dict) and "keys" in stored:
+            return np.asarray(stored["keys"])
+        if kind == "graph":  # every edge is stored: a cell's keys are its incoming edges
+            return np.bincount(np.asarray(ei[1], dtype=np.int64), minlength=n)
+        if entry.get("scope") == "all cells":
+            return np.full(n, n)
+        return None
+
     if isinstance(stored, dict) and "edge_index" in stored and "alpha" in stored:
         return AttentionMap(
             name,
@@ -390,6 +412,7 @@ def attention_map(adata, name: str) -> AttentionMap:
             heads=heads,
             per_head=True,
             node_obs=entry.get("node_obs"),
+            keys=keys(stored["edge_index"]),
         )
     key = entry.get("obsp")
     if key is None or key not in adata.obsp:
@@ -402,8 +425,43 @@ def attention_map(adata, name: str) -> AttentionMap:
         std = np.asarray(sp.csr_matrix(adata.obsp[std_key])[mean.row, mean.col]).reshape(-1)
     ei = np.stack([mean.col, mean.row]).astype(np.int64)  # row = target, column = source
     return AttentionMap(
-        name, ei, mean.data, kind=kind, heads=heads, per_head=False, std=std, node_obs=entry.get("node_obs")
+        name,
+        ei,
+        mean.data,
+        kind=kind,
+        heads=heads,
+        per_head=False,
+        std=std,
+        node_obs=entry.get("node_obs"),
+        keys=keys(ei),
     )
+
+
+def attention_hubs(
+    edge_index: np.ndarray, n_cells: int, *, labels: Sequence | np.ndarray | None = None, top: int = 10
+) -> tuple[pd.DataFrame, int, int]:
+    """The cells most often among other cells' stored attention pairs (self pairs left out).
+
+    Returns (table, half, targets): ``table`` has one row per hub, most attended first, with columns cell
+    (index), listeners (how many other cells' stored pairs point to it), share (of all stored pairs) and
+    label (with ``labels``); ``half`` is the fewest cells that together take half of the stored pairs, and
+    ``targets`` how many distinct cells are attended to at all. A small ``half`` means attention
+    concentrates on a few shared reference cells.
+    """
+    ei = np.asarray(edge_index, dtype=np.int64)
+    src = ei[0][ei[0] != ei[1]]
+    counts = np.bincount(src, minlength=n_cells)
+    total = int(counts.sum())
+    order = np.argsort(-counts, kind="stable")
+    if total == 0:
+        return pd.DataFrame(columns=["cell", "listeners", "share"]), 0, 0
+    cumulative = np.cumsum(counts[order])
+    half = int(np.searchsorted(cumulative, total / 2.0) + 1)
+    hubs = order[: min(top, int((counts > 0).sum()))]
+    table = pd.DataFrame({"cell": hubs, "listeners": counts[hubs], "share": counts[hubs] / total})
+    if labels is not None:
+        table["label"] = np.asarray(labels)[hubs]
+    return table, half, int((counts > 0).sum())
 
 
 def attention_edges(

@@ -50,6 +50,35 @@ def test_attention_map_from_heads_or_from_obsp(per_head):
             amap.weights(2)
     with pytest.raises(KeyError, match="maps: l1"):
         interpret.attention_map(adata, "nope")
+    # Graph attention stores every edge: a cell's keys are its incoming edges (cell 1: from 0 and itself).
+    np.testing.assert_array_equal(amap.keys, [2, 2, 1, 1])
+    np.testing.assert_allclose(amap.relative("mean"), amap.weights("mean") * amap.keys[amap.edge_index[1]])
+
+
+def test_fusion_keys_known_only_for_dense_maps_or_when_stored():
+    adata = _result_with_attention(per_head=False)
+    entry = adata.uns["scgraph"]["views"]["attention"]["l1"]
+    entry["kind"] = "fusion"
+    amap = interpret.attention_map(adata, "l1")
+    assert amap.keys is None  # top pairs only, scope unknown: the even split is unknown
+    with pytest.raises(ValueError, match="how many keys"):
+        amap.relative()
+    entry["scope"] = "all cells"
+    np.testing.assert_array_equal(interpret.attention_map(adata, "l1").keys, [4, 4, 4, 4])
+
+
+def test_attention_hubs_count_other_cells_pointing_to_a_key():
+    # Cells 1..5 each keep 2 pairs; all of them point to cell 0, and each also to a different cell.
+    query = np.repeat(np.arange(1, 6), 2)
+    key = np.array([0, 6, 0, 7, 0, 8, 0, 9, 0, 10])
+    ei = np.vstack([np.r_[key, 3], np.r_[query, 3]])  # plus a self pair, which does not count
+    labels = np.array(["hub"] + ["x"] * 10)
+    table, half, targets = interpret.attention_hubs(ei, 11, labels=labels, top=3)
+    assert table["cell"].iloc[0] == 0 and table["listeners"].iloc[0] == 5 and table["label"].iloc[0] == "hub"
+    assert table["share"].iloc[0] == pytest.approx(0.5)
+    assert half == 1 and targets == 6 and len(table) == 3
+    even = interpret.attention_hubs(np.vstack([np.arange(10), (np.arange(10) + 1) % 10]), 10)
+    assert even[1] == 5 and even[2] == 10
 
 
 def test_attention_edges_filters():

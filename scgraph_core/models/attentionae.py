@@ -52,7 +52,7 @@ from ..train import LabelChangeStop, Stage, Trainer, peak_memory_mb
 from .base import Model, Result, register
 from .counts import zinb_nll_split
 from .dec import KERNELS, dec_kl, initial_centres, log_soft_assign, log_target_distribution
-from .fusion import FusionAttention, received_attention, strongest_pairs
+from .fusion import FusionAttention, keys_per_query, received_attention, strongest_pairs
 from .layers import _ConstSpMM, _csr
 
 _LOG_MU_MIN, _LOG_MU_MAX = math.log(1e-5), math.log(1e4)
@@ -808,7 +808,11 @@ class AttentionAE(Model):
                 shape = (n_cells, n_cells)
                 obsp[f"attentionae_attention_{name}"] = sp.csr_matrix((mean, (ei[1], ei[0])), shape=shape)
                 obsp[f"attentionae_attention_{name}_std"] = sp.csr_matrix((std, (ei[1], ei[0])), shape=shape)
-                uns["attention"][name] = {"edge_index": ei.astype(np.int32), "alpha": alpha}
+                uns["attention"][name] = {
+                    "edge_index": ei.astype(np.int32),
+                    "alpha": alpha,
+                    "keys": keys_per_query(att, n_cells),  # for "relative to an even split"
+                }
                 obs[f"attentionae_attention_{name}"] = received_attention(att, n_cells)
                 views["attention"][name] = {
                     "obsp": f"attentionae_attention_{name}",

@@ -189,6 +189,16 @@ def strongest_pairs(
     return np.vstack([key, query]), per_head
 
 
+def keys_per_query(attention: tuple[Tensor, Tensor] | Tensor, n_cells: int) -> np.ndarray:
+    """How many key cells each query cell spread its attention over (int32 [N]): every cell for a dense map,
+    the cell itself and its graph neighbours for a graph map. α × this count is the attention relative to
+    an even split (1 = no preference)."""
+    if isinstance(attention, tuple):
+        query = attention[0][1].detach().cpu().numpy()
+        return np.bincount(query, minlength=n_cells).astype(np.int32)
+    return np.full(n_cells, attention.shape[-1], dtype=np.int32)
+
+
 def received_attention(attention: tuple[Tensor, Tensor] | Tensor, n_cells: int) -> np.ndarray:
     """Per cell, the head-mean attention it receives as a key, summed over all query cells (its influence)."""
     if isinstance(attention, tuple):

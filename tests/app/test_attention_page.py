@@ -81,3 +81,14 @@ def test_fusion_attention_of_attentionae(app_home):
     assert at.radio(key="att_mode").value == "stored"
     data = plots.graph_data_json(graph_html(at))
     assert len(data["edges"]) > 0 and HOSTILE not in graph_html(at)
+    assert any("Half of the stored pairs between different cells point to" in c for c in texts(at.caption))
+    assert any(d.value.columns[0] == "cell" and "listeners" in d.value.columns for d in at.dataframe)
+    raw = edge_table(at)["weight"].to_numpy()
+    at.radio(key="att_scale").set_value("relative").run()
+    assert_clean(at)
+    n_cells = len(set(edge_table(at)["source_cell"]) | set(edge_table(at)["target_cell"]))
+    relative = edge_table(at)["weight"].to_numpy()
+    # Dense fusion attention: every cell is a key of every cell, so each edge scales by the same N.
+    ratio = relative / raw
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    assert ratio[0] >= n_cells and float(ratio[0]).is_integer()

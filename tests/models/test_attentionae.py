@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scgraph_core import data, graphs, memory, pipeline
+from scgraph_core import data, graphs, interpret, memory, pipeline
 from scgraph_core.errors import ConfigError, DataError, MemoryGuardError
 from scgraph_core.models import attentionae as aae
 from scgraph_core.models.counts import zinb_nll, zinb_nll_split
@@ -349,6 +349,9 @@ def test_views_manifest_and_result_slots(tiny_run):
         assert mat.sum(1).max() <= 1 + 1e-5  # the strongest 4 of a softmax row
         per_head = out.uns["attentionae"]["attention"][name]
         assert per_head["alpha"].shape == (per_head["edge_index"].shape[1], 2)
+        assert (np.asarray(per_head["keys"]) == n).all()  # dense: every cell is a key
+        amap = interpret.attention_map(out, name)
+        np.testing.assert_allclose(amap.relative("mean"), amap.weights("mean") * n)
         assert out.obs[view["node_obs"]].shape == (n,)
     layer = out.layers[views["imputed_layer"]]
     modelled = out.var_names.get_indexer(out.uns["attentionae"]["feature_genes"])
