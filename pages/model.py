@@ -51,7 +51,10 @@ with ui.guard("the model picker"):
             horizontal=True,
             key=f"preset_pick:{model}",
             help="quick: a small network that trains in about a minute on the demo; paper: the settings "
-            "the authors published. Changing the preset resets the settings it defines.",
+            "the authors published; legacy: the authors' code as published, bugs included; gentle "
+            "(AttentionAE-sc): DEC at a tenth of the paper's learning rate from a coarser Leiden start, "
+            "which keeps a differentiation trajectory from being merged. Changing the preset resets the "
+            "settings it defines.",
         )
     config.choose(model, preset)
     cfg = state.config_state()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -296,6 +297,9 @@ def test_presets_make_the_fixed_and_legacy_choices_explicit():
         False,
     )
     assert (legacy.export_mode, legacy.restore_best) == ("train", False)
+    gentle = pipeline.resolve_config("attentionae", "gentle")
+    assert (gentle.params.dec_lr, gentle.cluster.resolution, fixed.cluster.resolution) == (1e-4, 0.5, 1.0)
+    assert dataclasses.replace(gentle.params, dec_lr=p.dec_lr) == p and gentle.prepare == fixed.prepare
     with pytest.raises(ConfigError, match="2 layer widths"):
         pipeline.resolve_config("attentionae", "paper", {"model": {"hidden": [64]}})
 
