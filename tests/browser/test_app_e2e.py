@@ -10,6 +10,7 @@ missing (``.ci/run`` installs both); Playwright never downloads a browser here.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -282,8 +283,12 @@ def _raw_count_file(tmp_path: Path) -> Path:
     return path
 
 
-def _train_quick(page, model_title: str) -> None:
-    """Pick a model's quick preset on the Model & graph page, start it on the Training page, wait for the end."""
+def _train_quick(page, model_title: str, runs: Path) -> None:
+    """Pick a model's quick preset on the Model & graph page, start it on the Training page, wait for the end.
+
+    The Training page may still show the previous run's "Finished" for a moment after the click, so the end
+    is read from the new run's own status file under ``runs`` first, then from the page."""
+    before = set(runs.iterdir()) if runs.exists() else set()
     _go(page, "Model & graph")
     radios = page.locator("[data-testid='stRadio']")
     radios.filter(has_text="Model").first.get_by_text(model_title, exact=True).click()
@@ -296,9 +301,21 @@ def _train_quick(page, model_title: str) -> None:
     page.wait_for_selector(
         "text=/Starting the training process|Epoch \\d+ of|Preparing|Building/", timeout=120_000
     )
-    page.wait_for_selector(
-        "[data-testid='stAlertContentSuccess']:has-text('Finished')", timeout=TRAIN_TIMEOUT_S * 1000
-    )
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    state = "no new run"
+    while time.monotonic() < deadline:
+        now = set(runs.iterdir()) if runs.exists() else set()
+        new = [r for r in now - before if (r / "status.json").exists()]
+        if new:
+            try:
+                state = json.loads((new[0] / "status.json").read_text()).get("state", "")
+            except (OSError, ValueError):  # caught while the worker rewrites it
+                state = "unreadable"
+            if state in ("done", "failed", "stopped"):
+                break
+        time.sleep(1)
+    assert state == "done", f"the {model_title} run ended as {state!r}"
+    page.wait_for_selector("[data-testid='stAlertContentSuccess']:has-text('Finished')", timeout=60_000)
     _settle(page)
     _no_exceptions(page)
 
@@ -324,7 +341,7 @@ def test_count_models_train_and_their_views_appear(browser, app_url, tmp_path):
     _no_exceptions(page)
     before = set((home / "runs").iterdir()) if (home / "runs").exists() else set()
 
-    _train_quick(page, "scVGAE")
+    _train_quick(page, "scVGAE", home / "runs")
     _go(page, "Imputation")
     page.wait_for_selector(".js-plotly-plot", timeout=60_000)
     assert page.locator(".js-plotly-plot").count() == 4  # observed and imputed UMAPs, histogram, gene-gene
@@ -332,7 +349,7 @@ def test_count_models_train_and_their_views_appear(browser, app_url, tmp_path):
     _no_exceptions(page)
     _shot(page, "imputation")
 
-    _train_quick(page, "AttentionAE-sc")
+    _train_quick(page, "AttentionAE-sc", home / "runs")
     new = set((home / "runs").iterdir()) - before
     assert len(new) == 2 and all((r / "result.h5ad").exists() for r in new)
     _visit(page, "Embedding", ".js-plotly-plot", "embedding-attentionae")
