@@ -90,7 +90,8 @@ with ui.guard("the attention controls"):
         )
         hubs, half, targets = interpret.attention_hubs(amap.edge_index, adata.n_obs, labels=groups, top=10)
         if half:
-            concentrated = half <= max(5, 0.02 * adata.n_obs)
+            # Few cells take half the pairs, or few cells are attended to at all.
+            concentrated = half <= max(5, 0.02 * adata.n_obs) or targets <= 0.1 * adata.n_obs
             st.caption(
                 f"Half of the stored pairs between different cells point to {half:,} of the {targets:,} cells "
                 f"attended to ({adata.n_obs:,} cells in all)."
