@@ -55,30 +55,39 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def ablate(name: str, seed: int, variants: list[str]) -> list[dict]:
-    """Pre-train once on ``name`` with ``seed``, then fine-tune every variant from a copy of the weights."""
+def pretrained_session(name: str, seed: int):
+    """The ``paper`` preset pre-trained on ``name``: (session, config, pre-training outcome, seconds, labels),
+    labels = {label key: one label per cell, in the session's cell order}."""
     import anndata as ad
-    import numpy as np
-    import torch
 
-    from scgraph_core import data, graphs, metrics, pipeline
+    from scgraph_core import data, graphs, pipeline
     from scgraph_core.models import attentionae
     from scgraph_core.train import Trainer
 
-    keys = DATASETS[name]
     adata = ad.read_h5ad(DATA / f"{name}.h5ad")
-    config = pipeline.resolve_config("attentionae", "paper", {"train": {"seed": seed}}, label_key=keys[0])
+    config = pipeline.resolve_config(
+        "attentionae", "paper", {"train": {"seed": seed}}, label_key=DATASETS[name][0]
+    )
     prepared = data.prepare(adata, config.prepare)
     graph = graphs.build_graph(
         graphs.graph_matrix(prepared, config.graph), config.graph, cell_names=list(prepared.adata.obs_names)
     )
-    trainer = Trainer(config.train, callbacks=[], stop=None)
-    run = attentionae.Session(prepared, graph, config.params, trainer)
+    run = attentionae.Session(prepared, graph, config.params, Trainer(config.train, callbacks=[], stop=None))
     started = time.perf_counter()
     pre = run.pretrain()
-    seconds_pretrain = time.perf_counter() - started
+    labels = {k: prepared.adata.obs[k].to_numpy() for k in DATASETS[name]}
+    return run, config, pre, time.perf_counter() - started, labels
+
+
+def ablate(name: str, seed: int, variants: list[str]) -> list[dict]:
+    """Pre-train once on ``name`` with ``seed``, then fine-tune every variant from a copy of the weights."""
+    import numpy as np
+    import torch
+
+    from scgraph_core import metrics
+
+    run, config, pre, seconds_pretrain, truth = pretrained_session(name, seed)
     weights = copy.deepcopy(run.net.state_dict())
-    truth = {k: prepared.adata.obs[k].to_numpy() for k in keys}
     preset = run.params
 
     def scores(labels: np.ndarray) -> dict:

@@ -27,25 +27,16 @@ from bench_clustering import DATA, DATASETS, REPO  # noqa: E402  (the same datas
 
 
 def trace(name: str, seed: int, epochs: int, no_noise: bool) -> dict:
-    import anndata as ad
     import numpy as np
     import torch
+    from ablate_dec import pretrained_session
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-    from scgraph_core import data, graphs, metrics, pipeline
+    from scgraph_core import metrics
     from scgraph_core.models import attentionae
-    from scgraph_core.train import LabelChangeStop, Trainer
+    from scgraph_core.train import LabelChangeStop
 
-    keys = DATASETS[name]
-    adata = ad.read_h5ad(DATA / f"{name}.h5ad")
-    config = pipeline.resolve_config("attentionae", "paper", {"train": {"seed": seed}}, label_key=keys[0])
-    prepared = data.prepare(adata, config.prepare)
-    graph = graphs.build_graph(
-        graphs.graph_matrix(prepared, config.graph), config.graph, cell_names=list(prepared.adata.obs_names)
-    )
-    run = attentionae.Session(prepared, graph, config.params, Trainer(config.train, callbacks=[], stop=None))
-    run.pretrain()
-    truth = {k: prepared.adata.obs[k].to_numpy() for k in keys}
+    run, config, _, _, truth = pretrained_session(name, seed)
     subsample = np.random.default_rng(0).choice(run.n_cells, min(1500, run.n_cells), replace=False)
     rows: list[dict] = []
     engine_rule = LabelChangeStop(config.params.dec_tol, config.params.dec_min_epochs)
