@@ -15,7 +15,8 @@ the fine-tuning. Variants (model parameters, plus ``resolution`` for the Leiden 
 * ``graph_0.1``        the preset with the graph term weighted 0.1 instead of 0.01 during DEC;
 * ``zinb_1_start_r0.5`` ZINB weight 1.0 and the start at resolution 0.5 together;
 * ``lr_3e-4``          the preset with a 3x smaller DEC learning rate;
-* ``lr_1e-4_start_r0.5`` the 10x smaller DEC learning rate and the start at resolution 0.5 together.
+* ``lr_1e-4_start_r0.5`` the 10x smaller DEC learning rate and the start at resolution 0.5 together;
+* ``warmup_20``, ``warmup_50`` the preset with the DEC learning rate rising linearly to 1e-3 over 20 / 50 epochs.
 
 Per row: clusters and ARI of the Leiden start and of the final DEC clusters (and of paul15's coarse types),
 epochs run. Labels are read only to score.
@@ -52,6 +53,8 @@ VARIANTS: dict[str, dict] = {
     "zinb_1_start_r0.5": {"dec_zinb_weight": 1.0, "resolution": 0.5},
     "lr_3e-4": {"dec_lr": 3e-4},
     "lr_1e-4_start_r0.5": {"dec_lr": 1e-4, "resolution": 0.5},
+    "warmup_20": {"dec_warmup": 20},
+    "warmup_50": {"dec_warmup": 50},
 }
 
 
