@@ -81,11 +81,10 @@ def measure_result(path: Path) -> list[dict]:
     import anndata as ad
 
     obs = ad.read_h5ad(path, backed="r").obs
-    keys = sorted({k for ks in DATASETS.values() for k in ks if k in obs})
+    known = sorted({k for ks in DATASETS.values() for k in ks})
+    keys = [k for k in known if k in obs]
     if not keys:
-        sys.exit(
-            f"{path} has none of the label columns {sorted({k for ks in DATASETS.values() for k in ks})}."
-        )
+        sys.exit(f"{path} has none of the label columns {known}: train with --label-key so they are kept.")
     rows = []
     for column in [c for c in obs.columns if c.endswith(("_cluster", "_leiden"))]:
         found = obs[column].astype(str).to_numpy()
@@ -105,6 +104,9 @@ def main() -> None:
     missing = [d for d in args.datasets if not (DATA / f"{d}.h5ad").exists()]
     if missing:
         sys.exit(f"Not found in {DATA}: {', '.join(missing)}. Put ../shared/data beside the repository.")
+    absent = [p for p in args.results if not Path(p).is_file()]
+    if absent:
+        sys.exit(f"No such result file: {', '.join(absent)} (give the result.h5ad a finished run wrote).")
     rows = [row for name in args.datasets for row in measure(name, args.seed)]
     rows += [row for path in args.results for row in measure_result(Path(path))]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
