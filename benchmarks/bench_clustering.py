@@ -84,6 +84,7 @@ def single(name: str, seed: int, n_cells: int | None, overrides: dict) -> dict:
         "pretrain_epochs": m["pretrain_epochs_run"],
         "dec_epochs": m["dec_epochs_run"],
         "dec_converged": m["dec_converged"],
+        "dec_restart": m.get("dec_restart"),  # set when dec_guard > 0 and the ZINB loss rose past it
         "n_clusters": m["n_clusters"],
         "n_clusters_init": m["leiden_init"]["n_clusters"],
         "silhouette": m["silhouette"],
@@ -190,6 +191,17 @@ def cost_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str | None:
+    """The processor's name: results are reproducible on one machine, not across processor models."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return platform.processor() or None
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -251,6 +263,7 @@ def main() -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "cpu_model": cpu_model(),
             "torch": torch.__version__,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "load_average_at_end": load,

@@ -3,7 +3,9 @@
 Pre-trains the ``paper`` preset once on one labelled dataset of ``../shared/data`` with one seed, starts DEC
 from its Leiden initialisation and, after every DEC epoch, scores the labels the engine reads (argmax Q, eval
 mode): the number of clusters, ARI against each label key, and three scores that need no labels (silhouette
-on a fixed 1,500-cell subsample, Davies-Bouldin, Calinski-Harabasz on the embedding). DEC runs all
+on a fixed 1,500-cell subsample, Davies-Bouldin, Calinski-Harabasz on the embedding), with the epoch's ZINB
+and graph losses unweighted (``zinb_rise`` is the ZINB loss against DEC's first epoch, what ``--dec-guard``
+watches). DEC runs all
 ``--epochs`` epochs (the 0.1 % stopping rule is held off) so the whole course is visible; ``stopped_at`` is the
 epoch at which the engine's rule (fewer than 0.1 % of labels changed, after epoch 20) would have ended it.
 
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_clustering import DATA, DATASETS, REPO  # noqa: E402  (the same datasets and label keys)
+from bench_clustering import DATA, DATASETS, REPO, cpu_model  # noqa: E402  (the same datasets and label keys)
 
 
 def trace(name: str, seed: int, epochs: int, no_noise: bool) -> dict:
@@ -59,6 +61,15 @@ def trace(name: str, seed: int, epochs: int, no_noise: bool) -> dict:
             print(json.dumps(row), flush=True)
             return super().update(epoch, labels)
 
+    losses: dict[int, dict] = {}
+    weights = {"zinb": config.params.dec_zinb_weight, "graph": config.params.dec_graph_weight}
+
+    def record_losses(event: dict) -> None:
+        if event.get("kind") == "epoch" and event.get("stage") == "dec":
+            found = event.get("losses", {})
+            losses[int(event["epoch"])] = {k: found[k] / w for k, w in weights.items() if k in found and w}
+
+    run.trainer.callbacks.append(record_losses)
     attentionae.LabelChangeStop = Recorder
     run.generator.manual_seed(seed + 1)
     torch.manual_seed(seed)
@@ -70,6 +81,12 @@ def trace(name: str, seed: int, epochs: int, no_noise: bool) -> dict:
         run.net.noise = 0.0
         run.net.attn_1.query_dropout = run.net.attn_2.query_dropout = 0.0
     run.finetune(start)
+    first = losses.get(1, {}).get("zinb")
+    for row in rows:
+        found = losses.get(row["epoch"], {})
+        row.update({k: round(v, 5) for k, v in found.items()})
+        if first and "zinb" in found:
+            row["zinb_rise"] = round(found["zinb"] / first - 1.0, 4)
     return {
         "dataset": name,
         "seed": seed,
@@ -85,6 +102,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--no-noise", action="store_true", help="switch noise and query dropout off in DEC")
+    parser.add_argument("--out", type=Path, help="where to write the JSON (default: benchmarks/results/)")
     args = parser.parse_args()
     if not (DATA / f"{args.dataset}.h5ad").exists():
         sys.exit(f"Missing {args.dataset}.h5ad in {DATA} (set SCGRAPH_SHARED_DATA to its folder).")
@@ -92,10 +110,13 @@ def main() -> None:
         "benchmark": "dec_trace_attentionae",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": "python benchmarks/trace_dec.py " + " ".join(sys.argv[1:]),
+        "cpu_model": cpu_model(),
         **trace(args.dataset, args.seed, args.epochs, args.no_noise),
     }
     suffix = "_no_noise" if args.no_noise else ""
-    out = REPO / "benchmarks" / "results" / f"dec_trace_{args.dataset}_seed{args.seed}{suffix}.json"
+    out = (
+        args.out or REPO / "benchmarks" / "results" / f"dec_trace_{args.dataset}_seed{args.seed}{suffix}.json"
+    )
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 

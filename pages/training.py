@@ -130,6 +130,8 @@ def run_view(run_id: str) -> None:
             "train": "training",
             "cluster": "clustering the embedding",
             "interpret": "reading attention and gene weights",
+            "dec_restart": "DEC raised the ZINB loss past its guard; fine-tuning again at a tenth of the "
+            "learning rate",
         }
         if p.state == "queued":
             st.info(
@@ -144,7 +146,8 @@ def run_view(run_id: str) -> None:
                 st.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs}{stage}{eta}")
             else:
                 st.progress(
-                    1.0 if p.step in ("cluster", "interpret") else 0.0, text=what.capitalize() + "..."
+                    1.0 if p.step in ("cluster", "interpret", "dec_restart") else 0.0,
+                    text=what.capitalize() + "...",
                 )
         elif p.state == "done":
             st.success(

@@ -31,6 +31,7 @@ LABELS: dict[str, str] = {
     "variance": "variance reading",
     "expr_decoder": "expression decoder size",
     "expr_weight": "expression loss weight",
+    "dec_guard": "DEC guard (largest ZINB rise)",
     "val_fraction": "validation edges (share)",
     "test_fraction": "test edges (share)",
     "attention": "export attention",

@@ -174,6 +174,12 @@ def _progress_callback(enabled: bool):
             bar.update(1)
         elif kind == "stage_end" and event.get("stage") in bars:
             bars.pop(event["stage"]).close()
+        elif kind == "pipeline" and event.get("step") == "dec_restart":
+            print(
+                f"[scgraph] DEC raised the ZINB loss by {event['rise']:.0%} by epoch {event['epoch']}; "
+                "fine-tuning again from the pre-trained model at a tenth of the learning rate...",
+                file=sys.stderr,
+            )
         elif kind == "pipeline" and event.get("step") != "train":
             print(f"[scgraph] {event['step']}...", file=sys.stderr)
 

@@ -308,6 +308,14 @@ def progress(run: Run, *, recent: int = 10) -> Progress:
             out.updated = float(t)
         if kind == "pipeline":
             out.step = str(ev.get("step", ""))
+            # AttentionAE-sc's guard abandoned DEC and starts it again: the first run's epochs get their own name
+            if out.step == "dec_restart":
+                for row in rows:
+                    if row["stage"] == "dec":
+                        row["stage"] = "dec_abandoned"
+                for stage in out.stages:
+                    if stage["stage"] == "dec":
+                        stage["stage"] = "dec_abandoned"
             out.device = str(ev.get("device", out.device) or out.device)
             out.precision = str(ev.get("precision", out.precision) or out.precision)
         elif kind == "stage_start":

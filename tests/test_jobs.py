@@ -73,6 +73,34 @@ def test_a_worker_that_died_before_starting_is_reported_failed(tmp_path):
     assert "ended before it started" in status["message"] and "ImportError" in status["message"]
 
 
+def test_progress_names_the_dec_epochs_a_guard_abandoned_apart(tmp_path):
+    run = Run.create_at(tmp_path / "run", model="attentionae")
+    run.set_status("running", "training")
+
+    def dec(epochs: int, losses: list[float]) -> None:
+        run.append_event({"kind": "stage_start", "stage": "dec", "epochs": epochs})
+        for epoch, zinb in enumerate(losses, start=1):
+            run.append_event(
+                {
+                    "kind": "epoch",
+                    "stage": "dec",
+                    "epoch": epoch,
+                    "epochs": epochs,
+                    "loss": zinb,
+                    "losses": {"zinb": zinb},
+                    "seconds": 0.1,
+                }
+            )
+
+    dec(100, [0.63, 0.66, 0.70])
+    run.append_event({"kind": "pipeline", "step": "dec_restart", "epoch": 3, "rise": 0.11})
+    dec(100, [0.63, 0.631])
+    p = jobs.progress(run)
+    assert list(p.history["stage"]) == ["dec_abandoned"] * 3 + ["dec"] * 2
+    assert [s["stage"] for s in p.stages] == ["dec_abandoned", "dec"]
+    assert (p.step, p.stage, p.epoch) == ("dec_restart", "dec", 2)
+
+
 def test_progress_reads_epochs_terms_validation_and_eta(tmp_path):
     run = Run.create_at(tmp_path / "run", model="cellvgae")
     run.set_status("running", "training")

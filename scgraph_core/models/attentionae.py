@@ -371,6 +371,14 @@ class AttentionAEParams:
     )
     dec_min_epochs: int = param(20, "DEC epochs before the stopping rule applies", min=0)
     dec_zinb_weight: float = param(0.1, "weight of the ZINB term during DEC", min=0.0, advanced=True)
+    dec_guard: float = param(
+        0.0,
+        "if the ZINB loss rises more than this share during DEC, DEC starts again from the pre-trained "
+        "weights at a tenth of dec_lr (0 = never, the paper)",
+        min=0.0,
+        max=10.0,
+        advanced=True,
+    )
     dec_graph_weight: float = param(0.01, "weight of the graph term during DEC", min=0.0, advanced=True)
     min_cluster_cells: int = param(
         5,
@@ -532,6 +540,8 @@ class Session:
         ).to(device)
         self.centres: Tensor | None = None
         self.dec: _DECModule | None = None
+        self.dec_restart: dict[str, Any] | None = None
+        self._tripped: tuple[int, float] | None = None
 
     # ---- pieces of the loss ------------------------------------------------------------------------
 
@@ -626,15 +636,35 @@ class Session:
 
     def finetune(self, init_labels: np.ndarray) -> Any:
         """DEC: KL(P‖Q) + dec_zinb_weight · ZINB + dec_graph_weight · graph on the encoder and the centres,
-        decoder frozen; stops once fewer than ``dec_tol`` of the labels (argmax Q, eval mode) change."""
+        decoder frozen; stops once fewer than ``dec_tol`` of the labels (argmax Q, eval mode) change.
+
+        With ``dec_guard`` > 0, DEC is abandoned as soon as the ZINB loss (unweighted) rises more than that
+        share above its value at DEC's first epoch, and runs again from the pre-trained weights and the same
+        start at a tenth of ``dec_lr``; ``self.dec_restart`` then says when and by how much it rose."""
+        p = self.params
+        self.dec_restart = None
+        if not p.dec_guard:
+            return self._dec(init_labels, p.dec_lr, guard=0.0)
+        before = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        outcome = self._dec(init_labels, p.dec_lr, guard=p.dec_guard)
+        if self._tripped is None:
+            return outcome
+        epoch, rise = self._tripped
+        self.net.load_state_dict(before)
+        self.trainer.emit({"kind": "pipeline", "step": "dec_restart", "epoch": epoch, "rise": rise})
+        self.dec_restart = {"epoch": epoch, "zinb_rise": rise, "lr": p.dec_lr / 10, "abandoned": outcome}
+        return self._dec(init_labels, p.dec_lr / 10, guard=0.0)
+
+    def _dec(self, init_labels: np.ndarray, lr: float, guard: float) -> Any:
         from .. import metrics
 
         p, net = self.params, self.net
         self.dec = dec = _DECModule(net, self.centres).to(self.device)
+        self._tripped: tuple[int, float] | None = None
         frozen = net.decoder_parameters()
         for w in frozen:
             w.requires_grad_(False)
-        optimizer = _adam([*net.encoder_parameters(), dec.centres], p.dec_lr, self.device)
+        optimizer = _adam([*net.encoder_parameters(), dec.centres], lr, self.device)
         scheduler = None
         if p.dec_warmup:
             scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -643,6 +673,7 @@ class Session:
         stopper = LabelChangeStop(p.dec_tol, p.dec_min_epochs)
         stopper.update(0, init_labels)
         target: dict[str, Tensor] = {}
+        zinb_seen: list[float] = []  # unweighted ZINB per epoch, for the guard
 
         def step(epoch: int) -> dict[str, Tensor]:
             enc = self.encode()
@@ -653,9 +684,11 @@ class Session:
                 log_p = target["log_p"]
             else:  # the authors' code: P recomputed from the live Q, gradients through both
                 log_p = log_target_distribution(log_q)
+            zinb = self.zinb_term(enc.z)
+            zinb_seen.append(float(zinb.detach()))
             return {
                 "kl": dec_kl(log_p, log_q),
-                "zinb": p.dec_zinb_weight * self.zinb_term(enc.z),
+                "zinb": p.dec_zinb_weight * zinb,
                 "graph": p.dec_graph_weight * self.graph_term(enc.h2),
             }
 
@@ -669,6 +702,10 @@ class Session:
             event["n_clusters"] = int(np.unique(labels).size)
             if p.monitor_every and epoch % p.monitor_every == 0:
                 event["silhouette"] = metrics.silhouette(z.cpu().numpy(), labels, sample=1000, seed=self.seed)
+            rise = zinb_seen[-1] / zinb_seen[0] - 1.0
+            if guard and rise > guard:
+                self._tripped = (epoch, rise)
+                return True
             return done
 
         try:
@@ -853,7 +890,9 @@ class AttentionAE(Model):
             views["imputed_scale"] = "counts"
         seconds_export = time.perf_counter() - t0
 
-        table = history_table(pre, dec_outcome)  # written to uns[model]["history"] from ``tables``
+        restart = run.dec_restart if dec_ran else None
+        abandoned = restart["abandoned"] if restart else None
+        table = history_table(pre, dec_outcome, abandoned)  # written to uns[model]["history"] from ``tables``
         result_metrics: dict[str, Any] = {
             **final_scores,
             "leiden_init": {k: init_scores[k] for k in ("ari", "nmi", "silhouette", "n_clusters")},
@@ -875,13 +914,18 @@ class AttentionAE(Model):
             "peak_memory_mb": peak_memory_mb(run.device),
         }
         n_final = int(q_np.shape[1])
+        notes = []
+        if restart:
+            result_metrics["dec_restart"] = {k: v for k, v in restart.items() if k != "abandoned"}
+            notes.append(
+                f"DEC raised the ZINB loss by {restart['zinb_rise']:.0%} by epoch {restart['epoch']} (the guard "
+                f"allows {p.dec_guard:.0%}), a sign that it was reshaping the embedding rather than refining "
+                f"clusters; it ran again from the pre-trained model at learning rate {restart['lr']:g}."
+            )
         if dec_ran and n_final * 2 <= n_init:
-            result_metrics["notes"] = [
-                f"DEC merged the {n_init} Leiden clusters it started from into {n_final}. That suits "
-                "well-separated cell types; on a continuous process (a differentiation trajectory) it can "
-                "merge real states: compare with the gentle preset (DEC at a tenth of the learning rate, "
-                "from Leiden at resolution 0.5), which kept paul15's states apart in the benchmarks."
-            ]
+            notes.append(merge_note(n_init, n_final, guarded=p.dec_guard > 0))
+        if notes:
+            result_metrics["notes"] = notes
         if not dec_ran:
             result_metrics["dec_skipped"] = (
                 "stopped during pre-training"
@@ -925,16 +969,19 @@ def kept_clusters(q: np.ndarray, min_cells: int) -> np.ndarray:
     return keep[np.argsort(-sizes, kind="stable")]
 
 
-def history_table(pre: Any, dec: Any | None) -> pd.DataFrame:
-    """One row per epoch of both stages: losses, learning rate, and during DEC the label changes."""
+def history_table(pre: Any, dec: Any | None, abandoned: Any | None = None) -> pd.DataFrame:
+    """One row per epoch of both stages: losses, learning rate, and during DEC the label changes; a DEC run
+    the guard abandoned comes first, as stage ``dec_abandoned``."""
     rows = [
         {"stage": "pretrain", "epoch": e["epoch"], "loss": e["loss"], **e["losses"], "lr": e.get("lr")}
         for e in pre.history
     ]
-    if dec is not None:
+    for stage, outcome in (("dec_abandoned", abandoned), ("dec", dec)):
+        if outcome is None:
+            continue
         rows += [
             {
-                "stage": "dec",
+                "stage": stage,
                 "epoch": e["epoch"],
                 "loss": e["loss"],
                 **e["losses"],
@@ -943,7 +990,7 @@ def history_table(pre: Any, dec: Any | None) -> pd.DataFrame:
                 "n_clusters": e.get("n_clusters"),
                 "silhouette": e.get("silhouette"),
             }
-            for e in dec.history
+            for e in outcome.history
         ]
     return pd.DataFrame(rows)
 
@@ -956,3 +1003,19 @@ def _adam(parameters: Any, lr: float, device: torch.device) -> torch.optim.Adam:
         return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
     except (RuntimeError, TypeError):  # pragma: no cover - a device without the fused kernel
         return torch.optim.Adam(parameters, lr=lr)
+
+
+def merge_note(n_init: int, n_final: int, guarded: bool) -> str:
+    """The note a run gets when DEC merged at least half of the Leiden clusters it started from."""
+    advice = (
+        "."
+        if guarded
+        else ", or train again with a DEC guard of 0.05 (--dec-guard 0.05), which starts DEC again more "
+        "gently when it raises the ZINB loss."
+    )
+    return (
+        f"DEC merged the {n_init} Leiden clusters it started from into {n_final}. That suits well-separated "
+        "cell types; on a continuous process (a differentiation trajectory) it can merge real states: compare "
+        "with the gentle preset (DEC at a tenth of the learning rate, from Leiden at resolution 0.5), which "
+        "kept paul15's states apart in the benchmarks" + advice
+    )

@@ -340,6 +340,40 @@ def test_dec_warmup_raises_the_learning_rate_linearly():
     assert list(lr) == pytest.approx([2.5e-3, 3.75e-3, 5e-3, 5e-3, 5e-3])
 
 
+def _guarded(guard: float, dec_lr: float):
+    adata = toy_counts(n_cells=120, n_genes=40, n_types=3, seed=2)
+    model = {**TINY["model"], "pretrain_epochs": 30, "lr_step": 10, "dec_epochs": 12}
+    model.update(dec_guard=guard, dec_lr=dec_lr)
+    _, result = pipeline.execute(
+        adata, pipeline.resolve_config("attentionae", "paper", {**TINY, "model": model})
+    )
+    return result
+
+
+def test_dec_guard_restarts_dec_from_the_pretrained_weights_at_a_tenth_of_the_rate():
+    result = _guarded(0.05, dec_lr=0.05)  # a rate that wrecks the embedding of this small set at once
+    m, history = result.metrics, result.tables["history"]
+    restart = m["dec_restart"]
+    assert restart["zinb_rise"] > 0.05 and restart["lr"] == pytest.approx(0.005)
+    abandoned, dec = history.query("stage == 'dec_abandoned'"), history.query("stage == 'dec'")
+    assert list(abandoned["epoch"]) == list(range(1, restart["epoch"] + 1))
+    assert abandoned["zinb"].iloc[-1] / abandoned["zinb"].iloc[0] - 1 == pytest.approx(
+        restart["zinb_rise"], rel=1e-4
+    )
+    assert np.allclose(dec["lr"], 0.005) and len(dec) >= 3
+    # the second run starts from the pre-trained model, not from the weights the first one left
+    assert dec["zinb"].iloc[0] == pytest.approx(abandoned["zinb"].iloc[0], rel=0.01)
+    assert m["dec_epochs_run"] == len(dec)
+    assert any("ZINB loss" in note and "0.005" in note for note in m["notes"])
+
+
+def test_an_untripped_dec_guard_changes_nothing():
+    off, loose = _guarded(0.0, dec_lr=5e-3), _guarded(10.0, dec_lr=5e-3)
+    assert "dec_restart" not in off.metrics and "dec_restart" not in loose.metrics
+    assert (off.obs["attentionae_cluster"] == loose.obs["attentionae_cluster"]).all()
+    np.testing.assert_array_equal(off.obsm["X_attentionae"], loose.obsm["X_attentionae"])
+
+
 def test_views_manifest_and_result_slots(tiny_run):
     out, result = tiny_run
     n = out.n_obs
@@ -449,3 +483,10 @@ def test_same_seed_same_model_on_real_counts():
     finally:
         torch.use_deterministic_algorithms(False)
     assert np.array_equal(runs[0], runs[1])
+
+
+def test_the_merge_note_points_to_the_guard_only_when_it_was_off():
+    unguarded, guarded = aae.merge_note(11, 4, guarded=False), aae.merge_note(11, 4, guarded=True)
+    assert unguarded.startswith("DEC merged the 11 Leiden clusters it started from into 4.")
+    assert "--dec-guard 0.05" in unguarded and "gentle preset" in unguarded
+    assert "guard" not in guarded and "gentle preset" in guarded and guarded.endswith(".")
