@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from scgraph_app import cache, config, forms, state, ui
-from scgraph_core import data, jobs, plots
+from scgraph_core import data, jobs, plots, roots
+from scgraph_core.errors import DataError
 
 ui.header(
     "Data",
@@ -97,8 +98,9 @@ with ui.guard("choosing the dataset"):
             value="" if state.is_demo(source) else str(source.get("path", "")),
             placeholder="/data/experiment/filtered_feature_bc_matrix",
             key="data_path",
-            help="A file (.h5ad, .h5, .loom, .csv, .tsv, .zip, .mtx) or a 10x matrix folder readable by the "
-            "server; use this for files larger than the upload limit.",
+            help="A file (.h5ad, .h5, .loom, .csv, .tsv, .zip, .mtx) or a 10x matrix folder inside the server's "
+            "data folders (listed below; set by SCGRAPH_DATA_ROOTS); a relative path starts at the first one. "
+            "Use this for files larger than the upload limit.",
         )
         orientation = cols[1].selectbox(
             "Table orientation",
@@ -114,17 +116,23 @@ with ui.guard("choosing the dataset"):
             key="path_format",
             help="Override the format guessed from the file name.",
         )
+        st.caption(f"Data folders this server reads from: {ui.md(roots.describe_roots())}.")
         if st.button("Load this file", type="primary", key="load_path", disabled=not typed.strip()):
-            state.set_dataset_source(
-                {
-                    "path": jobs.input_record(typed.strip())["path"],
-                    "orientation": orientation,
-                    "format": fmt,
-                    "name": typed.strip().rstrip("/").rsplit("/", 1)[-1],
-                    "kind": "path",
-                }
-            )
-            st.rerun()
+            try:
+                found = roots.resolve(typed)
+            except DataError as exc:
+                st.error(ui.md(str(exc)), icon=":material/error:")
+            else:
+                state.set_dataset_source(
+                    {
+                        "path": str(found),
+                        "orientation": orientation,
+                        "format": fmt,
+                        "name": typed.strip().rstrip("/").rsplit("/", 1)[-1],
+                        "kind": "path",
+                    }
+                )
+                st.rerun()
 
 source = state.dataset_source()
 loaded = None

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from scgraph_core import data, graphs, interpret, plots
+from scgraph_core import data, graphs, interpret, plots, roots
 from scgraph_core.runs import Run
 
 
@@ -29,7 +29,7 @@ def source_stamp(source: dict[str, Any]) -> str:
     p = Path(path).expanduser()
     try:
         if p.is_dir():
-            stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+            stats = _folder_stats(p)
             return f"dir:{len(stats)}:{max((s.st_mtime for s in stats), default=0)}:{sum(s.st_size for s in stats)}"
         s = p.stat()
         return f"{s.st_mtime}:{s.st_size}"
@@ -37,13 +37,46 @@ def source_stamp(source: dict[str, Any]) -> str:
         return "missing"
 
 
+_STAMP_ENTRIES = 2000  # a 10x folder holds a handful of files; a huge tree must not be walked on every rerun
+
+
+def _folder_stats(folder: Path, depth: int = 2) -> list[os.stat_result]:
+    """Stats of the files in ``folder`` and up to ``depth`` levels below (the reader looks no deeper),
+    at most ``_STAMP_ENTRIES`` entries in all."""
+    out: list[os.stat_result] = []
+    pending = [(folder, depth)]
+    seen = 0
+    while pending and seen < _STAMP_ENTRIES:
+        here, left = pending.pop()
+        with os.scandir(here) as entries:
+            for entry in entries:
+                seen += 1
+                if seen > _STAMP_ENTRIES:
+                    break
+                if entry.is_file():
+                    out.append(entry.stat())
+                elif left and entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    pending.append((Path(entry.path), left - 1))
+    return out
+
+
 @st.cache_resource(max_entries=3, show_spinner="Reading the dataset...")
 def _load_dataset(path: str, orientation: str, fmt: str | None, stamp: str):
     return data.read(path, orientation=orientation, fmt=fmt)
 
 
+def checked_path(source: dict[str, Any]) -> str:
+    """The source's path; a path typed in the browser must still be inside the data roots (it may have
+    been replaced by a link since it was typed)."""
+    path = str(source["path"])
+    if source.get("kind") == "path":
+        return str(roots.resolve(path))
+    return path
+
+
 def dataset(source: dict[str, Any]):
     """The AnnData of a dataset source (shared, read-only)."""
+    checked_path(source)
     return _load_dataset(
         str(source["path"]), source.get("orientation", "auto"), source.get("format"), source_stamp(source)
     )
@@ -67,6 +100,7 @@ def _overview(path: str, orientation: str, fmt: str | None, stamp: str) -> dict[
 
 
 def overview(source: dict[str, Any]) -> dict[str, Any]:
+    checked_path(source)
     return _overview(
         str(source["path"]), source.get("orientation", "auto"), source.get("format"), source_stamp(source)
     )
@@ -99,6 +133,7 @@ def _graph_preview(
 
 
 def graph_preview(source: dict[str, Any], prepare: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+    checked_path(source)
     return _graph_preview(
         str(source["path"]),
         source.get("orientation", "auto"),

@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import params
 from .errors import ScgraphError
@@ -147,6 +148,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
             raise ScgraphError("usage: runs stop RUN_ID")
         store.open(args.rest[0]).request_stop()
         print(f"stop requested for {args.rest[0]}")
+    elif args.action == "finish":
+        if len(args.rest) != 1:
+            raise ScgraphError("usage: runs finish RUN_ID_OR_FOLDER")
+        from . import pipeline
+        from .runs import Run
+
+        folder = Path(args.rest[0]).expanduser()
+        run = Run(folder) if (folder / "meta.json").is_file() else store.open(args.rest[0])
+        print(f"finishing {run.path} from its saved weights", file=sys.stderr)
+        _, result = pipeline.finish(run, callbacks=[_progress_callback(not args.json)])
+        _print_metrics(result.metrics)
+        print(f"results: {run.file('result.h5ad')}")
     return 0
 
 
@@ -217,6 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sections = pipeline.sections_for(args.model)
     overrides = {name: params.given(args, schema, name) for name, schema in sections.items()}
     config = pipeline.resolve_config(args.model, args.preset, overrides, label_key=args.label_key)
+    if args.out:
+        _check_writable_folder(Path(args.out).expanduser())  # before minutes of reading, not after
     adata = _read_input(args)
     record = config.to_dict()
     record["input"] = {"path": str(args.input), "orientation": args.orientation, "format": args.format}
@@ -238,6 +253,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_metrics(result.metrics)
     print(f"results: {run.file('result.h5ad')}")
     return 0
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Make ``folder`` (and its parents) and write a probe file in it, or say plainly why that fails."""
+    from .runs import plain_os_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".scgraph-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = plain_os_error(exc) or (exc.strerror or type(exc).__name__).lower()
+        raise ScgraphError(
+            f"Cannot write the run folder {folder}: {reason}. Choose --out in a folder you can write to "
+            "(or leave --out out to use the run store)."
+        ) from None
 
 
 def cmd_work(args: argparse.Namespace) -> int:
@@ -332,9 +364,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("runs", help="list, rename, stop or delete runs in the run store")
-    p.add_argument("action", choices=("list", "rename", "delete", "stop"))
-    p.add_argument("rest", nargs="*", help="RUN_ID [NEW_NAME]")
+    p = sub.add_parser("runs", help="list, rename, stop, delete or finish runs in the run store")
+    p.add_argument("action", choices=("list", "rename", "delete", "stop", "finish"))
+    p.add_argument(
+        "rest",
+        nargs="*",
+        help="RUN_ID [NEW_NAME]; finish takes a run id or a run folder and redoes the analysis and the write "
+        "of a run that failed after training, from its saved weights",
+    )
     p.add_argument("--store", default=None, help="run store folder (default: $SCGRAPH_HOME/runs)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ def _coerce(info: ParamInfo, value: Any, where: str) -> Any:
                     raise ValueError(v)
                 converted.append(item(v))
             value = tuple(converted)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         expected = {
             "int": "a whole number",
             "float": "a number",
@@ -161,6 +162,8 @@ def _coerce(info: ParamInfo, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}{info.name} must be {expected}; got {value!r}.") from None
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}{info.name} must be a finite number; got {v!r}.")
         if info.choices is not None and v not in info.choices:
             allowed = ", ".join(str(c) for c in info.choices)
             raise ConfigError(f"{where}{info.name} must be one of {allowed}; got {v!r}.")

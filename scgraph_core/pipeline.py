@@ -5,6 +5,7 @@ call :func:`execute`, so they produce the same result for the same configuration
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -15,11 +16,11 @@ from typing import Any
 from . import params
 from .cluster import ClusterParams
 from .data import PrepareSpec
-from .errors import ConfigError, ScgraphError
+from .errors import ConfigError, RunError, ScgraphError, TrainingError
 from .graphs import GraphSpec
 from .models import base
-from .runs import Run
-from .train import StopSignal, Trainer, TrainSpec
+from .runs import Run, atomic_write_bytes, plain_os_error
+from .train import Stage, StageOutcome, StopSignal, Trainer, TrainSpec
 
 SECTIONS: dict[str, type] = {
     "prepare": PrepareSpec,
@@ -134,20 +135,25 @@ def execute(
     run: Run | None = None,
     callbacks: Iterable[Callable[[dict], None]] = (),
     stop: StopSignal | None = None,
+    replay: bool = False,
 ) -> tuple[Any, base.Result]:
     """Run one analysis. Returns the prepared AnnData with results written in, and the Result.
 
     With ``run``, events, status, weights, tables and ``result.h5ad`` go into the run folder, and a
-    failure is recorded as the run's status before the error is raised again.
+    failure is recorded as the run's status before the error is raised again. Each training stage's
+    weights are saved in the run folder as soon as the stage ends, so a failure in the analysis or the
+    write loses no training: ``replay=True`` (``runs finish``) loads them instead of training.
     """
     from . import data, graphs
 
     callbacks = list(callbacks)
+    if replay and run is None:
+        raise ConfigError("Replaying saved training stages needs the run folder that holds them.")
     if run is not None:
         callbacks.insert(0, run.append_event)
         if stop is None:
             stop = StopSignal(run.stop_requested)
-        run.set_status("running", "preparing data")
+        run.set_status("running", "finishing from the saved weights" if replay else "preparing data")
     model = base.get(config.model)()
     started = time.time()
     try:
@@ -168,6 +174,8 @@ def execute(
                 cell_names=list(prepared.adata.obs_names),
             )
         trainer = Trainer(config.train, callbacks=callbacks, stop=stop)
+        if run is not None:
+            _keep_stages(run, trainer, replay)
         _stage(callbacks, "train", run, device=str(trainer.device), precision=trainer.precision_name)
         result = model.fit(
             prepared, graph, config.params, trainer, cluster=config.cluster, label_key=config.label_key
@@ -192,15 +200,60 @@ def execute(
             )
         return out, result
     except ScgraphError as exc:
-        if run is not None:
-            run.append_event({"kind": "error", "message": str(exc)})
-            run.set_status("failed", str(exc))
-        raise
+        if run is None:
+            raise
+        message = _record_failure(run, str(exc), exc)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc
     except Exception as exc:
-        if run is not None:
-            run.append_event({"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
-            run.set_status("failed", f"internal error: {type(exc).__name__}: {exc}")
-        raise
+        if run is None:
+            raise
+        reason = plain_os_error(exc)
+        if reason is None:
+            _record_failure(run, f"internal error: {type(exc).__name__}: {exc}", exc)
+            raise
+        raise RunError(_record_failure(run, f"Could not finish: {reason}.", exc)) from exc
+
+
+def _record_failure(run: Run, message: str, exc: BaseException) -> str:
+    """Mark the run failed and return the message; when training finished before the failure, the message
+    says how to finish the run from its saved weights."""
+    try:
+        run.remove_temporary_files()
+        if run.saved_stages() and not isinstance(exc, TrainingError):
+            message += (
+                f" The trained model is saved: once the cause is fixed, `python -m scgraph_core runs finish "
+                f"{run.id}` (or Finish on the Runs page) redoes the analysis and the write without training again."
+            )
+        run.append_event({"kind": "error", "message": message})
+        run.set_status("failed", message)
+    except OSError:
+        pass  # the disk that failed the write may refuse this too; the dead worker reads as failed
+    return message
+
+
+def _keep_stages(run: Run, trainer: Trainer, replay: bool) -> None:
+    """Save each trained stage in the run folder, or (``replay``) load it from there instead of training."""
+
+    def keep(index: int, stage: Stage, outcome: StageOutcome) -> None:
+        run.save_stage(index, stage.name, stage.module.state_dict(), dataclasses.asdict(outcome))
+
+    def load(index: int, stage: Stage) -> StageOutcome:
+        state, outcome = run.load_stage(index, stage.name)
+        try:
+            stage.module.load_state_dict(state)
+            return StageOutcome(**outcome)
+        except (RuntimeError, TypeError) as exc:
+            raise RunError(
+                f"Run {run.id}: the saved weights of stage {index + 1} ({stage.name}) do not fit the model its "
+                f"config.json describes ({type(exc).__name__}); start a new run."
+            ) from None
+
+    if replay:
+        trainer.replay = load
+    else:
+        trainer.keep = keep
 
 
 def _stage(callbacks: list, name: str, run: Run | None, **extra: Any) -> None:
@@ -215,7 +268,7 @@ def _save(run: Run, adata: Any, result: base.Result) -> None:
     if result.weights:
         run.save_weights("final", result.weights)
     for name, table in result.tables.items():
-        table.to_csv(run.file(f"{name}.csv"), index=False)
+        atomic_write_bytes(run.file(f"{name}.csv"), table.to_csv(index=False).encode())
     run.write_json("metrics.json", result.metrics)
     run.write_result(adata)
 
@@ -249,7 +302,29 @@ def fit(
     return out
 
 
-def run_folder(run: Run) -> tuple[Any, base.Result]:
+def finish(run: Run, *, callbacks: Iterable[Callable[[dict], None]] = ()) -> tuple[Any, base.Result]:
+    """Redo the analysis and the write of a run whose training finished, from its saved stages.
+
+    For a run that failed after training (a full disk, a crash while writing ``result.h5ad``): the input
+    is read and prepared again and the graph rebuilt with the run's own configuration, each training
+    stage is loaded instead of trained, then clustering, interpretation and the write run as usual.
+    """
+    state = run.state
+    if state in ("queued", "running"):
+        raise RunError(f"Run {run.id} is {state}; wait for it to end (or stop it) before finishing it.")
+    if state == "done" and run.file("result.h5ad").is_file():
+        raise RunError(f"Run {run.id} is already finished; its results are in {run.file('result.h5ad')}.")
+    if not run.saved_stages():
+        raise RunError(
+            f"Run {run.id} has no saved training stages (its training did not finish a stage, or it was "
+            "made by an older scgraph), so there is nothing to finish from; start a new run."
+        )
+    return run_folder(run, replay=True, callbacks=callbacks)
+
+
+def run_folder(
+    run: Run, *, replay: bool = False, callbacks: Iterable[Callable[[dict], None]] = ()
+) -> tuple[Any, base.Result]:
     """The worker: read the run's config and input, train, and write everything into the folder."""
     from . import data
 
@@ -269,4 +344,4 @@ def run_folder(run: Run) -> tuple[Any, base.Result]:
     except ScgraphError as exc:
         run.set_status("failed", str(exc))
         raise
-    return execute(adata, config, run=run)
+    return execute(adata, config, run=run, replay=replay, callbacks=callbacks)

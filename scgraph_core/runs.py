@@ -16,6 +16,7 @@ leaves a half-written file that breaks listing. Folders that are not runs are sk
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,133 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+_DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than this system allows",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+}
+
+
+def plain_os_error(exc: BaseException) -> str | None:
+    """The cause of a failed write in plain words, when it is the disk's fault (full, quota, size limit)."""
+    text = str(exc)
+    codes = _DISK_ERRORS
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in codes:
+            return codes[seen.errno]
+        seen = seen.__cause__ or seen.__context__
+    # h5py reports the C library's failure in its text: "... errno = 28, error message = 'No space left...'"
+    for code, words in codes.items():
+        if f"errno = {code}," in text or os.strerror(code) in text:
+            return words
+    return None
+
+
+def write_h5ad(adata: Any, path: Path) -> None:
+    """Write an AnnData atomically: to a temporary name beside ``path``, then renamed into place.
+
+    Checks the free space first (a full disk made h5py crash the process), keeps pandas' string arrays
+    writable under pandas 2 and 3, and on any failure removes the temporary file and raises a
+    :class:`RunError` whose message names the cause.
+    """
+    import anndata
+
+    path = Path(path)
+    need = _h5ad_bytes(adata)
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise RunError(
+            f"No space left on device to write {path.name}: it needs about {need / 2**20:,.0f} MB and "
+            f"{free / 2**20:,.0f} MB are free in {path.parent}. Free some space and try again."
+        )
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5ad", dir=path.parent)
+    os.close(fd)
+
+    def write() -> None:
+        # pandas 3 stores text as string arrays, which anndata writes only when asked to.
+        with anndata.settings.override(allow_write_nullable_strings=True):
+            adata.write_h5ad(tmp)
+
+    try:
+        if hasattr(os, "fork"):
+            _in_child(write, path.name)
+        else:
+            write()
+        os.replace(tmp, path)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        reason = plain_os_error(exc)
+        if reason is None:
+            raise
+        raise RunError(f"Could not write {path.name}: {reason} (in {path.parent}).") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _in_child(write: Callable[[], None], name: str) -> None:
+    """Run ``write`` in a forked child (it shares the data, nothing is copied or pickled).
+
+    When HDF5 fails mid-file (a full disk), h5py's objects are left broken and the process that wrote
+    them prints hundreds of tracebacks and then crashes when it frees them; in a child that exits at once,
+    the crash cannot take the run's own process (and its status) with it. Raises OSError for a disk
+    failure, RunError otherwise.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write, report in one line, leave without running any cleanup
+        code, report = 0, b""
+        try:
+            os.close(read_end)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)  # h5py's complaints about a broken file are not for the user
+            write()
+        except BaseException as exc:
+            code = 1
+            found = plain_os_error(exc)
+            errno_of = next((e for e, w in _DISK_ERRORS.items() if w == found), 0)
+            report = f"{errno_of}\t{type(exc).__name__}: {str(exc)[:400]}".encode()
+        try:
+            os.write(write_end, report)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 4096):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise RunError(f"Writing {name} crashed (signal {os.WTERMSIG(status)}); nothing was written.")
+    if os.WEXITSTATUS(status) != 0:
+        code_text, _, message = b"".join(chunks).decode(errors="replace").partition("\t")
+        code = int(code_text) if code_text.isdigit() else 0
+        if code:
+            raise OSError(code, os.strerror(code))
+        raise RunError(f"Could not write {name}: {message or 'the writer failed'}.")
+
+
+def _h5ad_bytes(adata: Any) -> int:
+    """A lower bound of the bytes an AnnData takes on disk (its arrays, uncompressed)."""
+    total = 0
+
+    def add(value: Any) -> None:
+        nonlocal total
+        if hasattr(value, "data") and hasattr(value, "indices"):  # scipy sparse
+            total += value.data.nbytes + value.indices.nbytes + value.indptr.nbytes
+        elif hasattr(value, "nbytes"):
+            total += int(value.nbytes)
+
+    add(adata.X)
+    for group in (adata.layers, adata.obsm, adata.obsp, adata.varm):
+        for value in group.values():
+            add(value)
+    return total
 
 
 def _json_default(obj: Any) -> Any:
@@ -256,16 +384,43 @@ class Run:
             raise RunError(f"Checkpoint {path} cannot be read as tensors ({exc}).") from None
 
     def write_result(self, adata: Any) -> Path:
+        """Write ``result.h5ad`` atomically; a failure leaves no temporary file and says why in plain words."""
+        self.remove_temporary_files()
         path = self.file("result.h5ad")
-        fd, tmp = tempfile.mkstemp(prefix=".result.", suffix=".h5ad", dir=self.path)
-        os.close(fd)
-        try:
-            adata.write_h5ad(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_h5ad(adata, path)
         return path
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove half-written files a crashed writer left behind (``.result.*``, ``.<name>.*.tmp``)."""
+        removed = []
+        for pattern in (".result.*", ".*.tmp", "checkpoints/.*.tmp"):
+            for leftover in self.path.glob(pattern):
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+                    removed.append(leftover)
+        return removed
+
+    # ---- trained stages (kept before the analysis, so ``runs finish`` can redo it) -----------------
+    def save_stage(self, index: int, name: str, state_dict: dict, outcome: dict) -> None:
+        key = f"stage{index}_{name}"
+        self.save_weights(key, state_dict)
+        self.write_json(f"checkpoints/{key}.json", outcome)
+
+    def load_stage(self, index: int, name: str) -> tuple[dict, dict]:
+        key = f"stage{index}_{name}"
+        if not self.file(f"checkpoints/{key}.json").is_file():
+            raise RunError(
+                f"Run {self.id} has no saved weights for training stage {index + 1} ({name}): its training "
+                "did not finish, so there is nothing to finish from. Start a new run to train again."
+            )
+        outcome = self.read_json(f"checkpoints/{key}.json")
+        if not isinstance(outcome, dict):
+            raise RunError(f"Run {self.id}: checkpoints/{key}.json is damaged; start a new run.")
+        return self.load_weights(key), outcome
+
+    def saved_stages(self) -> list[str]:
+        folder = self.file("checkpoints")
+        return sorted(p.stem for p in folder.glob("stage*_*.json")) if folder.is_dir() else []
 
     def read_result(self) -> Any:
         import anndata

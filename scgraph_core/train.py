@@ -212,6 +212,12 @@ class Trainer:
         self.amp_dtype = resolve_precision(self.spec.precision, self.device)
         self.callbacks = list(callbacks)
         self.stop = stop if stop is not None else StopSignal()
+        # Stages are numbered in the order they run. ``keep(index, stage, outcome)`` is called after each one
+        # (the run folder saves the weights there, so a failure in the analysis never loses a trained model);
+        # with ``replay(index, stage) -> outcome`` set, a stage is not trained but loaded (``runs finish``).
+        self.keep: Callable[[int, Stage, StageOutcome], None] | None = None
+        self.replay: Callable[[int, Stage], StageOutcome] | None = None
+        self.stages_run = 0
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
         elif self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -237,6 +243,18 @@ class Trainer:
         return autocast(self.device, self.amp_dtype)
 
     def run_stage(self, stage: Stage) -> StageOutcome:
+        index = self.stages_run
+        self.stages_run += 1
+        if self.replay is not None:
+            outcome = self.replay(index, stage)
+            stage.module.eval()
+            return outcome
+        outcome = self._train_stage(stage)
+        if self.keep is not None:
+            self.keep(index, stage, outcome)
+        return outcome
+
+    def _train_stage(self, stage: Stage) -> StageOutcome:
         spec = self.spec
         best_state: dict[str, torch.Tensor] | None = None
         best_score, best_epoch = -math.inf, 0

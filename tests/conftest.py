@@ -32,3 +32,5 @@ def pbmc3k_path() -> Path:
 def _run_store_home(tmp_path_factory, monkeypatch):
     """Every test gets its own SCGRAPH_HOME, so no test touches a real run store."""
     monkeypatch.setenv("SCGRAPH_HOME", str(tmp_path_factory.mktemp("scgraph_home")))
+    # The app reads typed server paths only inside the data roots: the tests' files live in pytest's temp folder.
+    monkeypatch.setenv("SCGRAPH_DATA_ROOTS", str(tmp_path_factory.getbasetemp()))

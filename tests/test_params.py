@@ -96,3 +96,28 @@ def test_a_name_two_sections_declare_gets_its_own_flag(capsys):
         main(["train", "--model", "scvgae", "--help"])
     text = capsys.readouterr().out
     assert "--cluster-k" in text and "--model-n-pcs" in text
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused_in_every_parameter(value):
+    """--lr nan once passed validation and crashed training; an infinite whole number overflowed."""
+    from scgraph_core import pipeline
+    from scgraph_core.models import base
+
+    for model in base.available():
+        schema = base.get(model).Params
+        for info in params.describe(schema):
+            if info.kind in ("float", "floats", "int", "ints"):
+                with pytest.raises(ConfigError, match=info.name):
+                    params.from_dict(schema, {info.name: value})
+    with pytest.raises(ConfigError, match="lr must be"):
+        pipeline.resolve_config("cellvgae", "paper", {"model": {"lr": value}})
+
+
+def test_the_command_line_refuses_nan_before_reading_data(capsys):
+    from scgraph_core.__main__ import main
+
+    code = main(["train", "--model", "cellvgae", "--input", "/nonexistent.h5ad", "--lr", "nan"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "lr must be a finite number" in err and "Traceback" not in err

@@ -541,7 +541,6 @@ class Session:
         self.centres: Tensor | None = None
         self.dec: _DECModule | None = None
         self.dec_restart: dict[str, Any] | None = None
-        self._tripped: tuple[int, float] | None = None
 
     # ---- pieces of the loss ------------------------------------------------------------------------
 
@@ -647,9 +646,12 @@ class Session:
             return self._dec(init_labels, p.dec_lr, guard=0.0)
         before = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         outcome = self._dec(init_labels, p.dec_lr, guard=p.dec_guard)
-        if self._tripped is None:
+        # Read from the stage's last event, not from state set while training, so a replayed stage
+        # (``runs finish``) takes the same branch.
+        last = outcome.history[-1] if outcome.history else {}
+        if "dec_guard_tripped" not in last:
             return outcome
-        epoch, rise = self._tripped
+        epoch, rise = int(last["epoch"]), float(last["dec_guard_tripped"])
         self.net.load_state_dict(before)
         self.trainer.emit({"kind": "pipeline", "step": "dec_restart", "epoch": epoch, "rise": rise})
         self.dec_restart = {"epoch": epoch, "zinb_rise": rise, "lr": p.dec_lr / 10, "abandoned": outcome}
@@ -660,7 +662,6 @@ class Session:
 
         p, net = self.params, self.net
         self.dec = dec = _DECModule(net, self.centres).to(self.device)
-        self._tripped: tuple[int, float] | None = None
         frozen = net.decoder_parameters()
         for w in frozen:
             w.requires_grad_(False)
@@ -704,7 +705,7 @@ class Session:
                 event["silhouette"] = metrics.silhouette(z.cpu().numpy(), labels, sample=1000, seed=self.seed)
             rise = zinb_seen[-1] / zinb_seen[0] - 1.0
             if guard and rise > guard:
-                self._tripped = (epoch, rise)
+                event["dec_guard_tripped"] = rise
                 return True
             return done
 

@@ -75,7 +75,29 @@ def test_a_missing_server_path_is_explained(tmp_path):
     at.text_input(key="data_path").set_value(str(tmp_path / "nothing.h5ad")).run()
     at.button(key="load_path").click().run()
     assert not at.exception
-    assert "No file or folder at" in texts(at.error)[0]
+    assert "no dataset this server can open" in texts(at.error)[0]
+
+
+def test_server_files_outside_the_data_roots_are_never_read(tmp_path, monkeypatch):
+    """/etc/passwd, a planted .env and a file outside the roots: the same refusal, no content, demo kept."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / ".env").write_text("db_password=hunter2\n")
+    outside = tmp_path / "other_user_result.csv"
+    outside.write_text("gene,c1\nsecret_row_hunter2,1\n")
+    monkeypatch.setenv("SCGRAPH_DATA_ROOTS", str(root))
+    at = open_page("data")
+    at.radio[0].set_value("path").run()
+    answers = []
+    for typed in ("/etc/passwd", str(root / ".env"), str(outside), str(root / "absent.h5ad")):
+        at.text_input(key="data_path").set_value(typed).run()
+        at.button(key="load_path").click().run()
+        assert not at.exception
+        shown = " ".join(texts(at.error) + texts(at.caption) + texts(at.markdown))
+        assert "hunter2" not in shown and "root:x:0" not in shown
+        answers.append(texts(at.error)[0].replace(repr(typed), "<path>"))
+        assert at.session_state["dataset"]["path"] == "builtin:pbmc68k_reduced"  # nothing was loaded
+    assert len(set(answers)) == 1
 
 
 def test_preprocessing_choices_are_kept_as_overrides_of_the_preset():

@@ -71,7 +71,12 @@ def browser():
 def app_url(tmp_path_factory):
     home = tmp_path_factory.mktemp("browser_home")
     port = _free_port()
-    env = {**os.environ, "SCGRAPH_HOME": str(home), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {
+        **os.environ,
+        "SCGRAPH_HOME": str(home),
+        "SCGRAPH_DATA_ROOTS": str(tmp_path_factory.getbasetemp()),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
     log = open(home / "streamlit.log", "wb")
     proc = subprocess.Popen(
         [
