@@ -158,16 +158,22 @@ def top_genes(
     """Marker genes per cluster from P_μ and the latent dimensions the cluster drives (MODELS.md 1.6).
 
     1. Participation (:func:`latent_participation`, noise excluded). A cluster's dimensions are those
-       where its share is ≥ ``share_factor`` × the uniform share 100/C; the ``max_dims`` highest.
+       where its share is ≥ t = min(``share_factor`` × u, u + (100 − u) / 2), u = 100/C the uniform share;
+       the ``max_dims`` highest. The second term matters only for few clusters: 2 × u alone is 100 % at
+       C = 2 (every extreme cell in one cluster) and 67 % at C = 3, which real clusters rarely reach, so a
+       two- or three-cluster result got no markers; the threshold is at most halfway from u to 100 %
+       (75 % at C = 2). A cluster with no dimension above t takes its one highest-share dimension when
+       that share is above u.
     2. Per selected dimension, the ``n_genes`` genes with the largest **signed** P_μ value.
     3. ``appearances`` = in how many of the cluster's selected dimensions the gene is in that list.
-       Genes appearing at least twice are kept; genes appearing once are kept only if they are among
-       the ``global_top`` genes of P_μ (ranked by their largest signed value over all dimensions).
+       Genes appearing at least twice are kept; genes appearing once are kept when they are among
+       the ``global_top`` genes of P_μ (ranked by their largest signed value over all dimensions), or
+       when the cluster has a single selected dimension (no gene can appear twice there).
     4. ``score`` = the sum of the gene's signed P_μ values over the dimensions where it appeared.
 
     Returns columns cluster, gene, appearances, score, dimensions (the selected dimensions it appeared
     in, as text such as "3,17" so the table stores in h5ad); within each cluster the most important
-    first (appearances, then score, descending). A cluster with no selected dimension gives no rows.
+    first (appearances, then score, descending). With two or more clusters the table is never empty.
     """
     p = np.asarray(p_mu, dtype=np.float64)
     names = np.asarray(gene_names, dtype=object)
@@ -176,19 +182,22 @@ def top_genes(
     part = latent_participation(embedding, clusters)
     n_clusters = part.shape[1]
     global_set = set(_top_indices(p.max(axis=1), global_top).tolist())
-    threshold = share_factor * 100.0 / max(n_clusters, 1)
+    uniform = 100.0 / max(n_clusters, 1)
+    threshold = min(share_factor * uniform, uniform + (100.0 - uniform) / 2)
     records = []
     for cluster in part.columns:
         share = part[cluster].to_numpy()
         dims = np.flatnonzero(share >= threshold)
         dims = dims[np.argsort(-share[dims], kind="stable")][:max_dims]
+        if dims.size == 0 and share.size and share.max() > uniform:
+            dims = np.array([int(np.argmax(share))])
         found: dict[int, list[int]] = {}
         for dim in dims:
             for g in _top_indices(p[:, dim], n_genes):
                 found.setdefault(int(g), []).append(int(dim))
         rows = []
         for g, where in found.items():
-            if len(where) >= 2 or g in global_set:
+            if len(where) >= 2 or g in global_set or dims.size == 1:
                 rows.append(
                     (
                         cluster,
