@@ -7,6 +7,7 @@ read-only AnnData objects: pages must not modify them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from scgraph_core import data, graphs, interpret, plots
+from scgraph_core import data, graphs, interpret, plots, safe_read
 from scgraph_core.runs import Run
 
 
@@ -29,7 +30,7 @@ def source_stamp(source: dict[str, Any]) -> str:
     p = Path(path).expanduser()
     try:
         if p.is_dir():
-            stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+            stats = _folder_stats(p)
             return f"dir:{len(stats)}:{max((s.st_mtime for s in stats), default=0)}:{sum(s.st_size for s in stats)}"
         s = p.stat()
         return f"{s.st_mtime}:{s.st_size}"
@@ -37,9 +38,36 @@ def source_stamp(source: dict[str, Any]) -> str:
         return "missing"
 
 
+def _folder_stats(root: Path, depth: int = 2) -> list[os.stat_result]:
+    """Stats of the files the reader's 10x folder search can reach: two levels down, at most
+    ``data.MAX_SCAN_ENTRIES`` entries a level, so a path such as /usr is not walked on every rerun."""
+    stats: list[os.stat_result] = []
+    level = [root]
+    for _ in range(depth + 1):
+        budget = data.MAX_SCAN_ENTRIES
+        deeper: list[Path] = []
+        for folder in level:
+            if budget <= 0:
+                break
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in itertools.islice(entries, budget):
+                        budget -= 1
+                        if entry.is_dir():
+                            deeper.append(Path(entry.path))
+                        elif entry.is_file():
+                            stats.append(entry.stat())
+            except OSError:
+                continue
+        level = deeper
+    return stats
+
+
 @st.cache_resource(max_entries=3, show_spinner="Reading the dataset...")
 def _load_dataset(path: str, orientation: str, fmt: str | None, stamp: str):
-    return data.read(path, orientation=orientation, fmt=fmt)
+    # Files are read in a child process with time and memory limits, so no file can take the
+    # server down; the built-in demo is read here.
+    return safe_read.read_isolated(path, orientation=orientation, fmt=fmt)
 
 
 def dataset(source: dict[str, Any]):
