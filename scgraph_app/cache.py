@@ -7,6 +7,7 @@ read-only AnnData objects: pages must not modify them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from scgraph_core import data, graphs, interpret, plots, roots
+from scgraph_core import data, graphs, interpret, plots, roots, safe_read
 from scgraph_core.runs import Run
 
 
@@ -37,32 +38,36 @@ def source_stamp(source: dict[str, Any]) -> str:
         return "missing"
 
 
-_STAMP_ENTRIES = 2000  # a 10x folder holds a handful of files; a huge tree must not be walked on every rerun
-
-
-def _folder_stats(folder: Path, depth: int = 2) -> list[os.stat_result]:
-    """Stats of the files in ``folder`` and up to ``depth`` levels below (the reader looks no deeper),
-    at most ``_STAMP_ENTRIES`` entries in all."""
-    out: list[os.stat_result] = []
-    pending = [(folder, depth)]
-    seen = 0
-    while pending and seen < _STAMP_ENTRIES:
-        here, left = pending.pop()
-        with os.scandir(here) as entries:
-            for entry in entries:
-                seen += 1
-                if seen > _STAMP_ENTRIES:
-                    break
-                if entry.is_file():
-                    out.append(entry.stat())
-                elif left and entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                    pending.append((Path(entry.path), left - 1))
-    return out
+def _folder_stats(root: Path, depth: int = 2) -> list[os.stat_result]:
+    """Stats of the files the reader's 10x folder search can reach: two levels down, at most
+    ``data.MAX_SCAN_ENTRIES`` entries a level, so a path such as /usr is not walked on every rerun."""
+    stats: list[os.stat_result] = []
+    level = [root]
+    for _ in range(depth + 1):
+        budget = data.MAX_SCAN_ENTRIES
+        deeper: list[Path] = []
+        for folder in level:
+            if budget <= 0:
+                break
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in itertools.islice(entries, budget):
+                        budget -= 1
+                        if entry.is_dir():
+                            deeper.append(Path(entry.path))
+                        elif entry.is_file():
+                            stats.append(entry.stat())
+            except OSError:
+                continue
+        level = deeper
+    return stats
 
 
 @st.cache_resource(max_entries=3, show_spinner="Reading the dataset...")
 def _load_dataset(path: str, orientation: str, fmt: str | None, stamp: str):
-    return data.read(path, orientation=orientation, fmt=fmt)
+    # Files are read in a child process with time and memory limits, so no file can take the
+    # server down; the built-in demo is read here.
+    return safe_read.read_isolated(path, orientation=orientation, fmt=fmt)
 
 
 def checked_path(source: dict[str, Any]) -> str:

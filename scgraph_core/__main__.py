@@ -25,11 +25,17 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def _read_input(args: argparse.Namespace):
+def _read_input(args: argparse.Namespace, *, isolated: bool = False):
+    """The input file as AnnData; ``isolated`` reads it in a child process with time and memory
+    limits (:mod:`scgraph_core.safe_read`), so no file can end this process with a signal."""
     from . import data
 
     if args.input == "demo":
         return data.load_demo()
+    if isolated:
+        from .safe_read import read_isolated
+
+        return read_isolated(args.input, orientation=args.orientation, fmt=args.format)
     return data.read(args.input, orientation=args.orientation, fmt=args.format)
 
 
@@ -52,7 +58,8 @@ def _add_input(parser: argparse.ArgumentParser) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from . import data
 
-    adata = _read_input(args)
+    # inspect is what other tools call to vet a file: any file must end in exit 0 or 2, never a signal.
+    adata = _read_input(args, isolated=True)
     report = data.validate(adata, min_cells=args.min_cells)
     summary = data.summarize(adata)
     if args.json:

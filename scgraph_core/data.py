@@ -5,7 +5,10 @@ Three steps, in the order a user takes them:
 * :func:`read` turns a file (h5ad, 10x h5, 10x matrix folder or zip, csv/tsv, loom) into an
   ``AnnData`` with cells as rows, a float32 ``X`` (CSR when sparse or mostly zeros), unique names
   and ``uns["scgraph_source"]``. Every problem a user can cause becomes a :class:`DataError` that
-  says what is wrong and what to do. :func:`load_demo` gives the built-in demo dataset.
+  says what is wrong and what to do, without quoting the file's text. :func:`load_demo` gives the
+  built-in demo dataset. Files from people you do not control are read with
+  :func:`scgraph_core.safe_read.read_isolated`, which runs :func:`read` in a child process with time
+  and memory limits.
 * :func:`validate` / :func:`summarize` report what the data holds (raw counts, log-normalised or
   scaled values, empty cells and genes, duplicated names) without changing it.
 * :func:`prepare` applies a :class:`PrepareSpec` recipe (filters, normalisation, HVG and KHVG
@@ -19,6 +22,7 @@ import copy
 import csv
 import gzip
 import io
+import os
 import re
 import shutil
 import tempfile
@@ -42,6 +46,8 @@ from .params import from_dict, param, to_dict
 __all__ = [
     "DEMO_PATH",
     "FORMATS",
+    "MAX_SCAN_ENTRIES",
+    "MAX_TABLE_COLUMNS",
     "DataWarning",
     "PrepareSpec",
     "Prepared",
@@ -74,6 +80,13 @@ _SUPPORTED = (
 )
 _ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
 _TEXT_FORMATS = ("csv", "tsv")
+#: Most columns a text table may have: pandas makes one object per column, so a table of a million
+#: columns takes minutes and gigabytes to parse. Wider data belongs in a sparse format.
+MAX_TABLE_COLUMNS = 200_000
+# Longest first line or first data row read before parsing (characters, about bytes).
+_MAX_LINE_CHARS = 64 * 2**20
+# A zip of one 10x folder holds three files; far more is a listing to refuse, not to unpack.
+_ZIP_MAX_MEMBERS = 2_000
 
 # CSR stores 8 bytes per non-zero (value + column index) against 4 per dense float32 entry,
 # so below half non-zero it is both smaller and faster for the row-wise work done here.
@@ -125,10 +138,29 @@ def read(path: str | Path, *, orientation: str = "auto", fmt: str | None = None)
     ------
     DataError
         Missing or unreadable file, content that does not match the extension, an empty matrix,
-        non-numeric or missing values in a table, NaN/inf values, or an unsupported extension.
+        non-numeric or missing values in a table, NaN/inf values, or an unsupported extension;
+        a Matrix Market header whose sizes the name files or the file's own size cannot back (it
+        is checked before scipy reads the body); a text table wider than
+        :data:`MAX_TABLE_COLUMNS`. Messages give positions (line, field) and counts, never the
+        file's text.
+
+    Notes
+    -----
+    This reads in the caller's process, where a file built to exhaust memory can still end it;
+    :func:`scgraph_core.safe_read.read_isolated` is the same read in a child process with limits.
     """
     if fmt == "builtin" or str(path) == DEMO_PATH:
         return load_demo()
+    path, fmt = _resolve(path, orientation, fmt)
+    extra: dict[str, Any] = {}
+    adata = _read_any(path, fmt, orientation, extra)
+    # A .h5 that turned out to be an h5ad is recorded as what it is.
+    fmt = extra.pop("_format", fmt)
+    return _finish(adata, path.name, {"path": str(path.absolute()), "format": fmt, **extra})
+
+
+def _resolve(path: str | Path, orientation: str, fmt: str | None) -> tuple[Path, str]:
+    """The checks :func:`read` makes before opening anything: the path exists, the format is known."""
     if orientation not in _ORIENTATIONS:
         raise DataError(f"orientation must be one of {', '.join(_ORIENTATIONS)}; got {orientation!r}.")
     path = Path(path).expanduser()
@@ -141,11 +173,7 @@ def read(path: str | Path, *, orientation: str = "auto", fmt: str | None = None)
         fmt = _detect_format(path)
     elif fmt not in FORMATS:
         raise DataError(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")
-    extra: dict[str, Any] = {}
-    adata = _read_any(path, fmt, orientation, extra)
-    # A .h5 that turned out to be an h5ad is recorded as what it is.
-    fmt = extra.pop("_format", fmt)
-    return _finish(adata, path.name, {"path": str(path.absolute()), "format": fmt, **extra})
+    return path, fmt
 
 
 def _read_any(path: Path, fmt: str, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
@@ -168,14 +196,15 @@ def _read_any(path: Path, fmt: str, orientation: str, extra: dict[str, Any]) -> 
             return readers[fmt](path, orientation, extra)
     except DataError:
         raise
-    except MemoryError:
+    except MemoryError as exc:
+        # Chained, so a caller can tell running out of memory from a bad file.
         raise DataError(
             f"{path.name} does not fit in memory. Use a machine with more memory, or subset the "
             "data (fewer cells or genes) before loading it here."
-        ) from None
+        ) from exc
     except Exception as exc:  # any library failure is a file the user must fix
         raise DataError(
-            f"Could not read {path.name} as {FORMATS[fmt]}: {_short(exc)}. The file may be "
+            f"Could not read {path.name} as {FORMATS[fmt]} ({_reason(exc)}). The file may be "
             f"corrupt, truncated or in another format than its name says ({_sniff(path)}); "
             "check that the download or export finished, or pass the right fmt."
         ) from exc
@@ -207,10 +236,19 @@ def _detect_format(path: Path) -> str:
 
 
 def _short(exc: BaseException) -> str:
+    """The exception's type and first line; only for texts that cannot quote a user's file."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     first = first[:300]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """What a library said about a user's file, without its text: parsers quote the bytes they
+    choke on, so only the exception type and a line number (digits only) are kept."""
+    found = re.search(r"\bline (\d{1,12})\b", str(exc), re.IGNORECASE)
+    where = f" at line {found.group(1)}" if found else ""
+    return f"{type(exc).__name__}{where}"
 
 
 def _magic(path: Path) -> tuple[str, bytes]:
@@ -235,12 +273,15 @@ def _magic(path: Path) -> tuple[str, bytes]:
 
 
 def _sniff(path: Path) -> str:
-    """What a file looks like from its first bytes, for error messages."""
+    """What a file looks like from its first bytes, for error messages; never quotes them, since
+    the file may be any file on the server (a password file, a key) named to look like data."""
     kind, head = _magic(path)
     if kind == "text":
-        lines = head.decode("utf-8").splitlines()
-        first = lines[0][:40] if lines else ""
-        return f"it looks like a text file starting with {first!r}"
+        first = head.split(b"\n", 1)[0]
+        for sep, what in ((b"\t", "tab"), (b",", "comma")):
+            if sep in first:
+                return f"it looks like a text file with {what}-separated fields"
+        return "it looks like a text file"
     return {
         "folder": "it is a folder",
         "unreadable": "it cannot be opened",
@@ -280,10 +321,11 @@ def _read_h5ad(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnDat
     adata = ad.read_h5ad(path)
     if adata.X is None:
         if "counts" not in adata.layers:
-            layers = ", ".join(adata.layers) or "none"
+            # The layer names are the file's text: count them rather than list them.
             raise DataError(
-                f"{path.name} has no expression matrix in X (layers: {layers}). Save the file "
-                "with the matrix in X, or with a layer named 'counts'."
+                f"{path.name} has no expression matrix in X and no layer named 'counts' (it has "
+                f"{len(adata.layers)} other layer(s)). Save the file with the matrix in X, or "
+                "with a layer named 'counts'."
             )
         adata.X = adata.layers["counts"]
     if orientation == "genes_x_cells":
@@ -330,25 +372,78 @@ def _first_present(keys: set[str], candidates: Iterable[str]) -> str | None:
 
 _MTX_RE = re.compile(r"^(?P<prefix>.*?)matrix\.mtx(\.gz)?$", re.IGNORECASE)
 
+#: How many entries the 10x folder search looks at on each folder level (the folder given, then its
+#: sub-folders together, then theirs), so a path such as /usr is not walked in full on every rerun.
+MAX_SCAN_ENTRIES = 2_000
 
-def _mtx_files(folder: Path) -> list[Path]:
+
+@dataclass
+class _Scan:
+    """What a bounded folder search found, and whether it had to stop early."""
+
+    matrices: list[Path] = field(default_factory=list)
+    capped: bool = False
+
+    def advice(self) -> str:
+        if not self.capped:
+            return ""
+        return (
+            f" The search looked at only the first {MAX_SCAN_ENTRIES:,} entries of each folder level "
+            "and stopped there, so point to the 10x matrix folder itself rather than a large folder."
+        )
+
+
+def _list_folder(folder: Path, budget: int) -> tuple[list[os.DirEntry[str]], bool]:
+    """Up to ``budget`` entries of ``folder`` (in directory order) and whether more were left."""
+    entries: list[os.DirEntry[str]] = []
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and _MTX_RE.match(p.name))
+        with os.scandir(folder) as it:
+            for entry in it:
+                if len(entries) >= budget:
+                    return entries, True
+                entries.append(entry)
     except OSError:
-        return []
+        pass
+    return entries, False
 
 
-def _find_mtx(root: Path, depth: int = 2) -> list[Path]:
-    """Matrix files in ``root`` or up to ``depth`` folder levels below it (v2 nests genome dirs)."""
-    found = _mtx_files(root)
-    if found or depth == 0:
-        return found
-    out: list[Path] = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        if sub.name.startswith((".", "__MACOSX")):
-            continue
-        out.extend(_find_mtx(sub, depth - 1))
-    return out
+def _is(entry: os.DirEntry[str], kind: str) -> bool:
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return False
+
+
+def _find_mtx(root: Path, depth: int = 2) -> _Scan:
+    """Matrix files in ``root`` or up to ``depth`` folder levels below it (v2 nests genome dirs).
+
+    A folder holding a matrix is not searched further. Each level looks at no more than
+    :data:`MAX_SCAN_ENTRIES` entries in all; ``capped`` says when that cut the search short.
+    """
+    scan = _Scan()
+    level = [root]
+    for below in range(depth, -1, -1):
+        budget = MAX_SCAN_ENTRIES
+        deeper: list[Path] = []
+        for folder in level:
+            if budget <= 0:  # folders of this level left unlisted
+                scan.capped = True
+                break
+            entries, more = _list_folder(folder, budget)
+            budget -= len(entries)
+            scan.capped = scan.capped or more
+            found = [Path(e.path) for e in entries if _MTX_RE.match(e.name) and _is(e, "file")]
+            if found:
+                scan.matrices.extend(sorted(found))
+            elif below:
+                deeper.extend(
+                    Path(e.path)
+                    for e in entries
+                    if not e.name.startswith((".", "__MACOSX")) and _is(e, "dir")
+                )
+        level = sorted(deeper)
+    scan.matrices.sort()
+    return scan
 
 
 def _read_10x_mtx(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
@@ -359,14 +454,15 @@ def _read_10x_mtx(path: Path, orientation: str, extra: dict[str, Any]) -> ad.Ann
                 "matrix.mtx with features.tsv (or genes.tsv) and barcodes.tsv beside it, and "
                 "read that folder."
             )
-        matrices = [path]  # the user pointed at matrix.mtx itself
+        scan = _Scan([path])  # the user pointed at matrix.mtx itself
     else:
-        matrices = _find_mtx(path)
+        scan = _find_mtx(path)
+    matrices = scan.matrices
     if not matrices:
         raise DataError(
             f"No matrix.mtx or matrix.mtx.gz in {path.name} or its sub-folders. A 10x matrix "
             "folder holds matrix.mtx[.gz], features.tsv[.gz] (genes.tsv in older versions) and "
-            "barcodes.tsv[.gz]; point to that folder."
+            f"barcodes.tsv[.gz]; point to that folder.{scan.advice()}"
         )
     if len(matrices) > 1:
         listed = ", ".join(str(m.relative_to(path)) for m in matrices[:6])
@@ -381,12 +477,16 @@ def _read_10x_mtx(path: Path, orientation: str, extra: dict[str, Any]) -> ad.Ann
 
 
 def _companion(folder: Path, prefix: str, stems: tuple[str, ...]) -> Path | None:
-    by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
-    for stem in stems:
-        for suffix in (".tsv.gz", ".tsv"):
-            hit = by_name.get((prefix + stem + suffix).lower())
-            if hit is not None:
-                return hit
+    candidates = [prefix + stem + suffix for stem in stems for suffix in (".tsv.gz", ".tsv")]
+    for name in candidates:  # the usual spelling: no folder listing needed
+        if (folder / name).is_file():
+            return folder / name
+    entries, _ = _list_folder(folder, MAX_SCAN_ENTRIES)
+    by_name = {e.name.lower(): Path(e.path) for e in entries if _is(e, "file")}
+    for name in candidates:
+        hit = by_name.get(name.lower())
+        if hit is not None:
+            return hit
     return None
 
 
@@ -407,6 +507,141 @@ def _read_names(path: Path) -> pd.DataFrame:
     return table
 
 
+# Matrix Market header checks. scipy's reader trusts the size line: it allocates the claimed number of
+# entries up front, and a claim that cannot be met ends the whole process (SIGABRT from its C++ core)
+# rather than raising. So the banner and size line are read and checked here first.
+_MTX_FIELDS = ("real", "double", "integer", "unsigned-integer", "complex", "pattern")
+_MTX_SYMMETRIES = ("general", "symmetric", "skew-symmetric", "hermitian")
+_MTX_LINE_MAX = 4096
+_MTX_HEADER_MAX = 1 << 20  # comment lines before the size line; real files have a handful
+# The fewest bytes one stored entry can take: "i j\n" (a pattern entry) in coordinate format, "v\n"
+# in array format. Real entries are longer ("1234 5678 3\n"), so the bound never refuses a real file.
+_MTX_MIN_ENTRY_BYTES = {"coordinate": 4, "array": 2}
+# Deflate cannot expand data by more than 1032:1 (a 258-byte match costs at least 2 bits), so no gzip
+# file holds more than 1032 times its own size, however it is built; a bound on that hard limit never
+# refuses a real file. The gzip ISIZE trailer is not used: it is the size modulo 2**32 of the last
+# member only, so it is wrong for real files over 4 GiB and a hostile file sets it freely.
+_DEFLATE_MAX_RATIO = 1032
+
+
+@dataclass(frozen=True)
+class _MtxHeader:
+    layout: str  # "coordinate" or "array"
+    field: str
+    symmetry: str
+    rows: int
+    cols: int
+    entries: int  # values the body must hold
+
+
+def _mtx_problem(matrix: Path, what: str) -> DataError:
+    return DataError(
+        f"{matrix.name} is not a valid Matrix Market file: {what}. The file is corrupt, truncated "
+        "or not a matrix; copy matrix.mtx[.gz] again from the Cell Ranger output folder."
+    )
+
+
+def _mtx_header(matrix: Path) -> _MtxHeader:
+    """The banner and size line of a Matrix Market file, checked without reading its body."""
+    with _open_bytes(matrix) as fh:
+        banner = fh.readline(_MTX_LINE_MAX).split()
+        if len(banner) != 5 or banner[0].lower() != b"%%matrixmarket" or banner[1].lower() != b"matrix":
+            raise _mtx_problem(
+                matrix, "its first line is not '%%MatrixMarket matrix <format> <field> <symmetry>'"
+            )
+        layout, kind, symmetry = (t.decode("ascii", "replace").lower() for t in banner[2:])
+        if layout not in _MTX_MIN_ENTRY_BYTES or kind not in _MTX_FIELDS or symmetry not in _MTX_SYMMETRIES:
+            raise _mtx_problem(
+                matrix,
+                "its first line names an unknown format, field or symmetry (expected coordinate or "
+                f"array; {', '.join(_MTX_FIELDS)}; {', '.join(_MTX_SYMMETRIES)})",
+            )
+        seen = 0
+        while True:
+            line = fh.readline(_MTX_LINE_MAX)
+            seen += len(line)
+            if not line:
+                raise _mtx_problem(matrix, "it ends before its size line")
+            if seen > _MTX_HEADER_MAX:
+                raise _mtx_problem(matrix, "no size line in its first MB")
+            line = line.strip()
+            if line and not line.startswith(b"%"):
+                break
+    want = 3 if layout == "coordinate" else 2
+    tokens = line.split()
+    if len(tokens) != want or not all(re.fullmatch(rb"\d{1,18}", t) for t in tokens):
+        numbers = "rows, columns and stored entries" if want == 3 else "rows and columns"
+        raise _mtx_problem(matrix, f"its size line must hold {want} whole numbers ({numbers})")
+    rows, cols = int(tokens[0]), int(tokens[1])
+    if layout == "coordinate":
+        entries = int(tokens[2])
+    elif symmetry == "general":
+        entries = rows * cols
+    elif rows != cols:
+        raise _mtx_problem(matrix, f"a {symmetry} matrix must be square, but it is {rows} x {cols}")
+    else:  # only the lower triangle is stored
+        entries = rows * (rows + 1) // 2 if symmetry != "skew-symmetric" else rows * (rows - 1) // 2
+    return _MtxHeader(layout, kind, symmetry, rows, cols, entries)
+
+
+def _physical_memory() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except (ImportError, OSError):
+        return None
+
+
+def _check_mtx_header(matrix: Path, header: _MtxHeader) -> None:
+    """Refuse a size line the file cannot back: more entries than cells, bytes or memory allow."""
+    if header.layout == "coordinate" and header.entries > header.rows * header.cols:
+        raise _mtx_problem(
+            matrix,
+            f"its size line claims {header.entries:,} stored values in a {header.rows:,} x "
+            f"{header.cols:,} matrix, more than it has entries",
+        )
+    size = matrix.stat().st_size
+    with open(matrix, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    most = size * _DEFLATE_MAX_RATIO if gzipped else size
+    need = header.entries * _MTX_MIN_ENTRY_BYTES[header.layout]
+    if need > most:
+        stored = "stored values" if header.layout == "coordinate" else "values (dense array format)"
+        held = f"{size:,} bytes{' of gzip' if gzipped else ''}"
+        raise _mtx_problem(
+            matrix,
+            f"its size line claims {header.entries:,} {stored}, which take at least {need:,} bytes, "
+            f"but the file is {held}" + (", which cannot unpack to that much" if gzipped else ""),
+        )
+    need = _mtx_scipy_bytes(header)
+    total = _physical_memory()
+    if total and 2 * need > total:  # scipy's arrays, then the CSR copy made from them
+        raise DataError(
+            f"{matrix.name} holds {header.entries:,} values, which need about "
+            f"{2 * need / 2**30:,.0f} GB to read, more than this machine's {total / 2**30:,.0f} GB "
+            "of memory. Read it on a machine with more memory, or subset it (fewer cells) before "
+            "loading it here."
+        )
+    # scipy allocates its arrays after its C++ reader has started on the file; if that allocation
+    # fails, the reader's threads are left on a closed file and abort the process. Asking for the
+    # same bytes here first turns a shortfall (a memory limit, a busy machine) into a MemoryError
+    # that read() reports; the block is never touched, so it costs no physical memory.
+    probe = np.empty(need, dtype=np.uint8)
+    del probe
+
+
+def _mtx_scipy_bytes(header: _MtxHeader) -> int:
+    """Bytes scipy's mmread allocates for the arrays of this matrix."""
+    value = 16 if header.field == "complex" else 8
+    if header.layout == "array":
+        return header.rows * header.cols * value
+    index = 8 if max(header.rows, header.cols) >= 2**31 else 4
+    per_entry = 2 * index + value
+    # A symmetric matrix is mirrored with concatenated copies: about three times the stored arrays.
+    return header.entries * per_entry * (1 if header.symmetry == "general" else 3)
+
+
 def _read_mtx_set(matrix: Path) -> ad.AnnData:
     folder = matrix.parent
     prefix = _MTX_RE.match(matrix.name).group("prefix")  # type: ignore[union-attr]
@@ -424,21 +659,26 @@ def _read_mtx_set(matrix: Path) -> ad.AnnData:
             "Copy the complete folder written by Cell Ranger."
         )
     assert features is not None and barcodes is not None
-    with _open_bytes(matrix) as fh:
-        m = scipy.io.mmread(fh)
+    # The two small name files first: they say what size the matrix must have.
     genes = _read_names(features)
     cells = _read_names(barcodes)
     n_genes, n_cells = len(genes), len(cells)
+    header = _mtx_header(matrix)
+    if (header.rows, header.cols) not in ((n_genes, n_cells), (n_cells, n_genes)):
+        raise DataError(
+            f"{matrix.name} is {header.rows} x {header.cols}, but {features.name} lists {n_genes} "
+            f"genes and {barcodes.name} {n_cells} cells: the three files do not belong together. "
+            "Copy all three from the same Cell Ranger output folder."
+        )
+    _check_mtx_header(matrix, header)
+    with _open_bytes(matrix) as fh:
+        m = scipy.io.mmread(fh)
     if m.shape == (n_genes, n_cells):
         X = sp.csr_matrix(m.T)  # 10x stores genes x cells
     elif m.shape == (n_cells, n_genes):
         X = sp.csr_matrix(m)
-    else:
-        raise DataError(
-            f"{matrix.name} is {m.shape[0]} x {m.shape[1]}, but {features.name} lists {n_genes} "
-            f"genes and {barcodes.name} {n_cells} cells: the three files do not belong together. "
-            "Copy all three from the same Cell Ranger output folder."
-        )
+    else:  # the header was checked; only a reader disagreeing with it gets here
+        raise _mtx_problem(matrix, "its body does not match its size line")
     var = pd.DataFrame(index=pd.Index(genes.iloc[:, 1 if genes.shape[1] > 1 else 0], dtype=str))
     var["gene_ids"] = genes.iloc[:, 0].to_numpy(dtype=str)
     if genes.shape[1] > 2:
@@ -469,11 +709,18 @@ def _read_zip(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData
         )
     with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory(prefix="scgraph_zip_") as tmp:
         members = zf.infolist()
-        bad = [m.filename for m in members if _unsafe_member(m.filename)]
-        if bad:
+        if len(members) > _ZIP_MAX_MEMBERS:
             raise DataError(
-                f"{path.name} contains unsafe paths ({', '.join(bad[:3])}): absolute paths and "
-                "'..' are refused. Zip the matrix folder itself, with relative paths."
+                f"{path.name} holds {len(members):,} files; a zip of one 10x matrix folder holds "
+                f"three, and more than {_ZIP_MAX_MEMBERS:,} are refused. Zip one sample's matrix "
+                "folder, or unzip the archive and read that folder."
+            )
+        # Member names are the archive's text: count them rather than list them.
+        n_bad = sum(_unsafe_member(m.filename) for m in members)
+        if n_bad:
+            raise DataError(
+                f"{path.name} contains {n_bad} unsafe path(s): absolute paths and '..' are "
+                "refused. Zip the matrix folder itself, with relative paths."
             )
         total = sum(m.file_size for m in members)
         if total > shutil.disk_usage(tmp).free:
@@ -483,17 +730,20 @@ def _read_zip(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData
             )
         zf.extractall(tmp)
         root = Path(tmp)
-        matrices = _find_mtx(root)
+        matrices = _find_mtx(root).matrices
         if len(matrices) == 1:
             if matrices[0].parent != root:
                 extra["member"] = str(matrices[0].parent.relative_to(root))
             return _read_mtx_set(matrices[0])
         if len(matrices) > 1:
-            listed = ", ".join(str(m.relative_to(root)) for m in matrices[:6])
-            raise DataError(f"{path.name} holds several 10x matrices ({listed}); zip one sample at a time.")
+            raise DataError(f"{path.name} holds {len(matrices)} 10x matrices; zip one sample at a time.")
         # Not a 10x folder: accept a zip that wraps exactly one other supported file.
-        inner = [p for p in root.rglob("*") if p.is_file() and "__MACOSX" not in p.parts]
-        readable = [p for p in inner if _format_or_none(p) not in (None, "zip", "10x_mtx")]
+        inner = [
+            root / m.filename
+            for m in members
+            if not m.is_dir() and "__MACOSX" not in PurePosixPath(m.filename.replace("\\", "/")).parts
+        ]
+        readable = [p for p in inner if p.is_file() and _format_or_none(p) not in (None, "zip", "10x_mtx")]
         if len(readable) != 1:
             raise DataError(
                 f"{path.name} holds no 10x matrix folder (matrix.mtx[.gz], features.tsv or "
@@ -567,6 +817,61 @@ def _split_header(line: str, sep: str) -> list[str]:
     return next(csv.reader([line], delimiter=sep))
 
 
+def _n_fields(line: str, sep: str) -> int:
+    """Fields in a line, counted without splitting it (quoted separators count too: an upper bound)."""
+    return len(line.split()) if sep == r"\s+" else line.count(sep) + 1
+
+
+class _Prepend(io.TextIOBase):
+    """A text stream that gives ``head`` first and then the rest of ``stream``: lets pandas parse a
+    line that was already read to check it, without reading the file twice."""
+
+    def __init__(self, head: str, stream: IO[str]) -> None:
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        if not self._head:
+            return self._stream.read(size)
+        if size is None or size < 0:
+            out, self._head = self._head + self._stream.read(), ""
+            return out
+        out, self._head = self._head[:size], self._head[size:]
+        return out
+
+    def readline(self, size: int | None = -1) -> str:
+        if not self._head:
+            return self._stream.readline(size)
+        return self.read(len(self._head) if size is None or size < 0 else min(size, len(self._head)))
+
+
+def _too_wide(fname: str, n_fields: int, where: str) -> DataError:
+    return DataError(
+        f"{fname} has {n_fields:,} fields in its {where}, more than the {MAX_TABLE_COLUMNS:,} columns "
+        "a text table may have here (so wide a table takes minutes and gigabytes to parse). Save "
+        "it the other way round (transposed, so the longer axis runs down the rows), or in a "
+        "sparse format such as .h5ad or a 10x matrix folder."
+    )
+
+
+def _next_line(text: IO[str], fname: str, where: str) -> tuple[str, int]:
+    """The next non-blank line (bounded in length) and how many lines were read to find it."""
+    n_read = 0
+    while True:
+        line = text.readline(_MAX_LINE_CHARS)
+        n_read += 1
+        if len(line) >= _MAX_LINE_CHARS and not line.endswith("\n"):
+            raise DataError(
+                f"The {where} of {fname} is longer than {_MAX_LINE_CHARS // 2**20} MB. A table this "
+                "wide cannot be read as text: save it transposed, or as .h5ad or a 10x matrix folder."
+            )
+        if not line or line.strip():
+            return line, n_read
+
+
 def _read_table(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnData:
     if _magic(path)[0] in ("hdf5", "zip", "binary"):
         raise DataError(
@@ -575,24 +880,36 @@ def _read_table(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnDa
         )
     name = path.name.lower()
     preferred = "," if name.endswith((".csv", ".csv.gz")) else "\t"
+    not_utf8 = DataError(f"{path.name} is not UTF-8 text. Save the table as UTF-8 csv/tsv and load it again.")
     with _open_bytes(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         try:
-            header = text.readline()
-            while header and not header.strip():
-                header = text.readline()
+            header, header_line = _next_line(text, path.name, "first line")
+            header = header.rstrip("\r\n")
+            if not header.strip():
+                raise DataError(
+                    f"{path.name} is empty (0 cells, 0 genes). Export the expression table again."
+                )
+            sep = _pick_separator(header, preferred)
+            # Both the header and the first data row are checked before pandas parses anything:
+            # pandas makes one column object per field, so a million fields take minutes.
+            if _n_fields(header, sep) > MAX_TABLE_COLUMNS + 1:
+                raise _too_wide(path.name, _n_fields(header, sep), "first line")
+            first, skipped = _next_line(text, path.name, "first data row")
         except UnicodeDecodeError:
+            raise not_utf8 from None
+        if not first:
             raise DataError(
-                f"{path.name} is not UTF-8 text. Save the table as UTF-8 csv/tsv and load it again."
-            ) from None
-        header = header.rstrip("\r\n")
-        if not header.strip():
-            raise DataError(f"{path.name} is empty (0 cells, 0 genes). Export the expression table again.")
-        sep = _pick_separator(header, preferred)
+                f"{path.name} has a header row but no data rows: the matrix is empty "
+                "(0 rows). Export the expression values, not only the names."
+            )
+        if _n_fields(first, sep) > MAX_TABLE_COLUMNS + 1:
+            raise _too_wide(path.name, _n_fields(first, sep), "first data row")
+        first_line = header_line + skipped  # line number of the first data row in the file
         names = [h.strip() for h in _split_header(header, sep)]
         try:
             table = pd.read_csv(
-                text,
+                _Prepend(first, text),
                 sep=sep,
                 header=None,
                 index_col=0,
@@ -606,13 +923,12 @@ def _read_table(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnDa
                 "(0 rows). Export the expression values, not only the names."
             ) from None
         except UnicodeDecodeError:
-            raise DataError(
-                f"{path.name} is not UTF-8 text. Save the table as UTF-8 csv/tsv and load it again."
-            ) from None
+            raise not_utf8 from None
         except pd.errors.ParserError as exc:
             raise DataError(
-                f"{path.name} has rows of different lengths ({_short(exc)}). Every row needs a "
-                "name followed by one value per column; check for stray separators or quotes."
+                f"{path.name} has rows of different lengths{_ragged_where(exc, first_line - 1)}. "
+                "Every row needs a name followed by one value per column; check for stray "
+                "separators or quotes."
             ) from None
     n_rows, n_cols = table.shape
     if n_cols == len(names) - 1:
@@ -632,12 +948,12 @@ def _read_table(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnDa
         )
     if _looks_numeric_header(col_names):
         raise DataError(
-            f"The first line of {path.name} looks like data ({', '.join(col_names[:3])} …), not "
-            "names. Add a header row with the gene or cell names."
+            f"The first line of {path.name} looks like data (numbers with decimals), not names. "
+            "Add a header row with the gene or cell names."
         )
     row_names = [str(r) for r in table.index]
     table.columns = pd.RangeIndex(n_cols)
-    values = _numeric_values(table, row_names, col_names, path.name)
+    values = _numeric_values(table, path.name, first_line)
 
     if orientation == "auto":
         orientation, reason, guessed = _guess_orientation(row_names, col_names)
@@ -664,6 +980,16 @@ def _read_table(path: Path, orientation: str, extra: dict[str, Any]) -> ad.AnnDa
     )
 
 
+def _ragged_where(exc: BaseException, lines_before: int) -> str:
+    """Where pandas found a row of the wrong length, from the numbers of its message only (the
+    message's other text may quote the file)."""
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if not found:
+        return ""
+    expected, line, saw = (int(g) for g in found.groups())
+    return f": line {line + lines_before} has {saw} fields where {expected} were expected"
+
+
 def _looks_numeric_header(names: list[str]) -> bool:
     def is_fraction(text: str) -> bool:
         try:
@@ -674,14 +1000,15 @@ def _looks_numeric_header(names: list[str]) -> bool:
     return bool(names) and all(is_fraction(n) for n in names[:20])
 
 
-def _numeric_values(
-    table: pd.DataFrame, row_names: list[str], col_names: list[str], fname: str
-) -> np.ndarray:
-    """The table as float32, or a DataError naming the first non-numeric or missing cell."""
-    for j in range(table.shape[1]):
+def _numeric_values(table: pd.DataFrame, fname: str, first_line: int) -> np.ndarray:
+    """The table as float32, or a DataError giving the line and field of the first bad value.
+
+    The messages say what is wrong and where, never what the cell holds: the file may be any text
+    file on the server, read as a table.
+    """
+    kinds = np.array([dtype.kind for dtype in table.dtypes])
+    for j in np.flatnonzero(~np.isin(kinds, ["i", "u", "f"])):  # only columns pandas left as text
         column = table[j]
-        if column.dtype.kind in "iuf":
-            continue
         numeric = pd.to_numeric(column, errors="coerce") if column.dtype.kind == "O" else None
         if numeric is None:
             bad = np.zeros(len(column), dtype=bool)
@@ -690,13 +1017,14 @@ def _numeric_values(
             bad = (numeric.isna() & column.notna()).to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            value = str(column.iloc[i])
-            hint = " Use '.' as the decimal separator." if re.fullmatch(r"-?\d+,\d+", value) else ""
+            if re.fullmatch(r"\s*-?\d+,\d+\s*", str(column.iloc[i])):
+                problem = "a decimal comma where a number was expected (use '.' as the decimal separator)"
+            else:
+                problem = "text where a number was expected"
             raise DataError(
-                f"{fname} holds a value that is not a number: {value!r} in row {row_names[i]!r}, "
-                f"column {col_names[j]!r} (line {i + 2} of the file). Only the first column and "
-                "the header row may hold names; remove annotation columns or text and save them "
-                f"in a separate file.{hint}"
+                f"{fname} holds {problem} at line {first_line + i}, field {j + 2}. Only the first "
+                "column and the header row may hold names; remove annotation columns or text and "
+                "save them in a separate file."
             )
         table[j] = numeric
     values = table.to_numpy(dtype=np.float32)
@@ -704,10 +1032,11 @@ def _numeric_values(
     if not finite.all():
         i, j = np.argwhere(~finite)[0]
         n_bad = int((~finite).sum())
+        kind = "missing (empty or NA)" if np.isnan(values[i, j]) else "infinite"
         raise DataError(
-            f"{fname} has {n_bad} missing (empty/NA) or infinite value(s); the first is in row "
-            f"{row_names[i]!r}, column {col_names[j]!r} (line {i + 2} of the file). Fill missing "
-            "values with 0 or remove those rows/columns, then load the file again."
+            f"{fname} has {n_bad} missing (empty/NA) or infinite value(s); the first, at line "
+            f"{first_line + i}, field {j + 2}, is {kind}. Fill missing values with 0 or remove "
+            "those rows/columns, then load the file again."
         )
     return values
 
@@ -743,16 +1072,15 @@ def _n_nonfinite(X: np.ndarray | sp.spmatrix) -> int:
     return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
-def _unique_names(names: pd.Index) -> tuple[pd.Index, int, tuple[str, str] | None]:
-    """Names made unique with -1, -2 … suffixes; also how many changed and one example."""
+def _unique_names(names: pd.Index) -> tuple[pd.Index, int]:
+    """Names made unique with -1, -2 … suffixes; also how many changed."""
     values = [str(v) for v in names]
     original = set(values)
     if len(original) == len(values):
-        return pd.Index(values), 0, None
+        return pd.Index(values), 0
     taken: set[str] = set()
     counters: dict[str, int] = {}
     out: list[str] = []
-    example = None
     for v in values:
         if v not in taken:
             taken.add(v)
@@ -767,19 +1095,18 @@ def _unique_names(names: pd.Index) -> tuple[pd.Index, int, tuple[str, str] | Non
         counters[v] = k
         taken.add(candidate)
         out.append(candidate)
-        example = example or (v, candidate)
-    return pd.Index(out), len(values) - len(original), example
+    return pd.Index(out), len(values) - len(original)
 
 
 def _dedupe(adata: ad.AnnData, fname: str) -> None:
     for axis, what in (("obs", "cell"), ("var", "gene")):
         index = getattr(adata, f"{axis}_names")
-        new, n_dup, example = _unique_names(index)
+        new, n_dup = _unique_names(index)
         if n_dup:
-            assert example is not None
+            # No example name: names are the file's text, and the file may not be a dataset at all.
             warnings.warn(
                 f"{fname}: {n_dup} duplicated {what} name(s) were made unique by adding -1, -2 … "
-                f"(for example {example[0]!r} became {example[1]!r}).",
+                "to the repeats.",
                 DataWarning,
                 stacklevel=4,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,13 @@ from scgraph_core.__main__ import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scgraph_core", *args], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "scgraph_core", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -67,6 +72,40 @@ def test_inspect_nan_values_exit_2(tmp_path):
     proc = _cli("inspect", str(path))
     assert proc.returncode == 2
     assert "NaN" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_inspect_of_hostile_mtx_exits_2_with_one_message(tmp_path):
+    # A 10x folder whose matrix.mtx claims 1e11 values: scipy's reader used to abort the process.
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "features.tsv").write_text("".join(f"ENSG{i:011d}\tG{i}\n" for i in range(3)))
+    (folder / "barcodes.tsv").write_text("".join(f"CELL{i}-1\n" for i in range(5)))
+    (folder / "matrix.mtx").write_text(
+        "%%MatrixMarket matrix coordinate integer general\n3 5 100000000000\n1 1 1\n"
+    )
+    proc = _cli("inspect", str(folder))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: matrix.mtx is not a valid Matrix Market file")
+    assert proc.stdout == ""
+
+
+def test_inspect_reads_in_a_child_with_limits(tmp_path):
+    path = _counts_file(tmp_path / "x.h5ad")
+    proc = _cli("inspect", str(path), env={"SCGRAPH_READ_TIMEOUT_S": "0.05"})
+    assert proc.returncode == 2
+    assert "took longer than 0.05 s" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_inspect_turns_a_killed_reader_into_exit_2(tmp_path, capsys, monkeypatch):
+    from scgraph_core import safe_read
+
+    path = _counts_file(tmp_path / "x.h5ad")
+    abort = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGABRT)"]
+    monkeypatch.setattr(safe_read, "_child_command", lambda folder: abort)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the reader stopped (signal SIGABRT)" in err and "Traceback" not in err
 
 
 def test_inspect_missing_file(capsys):

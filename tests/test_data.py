@@ -257,8 +257,13 @@ def test_corrupt_mtx(tmp_path):
         tmp_path / "m", counts_matrix(), barcodes(N_CELLS), gene_names(N_GENES), v3=True, gz=False
     )
     (folder / "matrix.mtx").write_text("%%MatrixMarket matrix coordinate integer general\n3 x\n")
-    with pytest.raises(DataError, match="Could not read m as a 10x Genomics matrix folder"):
+    with pytest.raises(DataError, match="not a valid Matrix Market file: its size line"):
         read(folder)
+    body = "1 1 1\nsecret words here\n3 3 3\n"
+    (folder / "matrix.mtx").write_text(f"%%MatrixMarket matrix coordinate integer general\n12 30 3\n{body}")
+    with pytest.raises(DataError, match="Could not read m as a 10x Genomics matrix folder") as err:
+        read(folder)
+    assert "secret" not in str(err.value)
 
 
 def _table_text(X: np.ndarray, rows: list[str], cols: list[str], sep: str) -> str:
@@ -394,19 +399,21 @@ def test_empty_matrices(tmp_path):
 def test_non_numeric_cell_names_row_and_column(tmp_path):
     path = tmp_path / "text.csv"
     path.write_text(",g1,g2,g3\ncellA,1,2,3\ncellB,4,abc,6\n")
-    with pytest.raises(DataError, match=r"'abc' in row 'cellB', column 'g2' \(line 3"):
+    with pytest.raises(DataError, match=r"text where a number was expected at line 3, field 3") as err:
         read(path)
+    assert "abc" not in str(err.value) and "cellB" not in str(err.value)
     decimal_comma = tmp_path / "comma.tsv"
     decimal_comma.write_text("\tg1\tg2\ncellA\t1,5\t2\n")
-    with pytest.raises(DataError, match="decimal separator"):
+    with pytest.raises(DataError, match="decimal comma .*line 2, field 2") as err:
         read(decimal_comma)
+    assert "1,5" not in str(err.value)
 
 
 @pytest.mark.parametrize("bad", ["", "NA", "inf"])
 def test_missing_or_infinite_values(tmp_path, bad):
     path = tmp_path / "nan.csv"
     path.write_text(f",g1,g2\ncellA,1,2\ncellB,{bad},3\n")
-    with pytest.raises(DataError, match=r"missing .* or infinite.*row 'cellB', column 'g1'.*Fill"):
+    with pytest.raises(DataError, match=r"missing .* or infinite.*line 3, field 2.*Fill"):
         read(path)
 
 
