@@ -145,6 +145,7 @@ def execute(
     callbacks = list(callbacks)
     if run is not None:
         callbacks.insert(0, run.append_event)
+        callbacks.insert(1, lambda event: run.heartbeat())  # at most every few seconds
         if stop is None:
             stop = StopSignal(run.stop_requested)
         run.set_status("running", "preparing data")
