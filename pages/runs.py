@@ -11,6 +11,27 @@ import streamlit as st
 
 from scgraph_app import state, ui
 from scgraph_core import jobs
+from scgraph_core.errors import RunError
+from scgraph_core.runs import Run
+
+
+def _number(value):
+    """A number from a run's JSON file, or None: the files are read, never trusted."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _section(record: dict, key: str) -> dict:
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _object(run: Run, name: str) -> dict:
+    """A JSON object file of the run ({} when it is missing or damaged)."""
+    try:
+        return run.read_object(name) or {}
+    except RunError:
+        return {}
+
 
 ui.header(
     "Runs", "Every training kept on disk: open one to explore it, manage it, or download its results.", "runs"
@@ -26,29 +47,28 @@ with ui.guard("the run list"):
         )
     rows = []
     for info in infos:
-        run = state.store().open(info.id)
-        cfg = run.config or {}
-        m = run.read_json("metrics.json", {}) or {}
-        model_params = cfg.get("model_params") or {}
+        run = Run(info.path)
+        cfg = run.config
+        m = _object(run, "metrics.json")
+        seconds = _number(m.get("seconds_total"))
         rows.append(
             {
                 "name": info.name,
-                "status": jobs.status(run).get("state", info.state),
+                "status": info.state,
                 "model": info.model,
                 "dataset": info.dataset,
                 "created": pd.Timestamp(info.created, unit="s", tz="UTC").tz_convert(None)
                 if info.created
                 else pd.NaT,
-                "preset": cfg.get("preset", ""),
-                "epochs": m.get("epochs_run", model_params.get("epochs")),
-                "k": (cfg.get("graph") or {}).get("k"),
-                "seed": (cfg.get("train") or {}).get("seed"),
-                "ARI": m.get("ari"),
-                "NMI": m.get("nmi"),
-                "clusters": m.get("n_clusters"),
-                "minutes": (m["seconds_total"] / 60.0)
-                if isinstance(m.get("seconds_total"), (int, float))
-                else None,
+                "preset": cfg["preset"] if isinstance(cfg.get("preset"), str) else "",
+                "epochs": _number(m.get("epochs_run", _section(cfg, "model_params").get("epochs"))),
+                "k": _number(_section(cfg, "graph").get("k")),
+                "seed": _number(_section(cfg, "train").get("seed")),
+                "ARI": _number(m.get("ari")),
+                "NMI": _number(m.get("nmi")),
+                "clusters": _number(m.get("n_clusters")),
+                "minutes": seconds / 60.0 if seconds is not None else None,
+                "problem": info.damage,
                 "id": info.id,
             }
         )
@@ -69,10 +89,19 @@ with ui.guard("the run list"):
             "minutes": st.column_config.NumberColumn(
                 "minutes", format="%.1f", help="Wall time of the whole run."
             ),
+            "problem": st.column_config.TextColumn(
+                "problem",
+                help="Why a damaged run's files cannot be trusted; pick it below to delete it.",
+            ),
             "id": st.column_config.TextColumn("folder", help="The run's folder name in the run store."),
         },
     )
-    st.caption(f"{len(infos)} run(s) in {ui.md(state.store().root)}. Click a row to manage that run.")
+    damaged = sum(i.damaged for i in infos)
+    st.caption(
+        f"{len(infos)} run(s) in {ui.md(state.store().root)}"
+        + (f", {damaged} of them damaged" if damaged else "")
+        + ". Click a row to manage that run."
+    )
     picked_rows = (event or {}).get("selection", {}).get("rows", []) if event else []
     ids = [i.id for i in infos]
     if picked_rows:
@@ -92,14 +121,22 @@ with ui.guard("the run list"):
     )
 
 with ui.guard("the run's actions"):
+    info = by_id[run_id]
     run = state.store().open(run_id)
     status = jobs.status(run)
-    st.markdown(f"### {ui.STATE_ICONS.get(status.get('state'), '')} {ui.md(run.meta.get('name', run.id))}")
+    shown = info.state if info.state == "damaged" else status["state"]
+    st.markdown(f"### {ui.STATE_ICONS.get(shown, '')} {ui.md(info.name)}")
     message = status.get("message") or ""
-    if status.get("state") == "failed":
+    if info.damaged:
+        st.warning(
+            f"**This run is damaged:** {ui.md(info.damage)} Its files cannot be trusted; delete it "
+            "(the other runs are not affected).",
+            icon=":material/report:",
+        )
+    elif status["state"] == "failed":
         st.error(ui.md(message), icon=":material/error:")
     elif message:
-        st.caption(f"{status.get('state')}: {ui.md(message)}")
+        st.caption(f"{status['state']}: {ui.md(message)}")
     has_result = run.file("result.h5ad").exists()
     c = st.columns(4)
     if c[0].button(
@@ -129,7 +166,10 @@ with ui.guard("the run's actions"):
         st.toast("Stop requested; the run ends after its current epoch.")
         st.rerun()
     with c[3].popover(
-        "Delete", icon=":material/delete:", disabled=running, help="Remove the run folder from disk."
+        "Delete",
+        icon=":material/delete:",
+        disabled=run.alive(status),
+        help="Remove the run folder from disk.",
     ):
         st.write("This removes the run's folder and everything in it.")
         sure = st.checkbox(
@@ -146,13 +186,16 @@ with ui.guard("the run's actions"):
     r = st.columns([3, 1])
     new_name = r[0].text_input(
         "Rename",
-        value=run.meta.get("name", run.id),
+        value=info.name,
         key=f"rename:{run.id}",
         max_chars=120,
-        help="The name shown in the run lists; the folder keeps its id.",
+        disabled=info.damaged,
+        help="The name shown in the run lists; the folder keeps its id. A damaged run cannot be renamed.",
     )
     r[1].write("")
-    if r[1].button("Save name", key="run_rename", disabled=new_name.strip() == run.meta.get("name", "")):
+    if r[1].button(
+        "Save name", key="run_rename", disabled=info.damaged or new_name.strip() == run.meta.get("name", "")
+    ):
         state.store().rename(run.id, new_name)
         st.toast("Renamed.")
         st.rerun()
@@ -215,7 +258,7 @@ with ui.guard("the downloads"):
             mime="application/json",
             key="dl_cfg",
         )
-    metrics = run.read_json("metrics.json", {}) or {}
+    metrics = _object(run, "metrics.json")
     if metrics:
         with st.expander("Scores and timings (metrics.json)"):
             st.json(metrics, expanded=1)

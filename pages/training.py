@@ -156,6 +156,11 @@ def run_view(run_id: str) -> None:
             )
         elif p.state == "stopped":
             st.warning(f"Stopped: {ui.md(p.message)}.", icon=":material/stop_circle:")
+        elif p.state == "damaged":
+            st.warning(
+                f"**This run is damaged:** {ui.md(p.message)} The Runs page deletes it.",
+                icon=":material/report:",
+            )
         else:
             st.error(f"Failed: {ui.md(p.message)}", icon=":material/error:")
             tail = jobs.log_tail(run)

@@ -7,7 +7,7 @@ import os
 import streamlit as st
 
 from scgraph_core import jobs
-from scgraph_core.runs import Run
+from scgraph_core.runs import DAMAGED, Run, RunInfo
 
 from . import state, ui
 
@@ -40,6 +40,20 @@ def _on_pick() -> None:
     state.set_active_run(st.session_state.get(_WIDGET))
 
 
+def _damaged(info: RunInfo) -> None:
+    """The active run's files cannot be trusted: say why, and offer to delete it."""
+    st.warning(f"**This run is damaged:** {ui.md(info.damage)}", icon=":material/report:")
+    if info.state != DAMAGED:
+        return  # still training: it is deleted once it has ended
+    with st.popover("Delete", icon=":material/delete:", help="Remove the damaged run's folder from disk."):
+        st.write("This removes the run's folder and everything in it.")
+        sure = st.checkbox("Yes, delete this run", key=f"sidebar_del_sure:{info.id}")
+        if st.button("Delete for good", type="primary", key="sidebar_delete", disabled=not sure):
+            state.store().delete(info.id)
+            state.set_active_run(None)
+            st.rerun()
+
+
 def draw() -> None:
     source = state.dataset_source()
     with st.sidebar:
@@ -60,9 +74,17 @@ def draw() -> None:
                 help="The run the explore pages (Embedding, Attention, Markers, ...) show. Every run "
                 "on disk is listed, newest first; the Runs page manages them.",
             )
+            picked = by_id.get(st.session_state.get(_WIDGET))
+            if picked is not None and picked.damaged:
+                _damaged(picked)
             running = [i for i in infos if i.state in ("running", "queued")]
             if running:
                 st.caption(f":material/progress_activity: {len(running)} run(s) training in the background")
+            damaged = sum(i.damaged for i in infos)
+            if damaged:
+                st.caption(
+                    f":material/report: {damaged} damaged run(s): the Runs page says why and deletes them."
+                )
         else:
             st.caption("No runs yet: train one on the Training page.")
         st.caption(f":material/memory: {device_line()}")

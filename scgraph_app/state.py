@@ -73,17 +73,17 @@ def runs() -> list[RunInfo]:
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # damaged folders are skipped; the Runs page says so
+        warnings.simplefilter("ignore")  # folders that are not runs; damaged runs are listed
         return store().list()
 
 
 def default_run(infos: list[RunInfo]) -> str | None:
-    """The newest running (or queued) run, else the newest run that has a result."""
+    """The newest running (or queued) run, else the newest sound run that has a result."""
     for info in infos:
         if info.state in ("running", "queued"):
             return info.id
     for info in infos:
-        if (info.path / "result.h5ad").exists():
+        if not info.damaged and (info.path / "result.h5ad").exists():
             return info.id
     return None
 

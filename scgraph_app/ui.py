@@ -152,6 +152,7 @@ STATE_ICONS = {
     "done": ":material/check_circle:",
     "stopped": ":material/stop_circle:",
     "failed": ":material/error:",
+    "damaged": ":material/report:",
 }
 
 

@@ -131,15 +131,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     store = RunStore(args.store)
     if args.action == "list":
+        # A damaged run is listed with the reason and the command still succeeds: tools rely on it.
         infos = store.list()
         if args.json:
-            _print_json([{**i.__dict__, "path": str(i.path)} for i in infos])
+            _print_json([{**i.__dict__, "path": str(i.path), "damaged": i.damaged} for i in infos])
         elif not infos:
             print(f"no runs in {store.root}")
         else:
             for i in infos:
-                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created))
-                print(f"{i.id}  {i.state:8s} {i.model:12s} {when}  {i.name}  [{i.dataset}]")
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created)) if i.created else "?"
+                print(f"{i.id}  {i.state:8s} {i.model:12s} {when:16s}  {i.name}  [{i.dataset}]")
+                if i.damaged:
+                    print(f"    damaged: {i.damage}")
+        damaged = [i.id for i in infos if i.damaged]
+        if damaged:
+            print(
+                f"warning: {len(damaged)} damaged run(s): {', '.join(damaged)}. "
+                "`python -m scgraph_core runs delete RUN_ID` removes one.",
+                file=sys.stderr,
+            )
     elif args.action == "rename":
         if len(args.rest) != 2:
             raise ScgraphError("usage: runs rename RUN_ID NEW_NAME")
@@ -285,8 +295,13 @@ def cmd_work(args: argparse.Namespace) -> int:
     from .runs import Run
 
     run = Run(args.run_dir)
-    if run.state != "queued":
-        print(f"error: run {run.id} is {run.state}, not queued; nothing to do.", file=sys.stderr)
+    status = run.status
+    if status["state"] != "queued":
+        print(f"error: run {run.id} is {status['state']}, not queued; nothing to do.", file=sys.stderr)
+        return EXIT_USER_ERROR
+    problems = run.problems(status)
+    if problems:
+        print(f"error: run {run.id} is damaged: {' '.join(problems)}", file=sys.stderr)
         return EXIT_USER_ERROR
     _, result = pipeline.run_folder(run)
     _print_metrics(result.metrics)

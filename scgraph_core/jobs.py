@@ -30,7 +30,17 @@ from typing import Any
 import pandas as pd
 
 from .errors import DataError, RunError
-from .runs import FINISHED, Run, RunStore, atomic_write_bytes, default_home
+from .runs import (
+    FINISHED,
+    LOG_FILE,
+    WORKER_FILE,
+    Run,
+    RunStore,
+    atomic_write_bytes,
+    default_home,
+    process_alive,
+    process_start,
+)
 
 __all__ = [
     "Progress",
@@ -45,11 +55,6 @@ __all__ = [
     "worker_alive",
 ]
 
-WORKER_FILE = "worker.json"
-LOG_FILE = "worker.log"
-# A worker that has not written "running" this long after its start is reported failed when its
-# process is gone; the grace period covers the seconds Python needs to import torch and scanpy.
-_START_GRACE_S = 3.0
 _REPO = Path(__file__).resolve().parents[1]
 
 # The launcher: a tiny process that starts the worker in a new session and exits at once, so the
@@ -170,32 +175,40 @@ def launch(run: Run, *, python: str | None = None, env: dict[str, str] | None = 
     pid = int(out.stdout.strip())
     run.write_json(
         WORKER_FILE,
-        {"pid": pid, "host": socket.gethostname(), "started": time.time(), "command": command},
+        {
+            "pid": pid,
+            "pid_start": process_start(pid),  # tells the worker from a later process given its pid
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": command,
+        },
     )
     return pid
 
 
 def worker_info(run: Run) -> dict[str, Any]:
-    return run.read_json(WORKER_FILE, {}) or {}
+    """worker.json ({} when there is none or it is damaged)."""
+    try:
+        return run.read_object(WORKER_FILE) or {}
+    except RunError:
+        return {}
 
 
 def worker_alive(run: Run) -> bool | None:
     """Whether the run's worker process is alive (None: unknown, e.g. started on another machine)."""
     info = worker_info(run)
-    pid = info.get("pid")
-    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+    pid, start = info.get("pid"), info.get("pid_start")
+    if not _is_pid(pid) or info.get("host") != socket.gethostname():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _not_zombie(pid)
+    return process_alive(pid, start if isinstance(start, int) and not isinstance(start, bool) else None)
+
+
+def _is_pid(pid: Any) -> bool:
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31
 
 
 def _zombie(pid: Any, host: Any) -> bool:
-    return isinstance(pid, int) and host == socket.gethostname() and not _not_zombie(pid)
+    return _is_pid(pid) and host == socket.gethostname() and not _not_zombie(pid)
 
 
 def _not_zombie(pid: int) -> bool:
@@ -203,41 +216,19 @@ def _not_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
             return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
+    except (OSError, IndexError):
         return True
 
 
 def log_tail(run: Run, n_chars: int = 1500) -> str:
-    path = run.file(LOG_FILE)
-    if not path.exists():
-        return ""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - n_chars))
-        return fh.read().decode("utf-8", errors="replace").strip()
+    return run.log_tail(n_chars)
 
 
 def status(run: Run) -> dict[str, Any]:
-    """The run's status, with a worker that died before it began reported as failed (with its log)."""
-    st = dict(run.status)
-    if st.get("state") == "running" and _zombie(st.get("pid"), st.get("host")):
-        # Ended but not yet reaped by init: Run.status still sees the process, but it is gone.
-        st["state"] = "failed"
-        st["message"] = (
-            "The training process ended without finishing (it was killed or crashed). "
-            "The last checkpoint, if any, is kept; start a new run to train again."
-        )
-    if st.get("state") == "queued":
-        info = worker_info(run)
-        started = float(info.get("started", 0) or 0)
-        if info and worker_alive(run) is False and time.time() - started > _START_GRACE_S:
-            tail = log_tail(run, 600)
-            st["state"] = "failed"
-            st["message"] = "The training process ended before it started training." + (
-                f" Its last output: {tail}" if tail else ""
-            )
-    return st
+    """The run's status: :attr:`Run.status`, which reports a run whose worker died (before or while
+    training, a zombie included) as failed with the reason and the worker's last output, and a run
+    whose files are damaged as ``damaged``."""
+    return dict(run.status)
 
 
 def stop(run: Run) -> None:

@@ -151,6 +151,7 @@ def execute(
         raise ConfigError("Replaying saved training stages needs the run folder that holds them.")
     if run is not None:
         callbacks.insert(0, run.append_event)
+        callbacks.insert(1, lambda event: run.heartbeat())  # at most every few seconds
         if stop is None:
             stop = StopSignal(run.stop_requested)
         run.set_status("running", "finishing from the saved weights" if replay else "preparing data")

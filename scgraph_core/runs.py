@@ -5,19 +5,28 @@ A run folder holds::
     meta.json      name, model, dataset, creation time (rename edits only this file)
     config.json    the resolved configuration (schemas, seed, package versions)
     status.json    state (queued, running, done, stopped, failed), message, worker pid, heartbeat
+    worker.json    the background worker's pid and host (runs the app starts)
     events.jsonl   one JSON object per line (epochs, stages); a torn last line is ignored
     STOP           present once a stop was requested (idempotent)
     checkpoints/   weights as tensors only (``torch.load(weights_only=True)``)
     result.h5ad    the AnnData with every result, written atomically
 
 Every JSON or h5ad file is written to a temporary name and renamed into place, so a crash never
-leaves a half-written file that breaks listing. Folders that are not runs are skipped with a warning.
+leaves a half-written file. Files are still never trusted: each run is read on its own and a folder
+whose files are unreadable or of the wrong shape is listed as ``damaged`` with the reason, so it can
+be deleted, and never breaks the list. Folders that hold no run file at all are skipped with a
+warning.
+
+A run whose process died is reported ``failed`` by :attr:`Run.status` (and so by the list, the app
+and :meth:`RunStore.delete`): on the worker's own machine the process table decides (pid, its start
+time, zombie); elsewhere a heartbeat older than :data:`HEARTBEAT_STALE_S` does.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -35,8 +44,25 @@ from .errors import RunError
 
 STATES = ("queued", "running", "done", "stopped", "failed")
 FINISHED = ("done", "stopped", "failed")
+DAMAGED = "damaged"  # reported for a folder whose files cannot be trusted; never written
+WORKER_FILE = "worker.json"
+LOG_FILE = "worker.log"
+RUN_FILES = ("meta.json", "config.json", "status.json")  # a folder holding any of them is a run
+# The worker refreshes its running status at most this often, from its training events.
+HEARTBEAT_EVERY_S = 5.0
+# A running run whose process cannot be checked here (it runs on another machine) is reported
+# failed once its heartbeat is this old. Steps without events (the graph, clustering, writing the
+# result) can take minutes on large data, hence the margin.
+HEARTBEAT_STALE_S = 600.0
+# A queued run that no worker was recorded for within this time is reported failed.
+LAUNCH_GRACE_S = 120.0
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_HEARTBEAT_STALE_S = 120.0
+_LATEST_TIME = 4102444800.0  # 2100-01-01: no later time was written by this program
+
+_ENDED = (
+    "The training process ended without finishing (it was killed or crashed). "
+    "The last checkpoint, if any, is kept; start a new run to train again."
+)
 
 
 def default_home() -> Path:
@@ -45,24 +71,38 @@ def default_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".scgraph"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _write_temp(folder: Path, name: str, data: bytes) -> str:
+    """Write ``data`` to a new hidden temporary file in ``folder``, flushed to disk; return its path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(path.parent, path.name, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    atomic_write_bytes(path, _json_bytes(obj))
 
 
 _DISK_ERRORS = {
@@ -206,6 +246,22 @@ def _read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+def _claim(tmp: str, path: Path) -> None:
+    """Put the finished file ``tmp`` at ``path`` unless a file is there (then FileExistsError).
+
+    A hard link is made in one step and never replaces a file, so of several processes claiming the
+    same path exactly one succeeds, and readers never see the file half written.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: create exclusively, then fill
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(Path(tmp).read_bytes())
+
+
 def check_run_id(run_id: str) -> str:
     """Accept only plain folder names: letters, digits, '.', '_' and '-' (no path traversal)."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id in (".", ".."):
@@ -227,19 +283,141 @@ def check_display_name(name: str) -> str:
     return name
 
 
-def _pid_alive(pid: int) -> bool:
+# ------------------------------------------------------------------------------------------------
+# What the JSON files must hold: their content is checked, never trusted
+# ------------------------------------------------------------------------------------------------
+
+
+def _is_time(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= _LATEST_TIME
+    )
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_pid(value: Any) -> bool:
+    return _is_whole(value) and 0 < value < 2**31
+
+
+_KINDS = {
+    "text": (lambda v: isinstance(v, str), "text"),
+    "time": (_is_time, "a time (seconds since 1970)"),
+    "pid": (_is_pid, "a process id (a positive whole number)"),
+    "whole": (_is_whole, "a whole number"),
+}
+# field -> (kind, whether null is allowed)
+_META_FIELDS = {
+    "name": ("text", False),
+    "model": ("text", False),
+    "dataset": ("text", False),
+    "created": ("time", False),
+}
+_STATUS_FIELDS = {
+    "state": ("text", False),
+    "message": ("text", False),
+    "updated": ("time", False),
+    "pid": ("pid", True),
+    "host": ("text", True),
+    "pid_start": ("whole", True),
+}
+_WORKER_FIELDS = {
+    "pid": ("pid", False),
+    "host": ("text", True),
+    "started": ("time", False),
+    "pid_start": ("whole", True),
+}
+_WORKER_REQUIRED = ("pid", "started")
+
+
+def _describe(value: Any) -> str:
+    """A JSON value in words, for messages about a damaged file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"the text {text}" if isinstance(value, str) else f"the number {text}"
+
+
+def _field_problems(name: str, obj: dict, fields: dict[str, tuple[str, bool]]) -> list[str]:
+    problems = []
+    for key, (kind, nullable) in fields.items():
+        if key not in obj or (nullable and obj[key] is None):
+            continue
+        check, words = _KINDS[kind]
+        if not check(obj[key]):
+            problems.append(f"{name}: '{key}' should be {words}, not {_describe(obj[key])}")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------
+# Processes
+# ------------------------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks after boot) from /proc; None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), to tell it from a later one that reuses
+    its pid; None where /proc is absent or the process is gone."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat is not None else None
+
+
+def process_alive(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` is a live process: it exists, is not a zombie (ended but not yet reaped, which
+    still answers ``kill(pid, 0)``), and, when ``start`` is given, started then (its pid not reused)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # another user's process: it exists
+    except (OverflowError, ValueError):
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc (or it ended just now): kill(pid, 0) is all we know
+    if stat[0] in ("Z", "X"):
+        return False
+    return start is None or stat[1] == start
+
+
+def _here(host: Any) -> bool:
+    return isinstance(host, str) and host == socket.gethostname()
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs
+# ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One line of the run list."""
+    """One line of the run list.
+
+    ``damage`` says in plain words why the run's files cannot be trusted ("" for a sound run). A
+    damaged run that is not training has the state ``damaged`` and the reason as its message; it can
+    still be deleted.
+    """
 
     id: str
     path: Path
@@ -249,6 +427,11 @@ class RunInfo:
     created: float
     state: str
     message: str
+    damage: str = ""
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.damage)
 
 
 class Run:
@@ -256,6 +439,7 @@ class Run:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self._last_beat = -math.inf
 
     @property
     def id(self) -> str:
@@ -277,16 +461,85 @@ class Run:
         except (OSError, ValueError) as exc:
             raise RunError(f"{path} is unreadable ({exc}); the run folder may be damaged.") from None
 
+    def read_object(self, name: str) -> dict | None:
+        """The JSON object in file ``name``; None when there is no such file.
+
+        Raises RunError saying in plain words why the file cannot be used: unreadable, not JSON, or
+        JSON that is not an object (a list, a string, null...).
+        """
+        try:
+            data = self.file(name).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RunError(f"{name} cannot be read ({exc.strerror or exc}).") from None
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError) as exc:  # also bytes that are not text
+            raise RunError(f"{name} is not valid JSON ({exc}).") from None
+        if not isinstance(obj, dict):
+            raise RunError(f"{name} does not hold a JSON object (it holds {_describe(obj)}).")
+        return obj
+
+    def _checked(
+        self, name: str, fields: dict[str, tuple[str, bool]], required: tuple[str, ...] = ()
+    ) -> dict | None:
+        """:meth:`read_object`, with the fields this program reads checked for their type."""
+        obj = self.read_object(name)
+        if obj is not None:
+            problems = [f"{name} names no '{key}'" for key in required if obj.get(key) is None]
+            problems += _field_problems(name, obj, fields)
+            if problems:
+                raise RunError("; ".join(problems) + ".")
+        return obj
+
     @property
     def meta(self) -> dict:
-        return self.read_json("meta.json", {}) or {}
+        """meta.json's fields that have the right type ({} when it is missing or damaged)."""
+        try:
+            meta = self.read_object("meta.json") or {}
+        except RunError:
+            return {}
+        return {k: v for k, v in meta.items() if not _field_problems("meta.json", {k: v}, _META_FIELDS)}
 
     @property
     def config(self) -> dict:
-        return self.read_json("config.json", {}) or {}
+        """config.json ({} when it is missing or damaged; :meth:`problems` says why)."""
+        try:
+            return self.read_object("config.json") or {}
+        except RunError:
+            return {}
+
+    def problems(self, status: dict | None = None) -> list[str]:
+        """Why the run's files cannot be trusted, in plain words; empty for a sound run."""
+        out = []
+        try:
+            if self._checked("meta.json", _META_FIELDS) is None:
+                out.append("meta.json is missing.")
+        except RunError as exc:
+            out.append(str(exc))
+        try:
+            self.read_object("config.json")
+        except RunError as exc:
+            out.append(str(exc))
+        status = self.status if status is None else status
+        if status.get("state") == DAMAGED:
+            out.append(str(status.get("message", "")))
+        return out
+
+    def log_tail(self, n_chars: int = 1500) -> str:
+        """The end of the background worker's output (``worker.log``)."""
+        try:
+            with open(self.file(LOG_FILE), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - n_chars))
+                return fh.read().decode("utf-8", errors="replace").strip()
+        except OSError:
+            return ""
 
     # ---- status ----------------------------------------------------------------------------
-    def set_status(self, state: str, message: str = "", **extra: Any) -> None:
+    @staticmethod
+    def _status_record(state: str, message: str = "", **extra: Any) -> dict:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         status = {
@@ -297,36 +550,133 @@ class Run:
             "host": socket.gethostname(),
             **extra,
         }
+        if "pid_start" not in extra:
+            status["pid_start"] = process_start(status["pid"]) if _is_pid(status["pid"]) else None
+        return status
+
+    def set_status(self, state: str, message: str = "", **extra: Any) -> None:
+        self.write_json("status.json", self._status_record(state, message, **extra))
+
+    def heartbeat(self, every: float = HEARTBEAT_EVERY_S) -> bool:
+        """Refresh the running status's time, at most once per ``every`` seconds; True when written.
+
+        Only the process the status names beats, so a reader can never keep a dead run alive.
+        """
+        now = time.monotonic()
+        if now - self._last_beat < every:
+            return False
+        try:
+            status = self.read_object("status.json")
+        except RunError:
+            return False
+        if not status or status.get("state") != "running" or status.get("pid") != os.getpid():
+            return False
+        status["updated"] = time.time()
         self.write_json("status.json", status)
+        self._last_beat = now
+        return True
 
-    def heartbeat(self) -> None:
-        """Refresh the running status so readers can tell a live worker from a dead one."""
-        status = self.read_json("status.json", {}) or {}
-        if status.get("state") == "running":
-            status["updated"] = time.time()
-            self.write_json("status.json", status)
-
-    @property
-    def status(self) -> dict:
-        """The status, with a running run whose worker died reported as failed."""
-        status = dict(self.read_json("status.json", {"state": "queued", "message": ""}) or {})
-        if status.get("state") == "running" and self._worker_gone(status):
-            status["state"] = "failed"
-            status["message"] = (
-                "The training process ended without finishing (it was killed or crashed). "
-                "The last checkpoint, if any, is kept; start a new run to train again."
+    def _recorded_status(self) -> dict:
+        """status.json as written, checked (RunError says what is wrong); none yet reads as queued."""
+        status = self._checked("status.json", _STATUS_FIELDS)
+        if status is None:
+            return {"state": "queued", "message": "", "updated": self.meta.get("created", 0.0)}
+        if "state" not in status:
+            raise RunError("status.json names no state.")
+        if status["state"] not in STATES:
+            raise RunError(
+                f"status.json: 'state' should be one of {', '.join(STATES)}, "
+                f"not {_describe(status['state'])}."
             )
         return status
 
-    def _worker_gone(self, status: dict) -> bool:
-        pid, host = status.get("pid"), status.get("host")
-        if host == socket.gethostname() and isinstance(pid, int):
-            return not _pid_alive(pid)
-        return time.time() - float(status.get("updated", 0)) > _HEARTBEAT_STALE_S
+    @property
+    def status(self) -> dict:
+        """The status. A run whose process is gone reads as ``failed`` with the reason; a run whose
+        status.json (or worker.json) is unreadable or of the wrong shape reads as ``damaged``."""
+        try:
+            status = self._recorded_status()
+            why = self._why_gone(status)
+            if why:
+                # The worker may have finished between the read and the process check: read again.
+                newer = self._recorded_status()
+                if newer != status:
+                    status, why = newer, self._why_gone(newer)
+        except RunError as exc:
+            return {"state": DAMAGED, "message": str(exc)}
+        if why:
+            return {**status, "state": "failed", "message": why}
+        return dict(status)
+
+    def _why_gone(self, status: dict) -> str:
+        """Why a queued or running run's process is gone ("" while it lives or cannot be judged)."""
+        if status["state"] == "running":
+            return self._running_gone(status)
+        if status["state"] == "queued":
+            return self._queued_gone(status)
+        return ""
+
+    def _running_gone(self, status: dict) -> str:
+        pid, start = status.get("pid"), status.get("pid_start")
+        if pid is not None and _here(status.get("host")):
+            if not process_alive(pid, start):
+                return _ENDED
+            if start is not None and process_start(pid) is not None:
+                return ""  # the very process that wrote the status: alive, however long it is silent
+        # Another machine's process, or one the process table cannot confirm: the heartbeat decides.
+        if time.time() - status.get("updated", 0.0) > HEARTBEAT_STALE_S:
+            return (
+                f"The training process has sent no heartbeat for over {HEARTBEAT_STALE_S / 60:.0f} "
+                "minutes; it was probably killed or its machine restarted. The last checkpoint, if any, "
+                "is kept; start a new run to train again."
+            )
+        return ""
+
+    def _queued_gone(self, status: dict) -> str:
+        worker = self._checked(WORKER_FILE, _WORKER_FIELDS, _WORKER_REQUIRED)
+        if worker is None:
+            if time.time() - status.get("updated", 0.0) > LAUNCH_GRACE_S:
+                return (
+                    f"The training process was never started: no worker was recorded within "
+                    f"{LAUNCH_GRACE_S:.0f} seconds of queuing the run. Start a new run to train."
+                )
+            return ""
+        if _here(worker.get("host")):
+            if not process_alive(worker["pid"], worker.get("pid_start")):
+                tail = self.log_tail(600)
+                return "The training process ended before it started training." + (
+                    f" Its last output: {tail}" if tail else ""
+                )
+            return ""
+        if time.time() - worker["started"] > HEARTBEAT_STALE_S:
+            return (
+                f"The training process on {worker.get('host') or 'another machine'} has not started "
+                f"training within {HEARTBEAT_STALE_S / 60:.0f} minutes; it was probably killed. "
+                "Start a new run to train."
+            )
+        return ""
 
     @property
     def state(self) -> str:
         return self.status.get("state", "queued")
+
+    def alive(self, status: dict | None = None) -> bool:
+        """Whether a process may still be working on the run (then it must not be deleted)."""
+        state = (self.status if status is None else status)["state"]
+        if state == "running" or (state == "queued" and self.file(WORKER_FILE).exists()):
+            return True
+        if state != DAMAGED:
+            return False
+        # status.json cannot be read: a worker recorded on this machine may still be alive.
+        try:
+            worker = self._checked(WORKER_FILE, _WORKER_FIELDS, _WORKER_REQUIRED) or {}
+        except RunError:
+            return False
+        return (
+            bool(worker)
+            and _here(worker.get("host"))
+            and process_alive(worker["pid"], worker.get("pid_start"))
+        )
 
     # ---- events ----------------------------------------------------------------------------
     def append_event(self, event: dict) -> None:
@@ -434,8 +784,13 @@ class Run:
             raise RunError(f"{path} cannot be read ({exc}); the run's result is damaged.") from None
 
     def info(self) -> RunInfo:
-        meta = self.meta
+        """The run's line in the list; never raises for a damaged folder (it says why instead)."""
         status = self.status
+        damage = "; ".join(self.problems(status))
+        state, message = status["state"], str(status.get("message", ""))
+        if damage and not self.alive(status):  # a live run keeps its state until it ends
+            state, message = DAMAGED, damage
+        meta = self.meta
         return RunInfo(
             id=self.id,
             path=self.path,
@@ -443,8 +798,9 @@ class Run:
             model=meta.get("model", "?"),
             dataset=meta.get("dataset", "?"),
             created=float(meta.get("created", 0.0)),
-            state=status.get("state", "queued"),
-            message=status.get("message", ""),
+            state=state,
+            message=message,
+            damage=damage,
         )
 
     @classmethod
@@ -457,26 +813,43 @@ class Run:
         dataset: str = "",
         config: dict | None = None,
     ) -> Run:
-        """Make a run folder at ``path`` (which must not hold another run already)."""
+        """Make a run folder at ``path``: a new folder, or an existing one that holds no run.
+
+        Creation is atomic: the files are written under temporary names, then meta.json is claimed
+        with a hard link, which fails when it exists. Of two processes creating the same folder at
+        once exactly one succeeds; the other gets a RunError and leaves nothing behind.
+        """
         path = Path(path)
-        if (path / "meta.json").exists() or (path / "status.json").exists():
-            raise RunError(
-                f"{path} already holds a run; choose another output folder or delete that run first."
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        run = cls(path)
-        run.write_json(
-            "meta.json",
-            {
-                "name": check_display_name(name or path.name),
-                "model": model,
-                "dataset": dataset,
-                "created": time.time(),
-            },
-        )
-        run.write_json("config.json", config or {})
-        run.set_status("queued")
-        return run
+        display = check_display_name(name or path.name)
+        taken = f"{path} already holds a run; choose another output folder or delete that run first."
+        if _is_run_folder(path):
+            raise RunError(taken)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"The run folder {path} cannot be made: {exc.strerror or exc}.") from None
+        meta = {"name": display, "model": model, "dataset": dataset, "created": time.time()}
+        files = {
+            "meta.json": meta,
+            "config.json": config or {},
+            "status.json": cls._status_record("queued", updated=meta["created"]),
+        }
+        temps = {file: _write_temp(path, file, _json_bytes(obj)) for file, obj in files.items()}
+        try:
+            try:
+                _claim(temps["meta.json"], path / "meta.json")
+            except FileExistsError:
+                raise RunError(taken) from None
+            os.replace(temps["config.json"], path / "config.json")
+            os.replace(temps["status.json"], path / "status.json")
+        finally:
+            for tmp in temps.values():
+                Path(tmp).unlink(missing_ok=True)
+        return cls(path)
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any(os.path.lexists(path / name) for name in RUN_FILES)
 
 
 class RunStore:
@@ -497,13 +870,18 @@ class RunStore:
         self, *, model: str, name: str | None = None, dataset: str = "", config: dict | None = None
     ) -> Run:
         run_id = self.new_id(model)
+        for _ in range(8):  # an id already taken this second: draw another
+            if not os.path.lexists(self._path(run_id)):
+                break
+            run_id = self.new_id(model)
         return Run.create_at(
             self._path(run_id), name=name or run_id, model=model, dataset=dataset, config=config
         )
 
     def open(self, run_id: str) -> Run:
+        """The run ``run_id``, damaged or not (a damaged run can still be deleted)."""
         path = self._path(run_id)
-        if not (path / "meta.json").is_file():
+        if not _is_run_folder(path):
             raise RunError(f"There is no run {run_id!r} in {self.root}.")
         return Run(path)
 
@@ -513,32 +891,44 @@ class RunStore:
         for path in sorted(self.root.iterdir()):
             if path.name.startswith(".") or not path.is_dir():
                 continue
-            if not _RUN_ID.match(path.name) or not (path / "meta.json").is_file():
+            if not _RUN_ID.match(path.name) or not _is_run_folder(path):
                 warnings.warn(f"Skipping {path}: it is not a scgraph run folder.", stacklevel=2)
                 continue
             yield Run(path)
 
     def list(self) -> list[RunInfo]:
-        """Every readable run, newest first; damaged folders are skipped with a warning."""
+        """Every run, newest first. Each is read on its own: a damaged one is listed with the state
+        ``damaged`` and the reason, and never hides the others."""
         infos = []
         for run in self:
             try:
                 infos.append(run.info())
-            except RunError as exc:
-                warnings.warn(f"Skipping {run.path}: {exc}", stacklevel=2)
+            except OSError as exc:  # the folder itself cannot be read
+                reason = f"The run folder cannot be read ({exc.strerror or exc})."
+                infos.append(RunInfo(run.id, run.path, run.id, "?", "?", 0.0, DAMAGED, reason, damage=reason))
         return sorted(infos, key=lambda i: i.created, reverse=True)
 
     def rename(self, run_id: str, new_name: str) -> None:
+        new_name = check_display_name(new_name)
         run = self.open(run_id)
-        meta = run.meta
-        meta["name"] = check_display_name(new_name)
+        try:
+            meta = run._checked("meta.json", _META_FIELDS)
+        except RunError as exc:
+            raise RunError(f"Run {run_id} cannot be renamed: {exc} Delete it instead.") from None
+        if meta is None:
+            raise RunError(f"Run {run_id} cannot be renamed: its meta.json is missing. Delete it instead.")
+        meta["name"] = new_name
         run.write_json("meta.json", meta)
 
     def delete(self, run_id: str) -> None:
+        """Remove a run folder; damaged and dead runs too. Refused only while a process works on it."""
         run = self.open(run_id)
-        if run.state == "running":
+        if run.alive():
             raise RunError(f"Run {run_id} is still training; stop it first, then delete it.")
         # Move aside first so a half-finished delete never leaves a half-run in the list.
         trash = self.root / f".deleting-{run_id}-{secrets.token_hex(2)}"
-        os.replace(run.path, trash)
+        try:
+            os.replace(run.path, trash)
+        except FileNotFoundError:
+            raise RunError(f"Run {run_id} was deleted meanwhile (by another process).") from None
         shutil.rmtree(trash, ignore_errors=True)

@@ -149,6 +149,54 @@ def test_runs_list_empty(capsys):
     assert "no runs" in capsys.readouterr().out
 
 
+def test_runs_list_succeeds_with_damaged_runs_and_says_which(tmp_path, capsys):
+    from scgraph_core.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    good = store.create(model="cellvgae", name="good run")
+    damaged = {}
+    for name, content in [
+        ("status.json", "[1, 2]"),
+        ("status.json", '"done"'),
+        ("status.json", "null"),
+        ("status.json", '{"state": "done", "updated": "yesterday"}'),
+        ("status.json", '{"state": "exploded"}'),
+        ("meta.json", '{"name": "old", "created": "yesterday"}'),
+        ("meta.json", "{ torn"),
+        ("config.json", "[]"),
+    ]:
+        run = store.create(model="cellvgae", name="hurt")
+        run.file(name).write_text(content)
+        damaged[run.id] = name
+    proc = _cli("runs", "list", "--store", str(store.root))
+    assert proc.returncode == 0, proc.stderr
+    assert "internal error" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith(good.id) and " queued " in line for line in lines)
+    for run_id, name in damaged.items():
+        at = next(i for i, line in enumerate(lines) if line.startswith(run_id))
+        assert " damaged " in lines[at] and lines[at + 1].strip().startswith(f"damaged: {name}")
+        assert run_id in proc.stderr
+    capsys.readouterr()
+    assert main(["runs", "list", "--json", "--store", str(store.root)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {r["id"]: r["damaged"] for r in listed} == {good.id: False, **dict.fromkeys(damaged, True)}
+    for run_id in damaged:
+        assert main(["runs", "delete", run_id, "--store", str(store.root)]) == 0
+        assert f"deleted {run_id}" in capsys.readouterr().out
+    assert [i.id for i in store.list()] == [good.id]
+
+
+def test_runs_delete_removes_a_run_without_meta_json(tmp_path, capsys):
+    from scgraph_core.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    run = store.create(model="cellvgae")
+    run.file("meta.json").unlink()
+    assert main(["runs", "delete", run.id, "--store", str(store.root)]) == 0
+    assert not run.path.exists()
+
+
 def test_metric_notes_are_printed(capsys):
     from scgraph_core.__main__ import _print_metrics
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from scgraph_core import jobs, pipeline
+from scgraph_core import jobs, pipeline, runs
 from scgraph_core.errors import DataError, RunError
 from scgraph_core.runs import Run, RunStore
+from tests.helpers import toy_counts
 
 
 def test_uploads_are_stored_once_under_a_plain_name(tmp_path):
@@ -138,3 +143,55 @@ def test_progress_reads_epochs_terms_validation_and_eta(tmp_path):
     run.set_status("done", "finished")
     done = jobs.progress(run)
     assert done.finished and done.eta_s is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to tell a zombie")
+def test_a_worker_killed_before_it_began_is_failed_even_as_an_unreaped_zombie(tmp_path):
+    run = RunStore(tmp_path).create(model="cellvgae")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # not waited on: it stays a zombie
+    try:
+        deadline = time.time() + 30
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline, "the child process did not end"
+            time.sleep(0.05)
+        run.write_json(
+            jobs.WORKER_FILE, {"pid": child.pid, "host": socket.gethostname(), "started": time.time()}
+        )
+        assert jobs.worker_alive(run) is False
+        assert jobs.status(run)["state"] == "failed" and jobs.progress(run).state == "failed"
+        assert "ended before it started training" in jobs.progress(run).message
+    finally:
+        child.wait()
+
+
+def test_a_damaged_run_reads_as_damaged_in_progress_and_stop_is_harmless(tmp_path):
+    run = RunStore(tmp_path).create(model="cellvgae")
+    run.file("status.json").write_text('{"state": "running", "updated": "yesterday"}')
+    p = jobs.progress(run)
+    assert p.state == "damaged" and "'updated' should be a time" in p.message
+    jobs.stop(run)
+    assert jobs.worker_info(run) == {}
+    run.file(jobs.WORKER_FILE).write_text("[1]")
+    assert jobs.worker_info(run) == {} and jobs.worker_alive(run) is None
+
+
+def test_training_refreshes_the_heartbeat_from_its_events(tmp_path, monkeypatch):
+    beats: list[bool] = []
+    real = Run.heartbeat
+
+    def every_event(self, every=runs.HEARTBEAT_EVERY_S):
+        beats.append(real(self, every=0))
+        return beats[-1]
+
+    monkeypatch.setattr(Run, "heartbeat", every_event)
+    tiny = {
+        "model": {"hidden": [16, 16], "heads": [2], "latent": 8, "epochs": 4, "lr": 0.01},
+        "prepare": {"n_hvg": 40, "n_graph_genes": 30},
+        "cluster": {"min_cluster_sizes": [5], "min_samples": [3]},
+    }
+    config = pipeline.resolve_config("cellvgae", "quick", tiny)
+    run = Run.create_at(tmp_path / "run", model="cellvgae")
+    pipeline.execute(toy_counts(), config, run=run)
+    epochs = run.events("epoch")
+    assert epochs and sum(beats) >= len(epochs)  # the running status was refreshed at every epoch
+    assert run.state == "done"

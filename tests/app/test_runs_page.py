@@ -3,6 +3,11 @@ rename, delete, downloads."""
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
 from tests.app.conftest import assert_clean, open_page, texts
 
 
@@ -49,3 +54,81 @@ def test_rename_downloads_and_delete(app_home):
     assert not at.exception
     assert copy not in {i.id for i in app_home.store.list()}
     assert copy not in set(at.dataframe[0].value["id"])
+
+
+# (damaged file, what it holds): JSON of the wrong shape, a text where a time belongs, torn JSON
+DAMAGE = [
+    ("status.json", "[1, 2]"),
+    ("status.json", '"done"'),
+    ("status.json", '{"state": "done", "updated": "yesterday"}'),
+    ("meta.json", '{"name": "hurt", "created": "yesterday"}'),
+    ("meta.json", "{ torn"),
+]
+
+
+@pytest.fixture
+def damaged_runs(app_home):
+    """Runs with damaged files in the shared store (run id -> damaged file), removed afterwards."""
+    made = {}
+    for name, content in DAMAGE:
+        run = app_home.store.create(model="cellvgae", name="hurt run")
+        run.file(name).write_text(content)
+        made[run.id] = name
+    yield made
+    for run_id in made:
+        shutil.rmtree(app_home.store.root / run_id, ignore_errors=True)
+
+
+def _said(elements, *words: str) -> bool:
+    return any(all(w in text for w in words) for text in texts(elements))
+
+
+def test_damaged_runs_are_listed_with_the_reason_and_deleted(app_home, damaged_runs):
+    victim = next(iter(damaged_runs))
+    # app.py draws the sidebar (active-run picker) and the page list around the first page.
+    at = open_page("data", active=victim)
+    assert_clean(at)  # no "unexpected problem" in the sidebar or the page list
+    assert [s.label for s in at.sidebar.selectbox] == ["Active run"]
+    assert _said(at.sidebar.warning, "This run is damaged", "status.json does not hold a JSON object")
+    at = open_page("runs", active=victim)
+    assert_clean(at)
+    rows = at.dataframe[0].value.set_index("id")
+    for run_id, name in damaged_runs.items():
+        assert rows.loc[run_id, "status"] == "damaged" and name in rows.loc[run_id, "problem"]
+    assert rows.loc[app_home.runs["cellvgae"], "problem"] == ""
+    assert _said(at.warning, "This run is damaged", "status.json does not hold a JSON object")
+    at.checkbox(key=f"del_sure:{victim}").check().run()
+    at.button(key="run_delete").click().run()
+    assert_clean(at)
+    assert victim not in {i.id for i in app_home.store.list()}
+    assert victim not in set(at.dataframe[0].value["id"])
+
+
+def _sidebar_alone() -> None:
+    from scgraph_app import sidebar
+
+    sidebar.draw()
+
+
+def test_the_sidebar_deletes_a_damaged_active_run(app_home, damaged_runs):
+    victim = [run_id for run_id, name in damaged_runs.items() if name == "meta.json"][0]
+    at = open_page("data", active=victim)
+    assert_clean(at)
+    assert _said(at.sidebar.warning, "This run is damaged", "'created' should be a time")
+    # AppTest captures app.py's sidebar on the first run only, so the clicks go to the sidebar alone.
+    at = AppTest.from_function(_sidebar_alone, default_timeout=60)
+    at.session_state["active_run"] = victim
+    at.run()
+    at.sidebar.checkbox(key=f"sidebar_del_sure:{victim}").check().run()
+    at.sidebar.button(key="sidebar_delete").click().run()
+    assert_clean(at)
+    assert victim not in {i.id for i in app_home.store.list()}
+    assert at.session_state["active_run"] != victim
+
+
+@pytest.mark.parametrize("page", ["training", "embedding"])
+def test_other_pages_show_a_damaged_active_run_without_an_error(app_home, damaged_runs, page):
+    victim = next(iter(damaged_runs))
+    at = open_page(page, active=victim)
+    assert_clean(at)
+    assert _said(at.warning, "status.json does not hold a JSON object")
