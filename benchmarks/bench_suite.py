@@ -95,6 +95,15 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
             "n_features": result.metrics.get("n_features"),
         }
     )
+    save = os.environ.get("SCGRAPH_SUITE_SAVE")
+    if save:  # the embedding, for studying cluster choices without training again
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            f"{save}_{name}_{model}_{seed}.npz",
+            embedding=out.obsm[views["embedding"]].astype(np.float32),
+            truth=truth.astype(str),
+            clusters=pred,
+        )
     # scanpy on the same cells and the genes the model's recipe chose, log-normalised and unscaled.
     genes = _model_genes(out, model)
     cols = out.var_names.get_indexer(genes)
@@ -140,9 +149,13 @@ def _done(jsonl: Path) -> list[dict]:
     return rows
 
 
-def _run_child(name: str, model: str, seed: int, overrides: dict, threads: int, timeout: float) -> dict:
+def _run_child(
+    name: str, model: str, seed: int, overrides: dict, threads: int, timeout: float, save: str = ""
+) -> dict:
     cmd = [sys.executable, __file__, "--single", name, model, str(seed), json.dumps(overrides)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if save:
+        env["SCGRAPH_SUITE_SAVE"] = save
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
@@ -228,6 +241,7 @@ def main() -> None:
     parser.add_argument("--jsonl", default=str(RESULTS / "suite.jsonl"))
     parser.add_argument("--out", default=str(RESULTS / "suite.json"))
     parser.add_argument("--table", action="store_true", help="only print the tables of the runs done")
+    parser.add_argument("--save", default="", help="folder for each run's embedding and clusters (.npz)")
     parser.add_argument("--single", nargs=4, metavar=("NAME", "MODEL", "SEED", "SET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
@@ -257,7 +271,8 @@ def main() -> None:
 
     def one(job: tuple[str, str, int]) -> None:
         name, model, seed = job
-        row = _run_child(name, model, seed, overrides, args.threads, args.timeout)
+        save = str(Path(args.save) / (args.tag or "default")) if args.save else ""
+        row = _run_child(name, model, seed, overrides, args.threads, args.timeout, save)
         row.update(tag=args.tag, overrides=overrides, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         line = json.dumps(row) + "\n"
         with open(jsonl, "a", encoding="utf-8") as fh:  # one write per run: a line is whole or absent

@@ -44,6 +44,7 @@ from .runs import (
 
 __all__ = [
     "Progress",
+    "finish",
     "launch",
     "progress",
     "safe_filename",
@@ -184,6 +185,37 @@ def launch(run: Run, *, python: str | None = None, env: dict[str, str] | None = 
         },
     )
     return pid
+
+
+def finish(run: Run, *, python: str | None = None) -> int:
+    """Start ``python -m scgraph_core runs finish RUN_DIR`` detached (the Runs page's Finish button): a run that
+    failed after training is analysed and written from its saved weights. Returns the process id."""
+    state = run.state
+    if state in ("queued", "running"):
+        raise RunError(f"Run {run.id} is {state}; wait for it to end before finishing it.")
+    if not run.saved_stages():
+        raise RunError(f"Run {run.id} has no saved training stages, so there is nothing to finish from.")
+    python = python or sys.executable
+    command = [python, "-m", "scgraph_core", "runs", "finish", str(run.path.absolute()), "--json"]
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), child_env.get("PYTHONPATH")) if p)
+    child_env.setdefault("SCGRAPH_HOME", str(default_home()))
+    child_env["PYTHONUNBUFFERED"] = "1"
+    out = subprocess.run(
+        [python, "-c", _LAUNCHER, str(run.file(LOG_FILE)), *command],
+        env=child_env,
+        cwd=str(_REPO),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if out.returncode != 0 or not out.stdout.strip().isdigit():
+        raise RunError(
+            f"The finishing process could not be started: {(out.stderr or out.stdout).strip()[-500:]}"
+        )
+    return int(out.stdout.strip())
 
 
 def worker_info(run: Run) -> dict[str, Any]:

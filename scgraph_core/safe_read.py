@@ -268,7 +268,11 @@ def _child(folder: Path) -> int:
             warnings.simplefilter("ignore")
             warnings.simplefilter("always", data.DataWarning)
             adata = data.read(request["path"], orientation=request["orientation"], fmt=request["fmt"])
-        adata.write_h5ad(folder / _DATA)
+        import anndata
+
+        # pandas 3 reads text as string arrays, which anndata writes only when asked to.
+        with anndata.settings.override(allow_write_nullable_strings=True):
+            adata.write_h5ad(folder / _DATA)
         messages = [str(w.message) for w in caught if issubclass(w.category, data.DataWarning)]
         note: dict[str, Any] = {"ok": True, "warnings": messages}
     except DataError as exc:

@@ -31,7 +31,7 @@ TINY = [
 @pytest.fixture
 def counts_file(tmp_path) -> Path:
     path = tmp_path / "toy.h5ad"
-    toy_counts(n_cells=150, n_genes=60).write_h5ad(path)
+    runs.write_h5ad(toy_counts(n_cells=150, n_genes=60), path)  # writes pandas 3 string columns too
     return path
 
 

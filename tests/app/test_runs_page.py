@@ -132,3 +132,47 @@ def test_other_pages_show_a_damaged_active_run_without_an_error(app_home, damage
     at = open_page(page, active=victim)
     assert_clean(at)
     assert _said(at.warning, "status.json does not hold a JSON object")
+
+
+def test_a_run_that_failed_after_training_is_finished_from_the_page(tmp_path, monkeypatch):
+    """The write failed (a full disk); the weights were kept; Finish writes the result without training."""
+    import errno
+    import time
+
+    import anndata as ad
+
+    from scgraph_core import pipeline, runs
+    from scgraph_core.errors import RunError
+    from scgraph_core.runs import RunStore
+    from tests.app.conftest import TINY
+    from tests.helpers import toy_counts
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SCGRAPH_HOME", str(home))
+    data_file = tmp_path / "toy.h5ad"
+    runs.write_h5ad(toy_counts(n_cells=150), data_file)
+    config = pipeline.resolve_config("cellvgae", "quick", TINY["cellvgae"], label_key="celltype")
+    record = {**config.to_dict(), "input": {"path": str(data_file), "orientation": "auto", "format": None}}
+    run = RunStore().create(model="cellvgae", name="disk filled", dataset="toy", config=record)
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(ad.AnnData, "write_h5ad", full_disk)
+        with pytest.raises(RunError, match="no space left on device"):
+            pipeline.run_folder(run)
+    assert run.state == "failed" and not run.file("result.h5ad").exists()
+
+    at = open_page("runs")
+    at.selectbox(key="runs_pick").set_value(run.id).run()
+    assert "runs finish" in texts(at.error)[0]
+    at.button(key="run_finish").click().run()
+    assert not at.exception
+    deadline = time.time() + 240
+    while run.state != "done" and time.time() < deadline:
+        time.sleep(1)
+    assert run.state == "done", run.status
+    assert run.file("result.h5ad").is_file()
+    at.run()
+    assert "run_finish" not in {b.key for b in at.button}
