@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +76,8 @@ def app_url(tmp_path_factory):
     env = {
         **os.environ,
         "SCGRAPH_HOME": str(home),
-        "SCGRAPH_DATA_ROOTS": str(tmp_path_factory.getbasetemp()),
+        # The app reads typed paths only inside its data roots: pytest's temp folder and the shared datasets.
+        "SCGRAPH_DATA_ROOTS": os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(SHARED_DATA)]),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
     log = open(home / "streamlit.log", "wb")
@@ -276,7 +279,6 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
 def _raw_count_file(tmp_path: Path) -> Path:
     """scvgae_sample from ../shared/data when it is there (real counts for the README's screenshots);
     otherwise Poisson counts made here, so the test runs in a fresh clone too."""
-    from tests.conftest import SHARED_DATA
 
     real = SHARED_DATA / "scvgae_sample.h5ad"
     if real.exists():
