@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from scgraph_app import cache, state, ui
-from scgraph_core import interpret, plots
+from scgraph_core import de, interpret, plots
 
 ui.header(
     "Embedding",
@@ -22,6 +22,10 @@ path, stamp = str(run.path), cache.result_stamp(run)
 label_key = (run.config or {}).get("label_key")
 label_key = label_key if label_key in adata.obs else None
 recluster_key = f"recluster:{run.id}"
+selections_key = f"selections:{run.id}"  # name -> row numbers of cells kept from the lasso
+selections: dict[str, list[int]] = st.session_state.setdefault(selections_key, {})
+if "_emb_message" in st.session_state:
+    st.toast(st.session_state.pop("_emb_message"), icon=":material/save:")
 
 COLOUR_KINDS = {
     "clusters": "clusters found by the model",
@@ -154,6 +158,22 @@ def umap_view() -> None:
                         width="stretch",
                         key=f"comp:{key}",
                     )
+            k = st.columns([2, 1])
+            keep_name = k[0].text_input(
+                "Name of this selection",
+                f"selection {len(selections) + 1}",
+                key="sel_name",
+                help="Kept selections can be compared below (differential expression) and saved into the run "
+                "as an annotation.",
+            )
+            if k[1].button("Keep this selection", key="sel_keep", icon=":material/bookmark_add:"):
+                name = keep_name.strip()
+                if not name:
+                    st.warning("Give the selection a name.")
+                else:
+                    selections[name] = [int(i) for i in chosen]
+                    st.session_state["_emb_message"] = f"Kept {chosen.size:,} cells as '{name}'."
+                    st.rerun(scope="app")
             table = adata.obs.iloc[chosen][[c for c in (label_key, views.get("clusters")) if c]].copy()
             table.insert(0, "cell", adata.obs_names[chosen])
             st.download_button(
@@ -166,6 +186,171 @@ def umap_view() -> None:
 
 
 umap_view()
+
+
+def selection_de() -> None:
+    """Differential expression of a kept selection against the other cells or a second selection."""
+    st.subheader("Selected cells: which genes set them apart")
+    if not selections:
+        st.caption(
+            "Lasso cells on the UMAP above and press 'Keep this selection' to compare them with the other "
+            "cells (or with a second selection) over all genes."
+        )
+        return
+    names = list(selections)
+    st.caption(" · ".join(f"{ui.md(n)}: {len(selections[n]):,} cells" for n in names))
+    c = st.columns([2, 2, 1])
+    first = c[0].selectbox("Cells", names, key="sel_a", help="A selection kept from the UMAP.")
+    rest = "all other cells"
+    second = c[1].selectbox(
+        "Against",
+        [rest, *[n for n in names if n != first]],
+        key="sel_b",
+        help="Every other cell, or a second kept selection (cells in both are left out).",
+    )
+    method = c[2].selectbox("Test", list(de.METHODS), key="sel_method", help="Wilcoxon rank-sum or t-test.")
+    c = st.columns([1, 1, 2])
+    lfc = c[0].number_input(
+        "log2 fold change at least", 0.0, 10.0, 1.0, 0.25, key="sel_lfc", help="For the volcano's colours."
+    )
+    n_top = int(c[1].number_input("Top genes", 5, 200, 20, key="sel_n", help="Genes in each table."))
+    done = st.session_state.setdefault("sel_done", [])
+    ask = [run.id, first, second, method]
+    if c[2].button("Compare", type="primary", key="sel_go", icon=":material/science:"):
+        done.append(ask)
+    if ask not in done:
+        return
+    against = None if second == rest else selections[second]
+    result = cache.de_cells(
+        run, selections[first], against, method, first, "rest" if against is None else second
+    )
+    table = result.table
+    other = "the other cells" if against is None else second
+    st.caption(
+        f"{method} on the log-normalised values of all {adata.n_vars:,} genes: {ui.md(first)} "
+        f"({result.n_cells.get(first, 0):,} cells) against {ui.md(other)} "
+        f"({result.n_cells.get(result.uns['params']['reference'], 0):,} cells); adjusted p: Benjamini-Hochberg."
+    )
+    st.plotly_chart(
+        plots.volcano_figure(table, lfc=float(lfc), title=f"{first} against {other}"),
+        width="stretch",
+        key="sel_volcano",
+    )
+    columns = {
+        "pval": st.column_config.NumberColumn("p-value", format="%.2e"),
+        "pval_adj": st.column_config.NumberColumn("adjusted p", format="%.2e"),
+        "logfoldchange": st.column_config.NumberColumn("log2 fold change", format="%.2f"),
+        "score": st.column_config.NumberColumn("score", format="%.2f"),
+        "pct_group": st.column_config.NumberColumn(f"% in {first}", format="%.0f"),
+        "pct_rest": st.column_config.NumberColumn("% in others", format="%.0f"),
+    }
+    shown = ["gene", "score", "logfoldchange", "pval_adj", "pct_group", "pct_rest"]
+    t = st.columns(2)
+    t[0].markdown(f"**Higher in {ui.md(first)}**")
+    t[0].dataframe(result.top(n_top)[shown], hide_index=True, width="stretch", column_config=columns)
+    t[1].markdown(f"**Lower in {ui.md(first)}**")
+    t[1].dataframe(
+        result.top(n_top, direction="down")[shown], hide_index=True, width="stretch", column_config=columns
+    )
+    d = st.columns([1, 2, 1])
+    d[0].download_button(
+        "Every gene (CSV)",
+        table.to_csv(index=False),
+        file_name=f"{run.id}_selection_de.csv",
+        mime="text/csv",
+        key="dl_sel_de",
+    )
+    name = d[1].text_input(
+        "Save as annotation",
+        first.replace(" ", "_"),
+        key="sel_save_name",
+        help="The cells' sides become an obs column of this name and the genes uns['rank_genes_groups_<name>'], "
+        "in scanpy's layout.",
+    )
+    if d[2].button("Save into the run", key="sel_save", icon=":material/save:"):
+        cache.update_result(run, lambda a: de.save_comparison(a, name, result))
+        st.session_state["_emb_message"] = (
+            f"Saved obs['{name}'] and uns['rank_genes_groups_{name}'] in the run's result.h5ad."
+        )
+        st.rerun()
+
+
+def annotation_saver() -> None:
+    """Save kept selections, the re-clustering or renamed groups as an obs column of the run."""
+    st.subheader("Save an annotation into the run")
+    sources = {"rename": "renamed (or merged) groups of a clustering"}
+    if selections:
+        sources = {"selections": "the kept selections", **sources}
+    if st.session_state.get(recluster_key):
+        sources["recluster"] = "the re-clustering made on this page"
+    kind = st.radio(
+        "From",
+        list(sources),
+        format_func=sources.get,
+        horizontal=True,
+        key="ann_kind",
+        help="What the new cell annotation holds. It is written to the run's result.h5ad as an obs column, "
+        "so it can colour the UMAP, group cells on the Markers page, and be read by scanpy.",
+    )
+    if kind == "selections":
+        picked = st.multiselect(
+            "Selections",
+            list(selections),
+            default=list(selections),
+            key="ann_sel",
+            help="Each becomes a group; a cell in several takes the last one; other cells are 'other'.",
+        )
+        make = lambda: de.annotation_from_selections(adata.n_obs, {n: selections[n] for n in picked})  # noqa: E731
+        source = "cells selected on the UMAP"
+    elif kind == "recluster":
+        spec = st.session_state[recluster_key]
+        labels = cache.recluster(path, stamp, spec["method"], json.dumps(spec["options"], sort_keys=True))[
+            "labels"
+        ]
+        make = lambda: np.where(labels < 0, "noise", labels.astype(str))  # noqa: E731
+        source = f"re-clustering ({spec['method']}: {spec['options']})"
+    else:
+        options = dict(de.groupings(adata, label_key))
+        if not options:
+            st.caption("This result has no clustering to rename.")
+            return
+        base = st.selectbox(
+            "Clustering",
+            list(options),
+            format_func=lambda k: f"{k} ({options[k]})",
+            key="ann_base",
+            help="Give its groups names (e.g. cell types); two groups with the same new name are merged.",
+        )
+        groups = sorted(adata.obs[base].astype(str).unique(), key=plots._natural_key)
+        if len(groups) > 60:
+            st.caption(f"{ui.md(base)} has {len(groups)} groups: too many to rename here.")
+            return
+        cols = st.columns(4)
+        mapping = {
+            g: cols[i % 4].text_input(ui.md(g) if g else "(empty)", g, key=f"ann_rn:{base}:{g}")
+            for i, g in enumerate(groups)
+        }
+        make = lambda: de.renamed(adata.obs[base].astype(str).to_numpy(), mapping)  # noqa: E731
+        source = f"renamed groups of {base}"
+    c = st.columns([2, 1, 1])
+    name = c[0].text_input("Annotation name", "my_annotation", key="ann_name", help="The obs column's name.")
+    replace = c[1].toggle(
+        "Replace if saved before", key="ann_replace", help="Overwrite an annotation saved in the app earlier."
+    )
+    if c[2].button("Save into the run", type="primary", key="ann_save", icon=":material/save:"):
+        values = make()
+        cache.update_result(
+            run, lambda a: de.add_annotation(a, name, values, source=source, overwrite=replace)
+        )
+        st.session_state["_emb_message"] = (
+            f"Saved obs['{name}'] in the run's result.h5ad: colour the UMAP by it ('another cell annotation') "
+            "or find its marker genes on the Markers page."
+        )
+        st.rerun()
+
+
+with ui.guard("the differential expression of the selection"):
+    selection_de()
 
 with ui.guard("re-clustering"):
     st.subheader("Clusters and scores")
@@ -346,3 +531,6 @@ with ui.guard("the comparison"):
                 )
                 + (f" · {m['n_clusters']} clusters" if m.get("n_clusters") is not None else "")
             )
+
+with ui.guard("saving the annotation"):
+    annotation_saver()

@@ -309,3 +309,60 @@ def node_scores(path: str, stamp: float, name: str, statistic: str, mode: str) -
         alpha = amap.weights(stat)
     n = _load_result(path, stamp).n_obs
     return interpret.node_attention(amap.edge_index, alpha, n, mode=mode)
+
+
+# ------------------------------------------------------------------------------------------------
+# Differential expression and annotations
+# ------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=8, show_spinner="Ranking every gene in every group (rank_genes_groups)...")
+def _de_groups(path: str, stamp: float, groupby: str, method: str):
+    from scgraph_core import de
+
+    return de.rank_groups(_load_result(path, stamp), groupby, method=method)
+
+
+def de_groups(run: Run, groupby: str, method: str):
+    """Marker genes of every group of ``obs[groupby]`` over all genes (shared, read-only DEResult)."""
+    return _de_groups(str(run.path), result_stamp(run), groupby, method)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Comparing the selected cells (rank_genes_groups)...")
+def _de_cells(
+    path: str,
+    stamp: float,
+    cells: tuple[int, ...],
+    against: tuple[int, ...] | None,
+    method: str,
+    name: str,
+    other: str,
+):
+    from scgraph_core import de
+
+    adata = _load_result(path, stamp)
+    return de.compare_cells(
+        adata, list(cells), None if against is None else list(against), method=method, name=name, other=other
+    )
+
+
+def de_cells(run: Run, cells, against, method: str, name: str, other: str):
+    """Genes that differ between the cells at rows ``cells`` and the rest or ``against`` (shared DEResult)."""
+    return _de_cells(
+        str(run.path),
+        result_stamp(run),
+        tuple(int(i) for i in cells),
+        None if against is None else tuple(int(i) for i in against),
+        method,
+        name,
+        other,
+    )
+
+
+def update_result(run: Run, edit) -> None:
+    """Save a change into the run's result.h5ad (atomically, see Run.update_result) and drop the cached
+    copies, so every page reads the new file."""
+    run.update_result(edit)
+    _load_result.clear()
+    _de_groups.clear()
+    _de_cells.clear()

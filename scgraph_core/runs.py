@@ -783,6 +783,31 @@ class Run:
         except Exception as exc:
             raise RunError(f"{path} cannot be read ({exc}); the run's result is damaged.") from None
 
+    def update_result(self, edit: Callable[[Any], Any]) -> Any:
+        """Read ``result.h5ad``, let ``edit`` change the AnnData in place, write it back atomically and
+        return the file as read again.
+
+        Used to add annotations and saved differential expression (:mod:`scgraph_core.de`). Edits are
+        serialised by a lock file, so two sessions saving at once both keep their change; a run that is
+        still being worked on by its worker is refused. ``edit``'s exceptions propagate and leave the
+        file as it was.
+        """
+        import fcntl
+
+        if self.alive():
+            raise RunError(
+                f"Run {self.id} is still {self.state}; wait until it has finished to save into its results."
+            )
+        with open(self.file(".result-edit.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                adata = self.read_result()
+                edit(adata)
+                self.write_result(adata)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return self.read_result()
+
     def info(self) -> RunInfo:
         """The run's line in the list; never raises for a damaged folder (it says why instead)."""
         status = self.status
