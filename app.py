@@ -2,14 +2,15 @@
 
 ``streamlit run app.py`` (or ``make run``) opens it on the built-in demo dataset. This file sets up the
 page, the sidebar (dataset, active run, device) and the navigation; each step a user takes is one page
-in ``pages/``.
+in ``pages/``. The address keeps the dataset, model, preset and active run, so a reload restores them
+(``scgraph_app/url.py``).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from scgraph_app import sidebar, ui
+from scgraph_app import sidebar, ui, url
 
 st.set_page_config(
     page_title="scgraph",
@@ -20,8 +21,12 @@ st.set_page_config(
 )
 st.logo("assets/logo.svg", size="large")
 
+with ui.guard("the link"):
+    url.restore()  # a new session (a reload, a shared link) starts from the address's choices
+
 with ui.guard("the sidebar"):
     sidebar.draw()
+    url.show_notes()
 
 imputation_visible = False
 with ui.guard("the page list"):
@@ -48,5 +53,10 @@ pages = {
     "Manage": [st.Page(ui.PAGES["runs"], title="Runs", icon=":material/inventory_2:")],
 }
 page = st.navigation(pages, position="sidebar", expanded=True)
-ui.open_deep_link()
-page.run()
+try:
+    ui.open_deep_link()
+    page.run()
+finally:
+    # Also when the page stops or reruns: the address always holds the latest choices.
+    with ui.guard("the link"):
+        url.sync()

@@ -48,8 +48,10 @@ with ui.guard("the gene choice"):
         help="Learnt expression is a score, not a count; off, each plot uses its own range.",
     )
 
-for gene in chosen:
-    with ui.guard(f"the plots of {gene}"):
+with ui.guard("the expression plots"):
+    panels: list[plots.Panel] = []
+    captions: list[str] = []
+    for gene in chosen:
         learnt = interpret.learnt_expression(emb, weights, genes.index(gene))
         observed = cache.expression(adata, gene)
         r = (
@@ -57,42 +59,28 @@ for gene in chosen:
             if np.std(observed) > 0 and np.std(learnt) > 0
             else float("nan")
         )
-        st.markdown(f"#### {ui.md(gene)}")
-        st.caption(
-            f"Correlation of learnt and observed expression across cells: r = {r:.2f}"
+        captions.append(
+            f"**{ui.md(gene)}** · Correlation of learnt and observed expression across cells: r = {r:.2f}"
             if np.isfinite(r)
-            else "The gene does not vary here."
-        )
-        c = st.columns(2)
-        c[0].plotly_chart(
-            plots.embedding_scatter(
-                coords,
-                observed,
-                name="observed",
-                categorical=False,
-                title="observed (log-normalised)",
-                height=420,
-            ),
-            width="stretch",
-            key=f"ex_obs:{gene}",
+            else f"**{ui.md(gene)}** · The gene does not vary here."
         )
         learnt_shown = learnt
         if scale and np.ptp(learnt) > 0:
             # Map the score onto the observed range, so the same colour means the same rank of cell.
             lo, hi = float(observed.min()), float(observed.max())
             learnt_shown = lo + (learnt - learnt.min()) / np.ptp(learnt) * (hi - lo)
-        c[1].plotly_chart(
-            plots.embedding_scatter(
-                coords,
-                learnt_shown,
-                name="learnt",
-                categorical=False,
-                colorscale="Cividis",
-                title="learnt (embedding x P_mu row)",
-                height=420,
-            ),
+        panels.append(plots.Panel(f"{gene}: observed (log-normalised)", observed, "observed"))
+        panels.append(
+            plots.Panel(f"{gene}: learnt (embedding x P_mu row)", learnt_shown, "learnt", "Cividis")
+        )
+    if panels:
+        for line in captions:
+            st.caption(line)
+        # One figure for every gene: a browser allows a page only a few WebGL plots.
+        st.plotly_chart(
+            plots.embedding_panels(coords, panels, columns=2, panel_height=400),
             width="stretch",
-            key=f"ex_learnt:{gene}",
+            key="ex_panels",
         )
 
 if not chosen:

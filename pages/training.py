@@ -6,7 +6,7 @@ import streamlit as st
 
 from scgraph_app import cache, config, state, ui
 from scgraph_core import estimate, jobs, plots
-from scgraph_core.errors import ConfigError
+from scgraph_core.errors import ConfigError, ScgraphError
 from scgraph_core.models import base as models
 from scgraph_core.runs import Run
 
@@ -18,6 +18,7 @@ ui.header(
 
 REFRESH_S = 1.5
 WATCH = "watch_run"
+_STOP_ERROR = "_stop_error"
 
 # ---- start a run -------------------------------------------------------------------------------
 with ui.guard("starting a run"):
@@ -105,49 +106,84 @@ def _seconds(value: float | None) -> str:
     return estimate.format_seconds(value)
 
 
+# What the worker does, in order; the keys are the pipeline steps of its event log (jobs.progress).
+STEPS = [
+    ("", "preparing the data"),
+    ("graph", "building the cell graph"),
+    ("train", "training epochs"),
+    ("cluster", "clustering the embedding"),
+    ("interpret", "interpreting: attention and gene weights"),
+    ("write", "writing the results"),
+]
+_STEP_INDEX = {key: i for i, (key, _) in enumerate(STEPS)} | {"dec_restart": 2}
+
+
+def step_list(step: str) -> None:
+    """The worker's steps, the current one marked (clustering and interpreting have no epochs to count)."""
+    current = _STEP_INDEX.get(step, 0)
+    lines = []
+    for i, (_, words) in enumerate(STEPS):
+        if i < current:
+            lines.append(f"- :material/check: {words}")
+        elif i == current:
+            lines.append(f"- :material/progress_activity: **{words}...**")
+        else:
+            lines.append(f"- :gray[{words}]")
+    st.markdown("\n".join(lines))
+
+
+def stop_control(run: Run) -> None:
+    """The Stop button, outside the auto-refreshing live view: a click made while the view redraws
+    would be lost inside it. The callback writes the stop request before the page runs again."""
+    failed = st.session_state.pop(_STOP_ERROR, None)
+    if failed:
+        st.error(f"**The stop request could not be written.** {ui.md(failed)}", icon=":material/error:")
+    requested = run.stop_requested()
+    cols = st.columns([4, 1])
+    if requested:
+        cols[0].warning(
+            "**Stop requested.** Training ends after the current epoch; the best checkpoint so far is "
+            "kept and the results are computed from it.",
+            icon=":material/stop_circle:",
+        )
+    cols[1].button(
+        "Stopping..." if requested else "Stop",
+        key=f"stop:{run.id}",
+        disabled=requested,
+        icon=":material/stop:",
+        on_click=_request_stop,
+        args=(run.id,),
+        help="Ends training after the current epoch; the best checkpoint so far is kept and the results "
+        "are computed from it.",
+    )
+
+
+def _request_stop(run_id: str) -> None:
+    try:
+        jobs.stop(state.store().open(run_id))
+    except ScgraphError as exc:  # the run was deleted meanwhile: say so on the page, not as a traceback
+        st.session_state[_STOP_ERROR] = str(exc)
+
+
 def run_view(run_id: str) -> None:
     """The run's state, progress, device, memory and curves, read from the run folder alone."""
     with ui.guard("the live view"):
         run = state.store().open(run_id)
         p = jobs.progress(run)
-        meta = run.meta
-        icon = ui.STATE_ICONS.get(p.state, "")
-        head = st.columns([4, 1])
-        head[0].markdown(f"### {icon} {ui.md(meta.get('name', run.id))}")
-        if p.state in ("queued", "running"):
-            if head[1].button(
-                "Stop" if not p.stop_requested else "Stopping...",
-                key=f"stop:{run.id}",
-                disabled=p.stop_requested,
-                icon=":material/stop:",
-                help="Ends training after the current epoch; the best checkpoint so far is kept and the "
-                "results are computed from it.",
-            ):
-                jobs.stop(run)
-                st.rerun()
-        step_words = {
-            "graph": "building the cell graph",
-            "train": "training",
-            "cluster": "clustering the embedding",
-            "interpret": "reading attention and gene weights",
-            "dec_restart": "DEC raised the ZINB loss past its guard; fine-tuning again at a tenth of the "
-            "learning rate",
-        }
         if p.state == "queued":
             st.info(
                 "Starting the training process (loading the libraries takes a few seconds)...",
                 icon=":material/schedule:",
             )
         elif p.state == "running":
-            what = step_words.get(p.step, p.step or "preparing the data")
-            if p.step == "train" and p.epochs:
+            step_list(p.step)
+            if p.step in ("train", "dec_restart") and p.epochs:
                 stage = f" ({ui.md(p.stage)})" if p.stage and p.stage != "train" else ""
                 eta = f" · about {_seconds(p.eta_s)} left for training" if p.eta_s is not None else ""
                 st.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs}{stage}{eta}")
-            else:
-                st.progress(
-                    1.0 if p.step in ("cluster", "interpret", "dec_restart") else 0.0,
-                    text=what.capitalize() + "...",
+            if p.step == "dec_restart":
+                st.caption(
+                    "DEC raised the ZINB loss past its guard; fine-tuning again at a tenth of the learning rate."
                 )
         elif p.state == "done":
             st.success(
@@ -231,7 +267,15 @@ def run_view(run_id: str) -> None:
 live_view = st.fragment(run_every=REFRESH_S)(run_view)
 
 if watched is not None:
-    if jobs.status(watched).get("state") in ("queued", "running"):
+    watched_state = jobs.status(watched).get("state")
+    live_now = watched_state in ("queued", "running")
+    with ui.guard("the live view"):
+        meta = watched.meta
+        icon = ui.STATE_ICONS.get(watched_state, "")
+        st.markdown(f"### {icon} {ui.md(meta.get('name', watched.id))}")
+        if live_now:
+            stop_control(watched)
+    if live_now:
         live_view(watched.id)
     else:
         run_view(watched.id)

@@ -1,8 +1,9 @@
 """What one browser session has chosen: the dataset, the configuration being edited, the active run.
 
 Everything lives in ``st.session_state`` under a few keys; runs themselves live on disk (the run store),
-so a refresh or a second browser loses nothing but these choices. A new session opens on the built-in
-demo with the newest running run (else the newest finished one) active.
+so a second browser loses nothing but these choices. A new session takes them from the address
+(``url.restore``: a reload keeps them), else opens on the built-in demo with the newest running run
+(else the newest finished one) active.
 """
 
 from __future__ import annotations

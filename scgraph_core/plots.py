@@ -4,7 +4,9 @@ Every builder takes arrays or tables and returns a ``plotly.graph_objects.Figure
 attention graph, a self-contained HTML string): the caller decides where it goes. Scatter plots of
 cells use WebGL (``Scattergl``), which stays responsive with 100,000 cells. Each point carries its
 cell's row number in ``customdata`` so a selection on the plot maps back to cells
-(:func:`selected_cells`).
+(:func:`selected_cells`). Browsers give a page only a few WebGL contexts (each WebGL figure takes its
+own, and the oldest go blank past the limit), so many colourings of the same cells are drawn as one
+figure with subplots (:func:`embedding_panels`), with SVG markers when there are few points in all.
 
 The attention graph (:func:`attention_graph_html`) is built with pyvis and rendered through this
 package's own template (``assets/attention_graph.html``): the vis-network library is inlined from the
@@ -21,7 +23,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -34,6 +36,7 @@ __all__ = [
     "category_colors",
     "composition_figure",
     "dot_plot_figure",
+    "embedding_panels",
     "embedding_scatter",
     "gene_gene_figure",
     "gene_weight_figure",
@@ -42,6 +45,7 @@ __all__ = [
     "imputation_histogram",
     "loss_figure",
     "qc_figure",
+    "Panel",
     "qc_metrics",
     "selected_cells",
     "validation_figure",
@@ -60,6 +64,8 @@ _PALETTE = (
 _MAX_LEGEND = 60  # more categories than this are drawn as one trace coloured by code
 _NOISE_NAMES = {"noise", "-1", "nan", "none", ""}
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}}
+# A figure with at most this many points in all draws SVG markers (no WebGL context); above it, WebGL.
+SVG_MAX_POINTS = 30_000
 
 
 def _natural_key(text: str) -> tuple:
@@ -242,6 +248,117 @@ def embedding_scatter(
         title=axis_names[1], showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x"
     )
     return fig
+
+
+class Panel(NamedTuple):
+    """One colouring of the cells in :func:`embedding_panels`: a number per cell and its labels."""
+
+    title: str
+    values: Any
+    name: str = ""
+    colorscale: str = "Viridis"
+
+
+def embedding_panels(
+    coords: np.ndarray,
+    panels: Sequence[Panel],
+    *,
+    columns: int = 2,
+    panel_height: int = 380,
+    axis_names: tuple[str, str] = ("UMAP 1", "UMAP 2"),
+    webgl: bool | None = None,
+) -> go.Figure:
+    """Several numeric colourings of the same cells in ONE figure: a subplot per panel, row by row,
+    each with its own colour bar (highest values on top, missing values grey).
+
+    One figure holds at most one WebGL context however many panels it has; ``webgl=None`` draws SVG
+    markers (none at all) when ``len(coords) * len(panels) <= SVG_MAX_POINTS``. ``customdata`` of
+    every point is its row number in ``coords``.
+    """
+    xy = np.asarray(coords, dtype=np.float32)
+    n = xy.shape[0]
+    columns = max(1, min(columns, len(panels) or 1))
+    n_rows = max(1, math.ceil(len(panels) / columns))
+    use_gl = n * len(panels) > SVG_MAX_POINTS if webgl is None else webgl
+    trace = go.Scattergl if use_gl else go.Scatter
+    size = _point_size(n) if use_gl else min(_point_size(n), 5.0)
+    fig = make_subplots(
+        rows=n_rows,
+        cols=columns,
+        subplot_titles=[_title_safe(p.title) for p in panels] or None,
+        horizontal_spacing=0.14 if columns > 1 else 0.02,
+        vertical_spacing=min(0.08, 0.4 / n_rows),
+    )
+    for i, panel in enumerate(panels):
+        row, col = divmod(i, columns)
+        row, col = row + 1, col + 1
+        vals = np.asarray(panel.values, dtype=np.float64).reshape(-1)
+        finite = np.isfinite(vals)
+        if (~finite).any():
+            rows = np.flatnonzero(~finite).astype(np.int32)
+            fig.add_trace(
+                trace(
+                    x=xy[rows, 0],
+                    y=xy[rows, 1],
+                    mode="markers",
+                    marker={"size": size, "color": MISSING_COLOR, "line": {"width": 0}},
+                    customdata=rows,
+                    hoverinfo="skip",
+                    name=f"{panel.title}: no value",
+                    showlegend=False,
+                ),
+                row=row,
+                col=col,
+            )
+        rows = np.flatnonzero(finite)
+        rows = rows[np.argsort(vals[rows], kind="stable")].astype(np.int32)
+        sub = fig.get_subplot(row, col)
+        x0, x1 = sub.xaxis.domain
+        y0, y1 = sub.yaxis.domain
+        fig.add_trace(
+            trace(
+                x=xy[rows, 0],
+                y=xy[rows, 1],
+                mode="markers",
+                marker={
+                    "size": size,
+                    "color": vals[rows].astype(np.float32),
+                    "colorscale": panel.colorscale,
+                    "showscale": True,
+                    "colorbar": {
+                        "title": {"text": _title_safe(panel.name)},
+                        "thickness": 12,
+                        "x": x1 + 0.005,
+                        "xanchor": "left",
+                        "y": (y0 + y1) / 2,
+                        "yanchor": "middle",
+                        "len": y1 - y0,
+                    },
+                    "line": {"width": 0},
+                },
+                customdata=rows,
+                hovertemplate=f"{_hover_safe(panel.name)}: %{{marker.color:.3g}}<extra></extra>",
+                name=panel.title,
+                showlegend=False,
+            ),
+            row=row,
+            col=col,
+        )
+        fig.update_xaxes(title_text=axis_names[0], row=row, col=col)
+        fig.update_yaxes(
+            title_text=axis_names[1], scaleanchor="x" if i == 0 else f"x{i + 1}", row=row, col=col
+        )
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(**_LAYOUT, height=panel_height * n_rows, uirevision="keep")
+    return fig
+
+
+def _title_safe(text: Any) -> str:
+    # Titles and colour-bar titles are rendered as (limited) HTML.
+    import html
+
+    return html.escape(str(text))
 
 
 def _hover_safe(text: Any) -> str:

@@ -124,3 +124,26 @@ def test_small_figures():
         (np.arange(5.0), np.arange(5.0)), (np.arange(5.0), -np.arange(5.0)), ("a", "b")
     )
     assert "r = 1.00" in fig.layout.annotations[0].text and "r = -1.00" in fig.layout.annotations[1].text
+
+
+def test_panels_share_one_figure_and_switch_to_webgl_only_for_many_points():
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(200, 2))
+    values = [rng.random(200) for _ in range(5)]
+    values[1][3] = np.nan
+    panels = [plots.Panel(f"{HOSTILE} {i}", v, name=f"gene{i}") for i, v in enumerate(values)]
+    fig = plots.embedding_panels(xy, panels, columns=2)
+    assert {t.type for t in fig.data} == {"scatter"}  # 1,000 points: SVG, no WebGL context
+    main = [t for t in fig.data if t.marker.showscale]
+    assert len(main) == 5 and len({t.xaxis for t in main}) == 5
+    # Highest values drawn last; the missing value is a grey point of its own on panel 1's axes.
+    order = np.asarray(main[0].customdata)
+    assert list(values[0][order]) == sorted(values[0])
+    grey = [t for t in fig.data if not t.marker.showscale]
+    assert len(grey) == 1 and list(grey[0].customdata) == [3] and grey[0].xaxis == main[1].xaxis
+    # Titles are shown as text.
+    assert all("<script>" not in a.text for a in fig.layout.annotations)
+    many = [plots.Panel(str(i), rng.random(20_000)) for i in range(2)]
+    big = plots.embedding_panels(rng.normal(size=(20_000, 2)), many)
+    assert {t.type for t in big.data} == {"scattergl"}  # still one figure: one WebGL context
+    assert {t.type for t in plots.embedding_panels(xy, panels[:1], webgl=True).data} == {"scattergl"}

@@ -7,6 +7,13 @@ import numpy as np
 from scgraph_core import interpret
 from tests.app.conftest import assert_clean, needs, open_page, plotly_array, plotly_figures, texts
 
+WEBGL = {"scattergl", "scatter3d", "heatmapgl", "pointcloud", "splom", "parcoords", "scattermapbox"}
+
+
+def webgl_figures(figs: list[dict]) -> int:
+    """How many of the page's figures need a WebGL context (one per figure with any WebGL trace)."""
+    return sum(any(t.get("type") in WEBGL for t in fig["data"]) for fig in figs)
+
 
 def test_observed_and_learnt_expression_side_by_side(app_home):
     run_id = app_home.runs["cellvgae"]
@@ -17,17 +24,46 @@ def test_observed_and_learnt_expression_side_by_side(app_home):
     genes.set_value(chosen).run()
     assert_clean(at)
     figs = plotly_figures(at)
-    assert len(figs) == 4  # observed + learnt per gene
+    assert len(figs) == 1  # every gene's observed and learnt panels in one figure
+    traces = {t["name"]: t for t in figs[0]["data"]}
+    assert set(traces) == {
+        f"{g}: {w}" for g in chosen for w in ("observed (log-normalised)", "learnt (embedding x P_mu row)")
+    }
     # The learnt panel holds E · P_mu[g] for every cell (sorted by value for drawing).
     adata = app_home.store.open(run_id).read_result()
     weights, names = interpret.gene_weight_matrix(adata, "P_mu")
     expected = interpret.learnt_expression(
         np.asarray(adata.obsm["X_cellvgae"]), weights, names.index(chosen[0])
     )
-    drawn = np.sort(plotly_array(figs[1]["data"][-1]["marker"]["color"]))
+    learnt = traces[f"{chosen[0]}: learnt (embedding x P_mu row)"]
+    drawn = np.sort(plotly_array(learnt["marker"]["color"]))
     np.testing.assert_allclose(drawn, np.sort(expected), rtol=1e-5, atol=1e-6)
-    assert any("Correlation of learnt and observed" in c for c in texts(at.caption))
+    # Each gene's panels sit on their own axes, so the genes do not overlap in one plot.
+    axes = {(t.get("xaxis", "x"), t.get("yaxis", "y")) for t in figs[0]["data"]}
+    assert len(axes) == 4
+    assert sum("Correlation of learnt and observed" in c for c in texts(at.caption)) == 2
     assert "Observed and learnt expression (CSV)" in {d.label for d in at.get("download_button")}
+
+
+def test_six_genes_draw_in_one_figure_without_webgl(app_home):
+    """Twelve WebGL plots went blank in browsers (a page gets few WebGL contexts): one SVG figure now."""
+    at = open_page("expression", active=app_home.runs["cellvgae"])
+    genes = at.multiselect(key="ex_genes")
+    chosen = [g for g in genes.options if g.startswith("gene")][:6]
+    assert len(chosen) == 6
+    genes.set_value(chosen).run()
+    assert_clean(at)
+    figs = plotly_figures(at)
+    assert len(figs) == 1
+    assert webgl_figures(figs) == 0  # 150 cells x 12 panels: SVG markers, no WebGL context at all
+    assert len(figs[0]["data"]) == 12
+    assert {t["type"] for t in figs[0]["data"]} == {"scatter"}
+    # Every colour bar sits beside its own panel, not on top of another one.
+    bars = {
+        (round(t["marker"]["colorbar"]["x"], 3), round(t["marker"]["colorbar"]["y"], 3))
+        for t in figs[0]["data"]
+    }
+    assert len(bars) == 12
 
 
 def test_no_genes_chosen_is_an_empty_state(app_home):

@@ -138,3 +138,117 @@ def test_a_missing_gpu_is_refused_before_starting(app_home, toy_file):
     assert not at.exception
     assert any("no CUDA GPU is available" in e for e in texts(at.error))
     assert {i.id for i in app_home.store.list()} == before  # no run was created
+
+
+@pytest.fixture
+def fake_running(tmp_path, monkeypatch):
+    """A run that reads as training (its status names this test process), in a home of its own, with
+    the event log a worker writes up to epoch 3 of 100."""
+    from scgraph_core.runs import RunStore
+
+    monkeypatch.setenv("SCGRAPH_HOME", str(tmp_path))
+    run = RunStore(tmp_path / "runs").create(model="cellvgae", name="watched run", dataset="toy")
+    run.set_status("running", "training")
+    run.append_event({"kind": "pipeline", "step": "graph"})
+    run.append_event({"kind": "pipeline", "step": "train", "device": "cpu", "precision": "float32"})
+    run.append_event({"kind": "stage_start", "stage": "train", "epochs": 100})
+    for epoch in (1, 2, 3):
+        run.append_event(
+            {
+                "kind": "epoch",
+                "stage": "train",
+                "epoch": epoch,
+                "epochs": 100,
+                "loss": 1.0 / epoch,
+                "seconds": 0.1,
+            }
+        )
+    return run
+
+
+def test_the_stop_button_is_not_redrawn_by_the_auto_refreshing_view(fake_running, monkeypatch):
+    """A click made while the 1.5 s fragment redraws its own Stop button is lost: the button must live
+    outside the fragment, which must still redraw the progress."""
+    import streamlit
+    from streamlit.delta_generator import DeltaGenerator
+
+    inside: list[bool] = []
+    timers: list[float | None] = []
+    made_inside: list[str] = []
+    real_dg_button, real_st_button = DeltaGenerator.button, streamlit.button
+
+    def fake_fragment(func=None, *, run_every=None):
+        timers.append(run_every)
+
+        def wrap(f):
+            def run(*args, **kwargs):
+                inside.append(True)
+                try:
+                    return f(*args, **kwargs)
+                finally:
+                    inside.pop()
+
+            return run
+
+        return wrap if func is None else wrap(func)
+
+    def dg_button(self, label, *args, **kwargs):
+        if inside:
+            made_inside.append(str(kwargs.get("key", label)))
+        return real_dg_button(self, label, *args, **kwargs)
+
+    def st_button(label, *args, **kwargs):
+        if inside:
+            made_inside.append(str(kwargs.get("key", label)))
+        return real_st_button(label, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "fragment", fake_fragment)
+    monkeypatch.setattr(DeltaGenerator, "button", dg_button)
+    monkeypatch.setattr(streamlit, "button", st_button)
+    at = open_page("training", active=fake_running.id)
+    assert_clean(at)
+    assert any(t for t in timers), "the live view should redraw itself on a timer"
+    bars = at.get("progress")
+    assert bars and "Epoch 3 of 100" in bars[0].proto.text  # the view still draws through the fragment
+    assert at.button(key=f"stop:{fake_running.id}").label == "Stop"
+    assert made_inside == []
+
+
+def test_one_click_on_stop_writes_the_request_and_says_so(fake_running):
+    at = open_page("training", active=fake_running.id)
+    assert_clean(at)
+    assert not any("Stop requested" in w for w in texts(at.warning))
+    at.button(key=f"stop:{fake_running.id}").click().run()
+    assert not at.exception
+    assert fake_running.stop_requested()
+    assert any("Stop requested" in w for w in texts(at.warning))
+    button = at.button(key=f"stop:{fake_running.id}")
+    assert button.label == "Stopping..." and button.disabled
+
+
+def step_lines(at) -> list[str]:
+    """The step list: the markdown block of '- ' lines that names the worker's steps."""
+    for text in texts(at.markdown):
+        if "preparing the data" in text:
+            return text.split("\n")
+    raise AssertionError(f"no step list on the page: {texts(at.markdown)}")
+
+
+def test_clustering_and_interpreting_are_named_steps_not_a_full_bar(fake_running):
+    at = open_page("training", active=fake_running.id)
+    lines = step_lines(at)
+    assert "**training epochs...**" in next(line for line in lines if "training epochs" in line)
+    assert at.get("progress"), "epochs are counted with a bar"
+    for step, words in (("cluster", "clustering the embedding"), ("interpret", "interpreting")):
+        fake_running.append_event({"kind": "pipeline", "step": step})
+        at.run()
+        assert_clean(at)
+        lines = step_lines(at)
+        current = [line for line in lines if line.endswith("...**")]
+        assert len(current) == 1 and words in current[0], lines
+        done = lines[: lines.index(current[0])]
+        assert (
+            all(":material/check:" in line for line in done)
+            and "training epochs" in done[-1 if step == "cluster" else -2]
+        )
+        assert not at.get("progress"), "no progress bar pretends clustering or interpreting is done"
