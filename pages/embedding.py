@@ -327,7 +327,12 @@ def annotation_saver() -> None:
             return
         cols = st.columns(4)
         mapping = {
-            g: cols[i % 4].text_input(ui.md(g) if g else "(empty)", g, key=f"ann_rn:{base}:{g}")
+            g: cols[i % 4].text_input(
+                ui.md(g) if g else "(empty)",
+                g,
+                key=f"ann_rn:{base}:{g}",
+                help="The new name of this group; give two groups the same name to merge them.",
+            )
             for i, g in enumerate(groups)
         }
         make = lambda: de.renamed(adata.obs[base].astype(str).to_numpy(), mapping)  # noqa: E731
