@@ -161,6 +161,10 @@ def execute(
         if config.label_key is not None and config.label_key not in adata.obs:
             cols = ", ".join(map(str, adata.obs.columns)) or "none"
             raise ConfigError(f"Label column {config.label_key!r} is not in the data; obs columns: {cols}.")
+        config, adapted = model.adapt(config, adata)
+        if adapted and run is not None:
+            # config.json records what ran: the adapted settings and why (``runs finish`` reads them back).
+            run.write_json("config.json", {**run.config, **config.to_dict(), "recipe_note": adapted})
         report = data.validate(adata, min_cells=config.graph.k + 1, require_counts=model.requires_counts)
         report.raise_if_errors()
         prepared = data.prepare(adata, config.prepare)
@@ -181,6 +185,9 @@ def execute(
         result = model.fit(
             prepared, graph, config.params, trainer, cluster=config.cluster, label_key=config.label_key
         )
+        if adapted:
+            result.metrics["recipe"] = adapted
+            result.metrics["notes"] = [adapted, *result.metrics.get("notes", [])]
         result.metrics["graph"] = graph.stats()
         result.metrics["seconds_total"] = time.time() - started
         result.metrics["device"] = str(trainer.device)

@@ -140,6 +140,12 @@ class Model:
     requires_counts: ClassVar[bool] = False
     uses_labels: ClassVar[bool] = False
 
+    @classmethod
+    def adapt(cls, config: Any, adata: anndata.AnnData) -> tuple[Any, str | None]:
+        """The run configuration adapted to the input (e.g. the data recipe for its number of genes), and a
+        sentence saying what changed and why; (config, None) when nothing changes. The default changes nothing."""
+        return config, None
+
     def fit(
         self,
         prepared: Prepared,

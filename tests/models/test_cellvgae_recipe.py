@@ -1,0 +1,71 @@
+"""CellVGAE's paper preset adapts its data recipe to an input of many genes, and says so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scgraph_core import pipeline
+from scgraph_core.models import base
+from scgraph_core.models.cellvgae import ADAPTED_RECIPE, RECIPE_MIN_GENES
+from scgraph_core.runs import Run
+from tests.helpers import toy_counts
+
+FAST = {"model": {"hidden": [16, 16], "heads": [2], "latent": 8, "epochs": 3}, "cluster": {"min_cluster_sizes": [5], "min_samples": [3]}}  # fmt: skip
+
+
+def _adapt(adata, overrides=None, preset="paper"):
+    config = pipeline.resolve_config("cellvgae", preset, overrides or {})
+    return base.get("cellvgae").adapt(config, adata)
+
+
+def test_many_genes_get_the_suite_recipe_and_few_genes_keep_the_paper_one():
+    wide = toy_counts(n_cells=60, n_genes=RECIPE_MIN_GENES + 1)
+    config, why = _adapt(wide)
+    assert (config.prepare.n_hvg, config.prepare.n_graph_genes) == (1000, 2000)
+    assert (config.graph.use, config.graph.n_pcs, config.graph.k) == ("pca", 50, 10)
+    assert why and f"{RECIPE_MIN_GENES + 1:,} genes" in why and "--recipe fixed" in why
+    narrow = toy_counts(n_cells=60, n_genes=RECIPE_MIN_GENES)
+    config, why = _adapt(narrow)
+    assert why is None and (config.prepare.n_hvg, config.graph.k, config.graph.use) == (250, 5, "graph_genes")
+
+
+def test_settings_the_user_changed_are_kept_and_fixed_changes_nothing():
+    wide = toy_counts(n_cells=60, n_genes=1500)
+    config, why = _adapt(wide, {"graph": {"k": 7}, "prepare": {"n_hvg": 300}})
+    assert config.graph.k == 7 and config.prepare.n_hvg == 300
+    assert (
+        config.graph.use == "pca"
+        and config.prepare.n_graph_genes == ADAPTED_RECIPE["prepare"]["n_graph_genes"]
+    )
+    assert "k = " not in why and "n_hvg" not in why
+    config, why = _adapt(wide, {"model": {"recipe": "fixed"}})
+    assert why is None and config.graph.k == 5
+    config, why = _adapt(wide, preset="quick")  # only the paper preset adapts
+    assert why is None
+
+
+def test_the_run_records_what_was_chosen_and_why(tmp_path):
+    wide = toy_counts(n_cells=120, n_genes=1200)
+    config = pipeline.resolve_config("cellvgae", "paper", FAST, label_key="celltype")
+    run = Run.create_at(
+        tmp_path / "run", model="cellvgae", config={**config.to_dict(), "input": {"path": "x"}}
+    )
+    out, result = pipeline.execute(wide, config, run=run)
+    recorded = json.loads(run.file("config.json").read_text())
+    assert recorded["graph"]["use"] == "pca" and recorded["graph"]["k"] == 10
+    assert recorded["prepare"]["n_hvg"] == 1000 and recorded["input"] == {"path": "x"}
+    assert "recipe_note" in recorded and result.metrics["recipe"] == recorded["recipe_note"]
+    assert result.metrics["notes"][0] == recorded["recipe_note"]
+    assert out.uns["scgraph"]["config"]["graph"]["k"] == 10
+    assert result.metrics["n_features"] == 1000
+
+
+@pytest.mark.parametrize("n_genes", [RECIPE_MIN_GENES + 1])
+def test_finishing_an_adapted_run_reads_the_adapted_config(n_genes):
+    config = pipeline.resolve_config("cellvgae", "paper")
+    adapted, _ = _adapt(toy_counts(n_cells=40, n_genes=n_genes))
+    again = pipeline.RunConfig.from_dict(adapted.to_dict())
+    assert base.get("cellvgae").adapt(again, toy_counts(n_cells=40, n_genes=n_genes))[1] is None
+    assert again.graph == adapted.graph and config.graph != adapted.graph
