@@ -247,6 +247,8 @@ def run_view(run_id: str) -> None:
             for note in metrics.get("notes") or []:
                 st.info(ui.md(str(note)), icon=":material/info:")
             if run.file("result.h5ad").exists():
+                with ui.guard("the verdict on this run"):
+                    ui.verdict_box(run)
                 cols = st.columns(3)
                 cols[0].page_link(
                     ui.PAGES["embedding"], label="Explore the embedding", icon=":material/scatter_plot:"

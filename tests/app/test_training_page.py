@@ -252,3 +252,22 @@ def test_clustering_and_interpreting_are_named_steps_not_a_full_bar(fake_running
             and "training epochs" in done[-1 if step == "cluster" else -2]
         )
         assert not at.get("progress"), "no progress bar pretends clustering or interpreting is done"
+
+
+def test_a_finished_run_says_how_good_it_is_and_what_to_try_next(app_home):
+    run_id = app_home.copy_run("cellvgae", "merged run")
+    run = app_home.store.open(run_id)
+    metrics = run.read_json("metrics.json", {})
+    # As if the clustering had merged the toy's types into one cluster and Leiden did far better.
+    run.write_json(
+        "metrics.json",
+        {**metrics, "ari": 0.05, "n_clusters": 1, "leiden": {"ari": 0.9, "nmi": 0.9, "n_clusters": 3}},
+    )
+    at = open_page("training", active=run_id)
+    assert_clean(at)
+    shown = " ".join(texts(at.markdown))
+    assert "How good is it?" in shown
+    assert "1 cluster for 3 annotated types: the clustering merges types" in shown
+    assert "Leiden on the embedding: ARI 0.90" in shown
+    assert "What to try next" in shown and "Another clustering of this run scores better" in shown
+    assert "Open Embedding" in {p.proto.label for p in at.get("page_link")}
