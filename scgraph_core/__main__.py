@@ -84,6 +84,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print("obs columns: none")
         for w in report.warnings:
             print(f"warning: {w}")
+        for note in report.notes:
+            print(f"note: {note}")
     if report.errors:
         for e in report.errors:
             print(f"error: {e}", file=sys.stderr)
