@@ -170,6 +170,8 @@ if loaded is not None:
             st.error(ui.md(message), icon=":material/error:")
         for message in info["warnings"]:
             st.warning(ui.md(message), icon=":material/warning:")
+        for message in info.get("notes", []):
+            st.info(ui.md(message), icon=":material/info:")
         if state.is_demo(source):
             st.caption(
                 "The demo holds log-normalised values (scanpy's bundled copy has no raw counts), so count "
@@ -187,7 +189,11 @@ if loaded is not None:
                     {
                         "column": name,
                         "type": desc.get("dtype", ""),
-                        "distinct": desc.get("n_unique"),
+                        "distinct": (
+                            f"{desc['n_unique']:,} (numeric)"
+                            if desc.get("numeric")
+                            else f"{desc.get('n_unique', 0):,}"
+                        ),
                         "examples": examples,
                     }
                 )

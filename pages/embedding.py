@@ -24,6 +24,8 @@ label_key = label_key if label_key in adata.obs else None
 recluster_key = f"recluster:{run.id}"
 selections_key = f"selections:{run.id}"  # name -> row numbers of cells kept from the lasso
 selections: dict[str, list[int]] = st.session_state.setdefault(selections_key, {})
+with ui.guard("the verdict on this run"):
+    ui.verdict_box(run, adata)
 if "_emb_message" in st.session_state:
     st.toast(st.session_state.pop("_emb_message"), icon=":material/save:")
 

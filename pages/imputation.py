@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from scgraph_app import cache, ui
-from scgraph_core import plots
+from scgraph_core import interpret, plots
 
 ui.header(
     "Imputation",
@@ -41,30 +41,15 @@ label_key = label_key if label_key in adata.obs else None
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def default_genes(path: str, stamp: float) -> list[str]:
-    """Known markers when present, else the genes whose imputed values vary most (a 2,000-cell sample)."""
+def default_genes(path: str, stamp: float, layer: str) -> list[str]:
     result = cache._load_result(path, stamp)
-    names = [str(g) for g in result.var_names]
-    known = [g for g in ("NKG7", "LYZ", "CD79A", "MS4A1", "CD3E", "GNLY", "S100A8") if g in set(names)]
-    if len(known) >= 2:
-        return known
-    M = result.layers[interpret_layer(result)]
-    rows = np.random.default_rng(0).choice(result.n_obs, size=min(2000, result.n_obs), replace=False)
-    part = M[np.sort(rows)]
-    part = part.toarray() if hasattr(part, "toarray") else np.asarray(part)
-    order = np.argsort(-np.log1p(np.clip(part, 0, None)).var(axis=0))
-    return known + [names[i] for i in order[:5] if names[i] not in known]
-
-
-def interpret_layer(result) -> str:
-    from scgraph_core import interpret
-
-    return interpret.result_views(result)["imputed_layer"]
+    modelled = next((c for c in result.var.columns if str(c).endswith("_modelled")), None)
+    return interpret.imputed_start_genes(result, layer, modelled=modelled)
 
 
 with ui.guard("the gene choice"):
     genes = [str(g) for g in adata.var_names]
-    suggested = default_genes(str(run.path), cache.result_stamp(run))
+    suggested = default_genes(str(run.path), cache.result_stamp(run), layer) or genes
     c = st.columns([3, 1, 1])
     gene = c[0].selectbox(
         "Gene (type to search)",

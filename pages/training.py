@@ -42,10 +42,29 @@ with ui.guard("starting a run"):
             placeholder=f"{cls.title} {cfg['preset']} on {source.get('name', '')}"[:100],
             help="A name for the Runs list; leave empty for one made from the model, preset and dataset.",
         )
+        blocked = None
+        if cls.requires_counts:
+            try:
+                has_counts = cache.overview(source)["has_counts"]
+            except Exception:  # the Data page explains a file that cannot be read; Start says it again
+                has_counts = True
+            if not has_counts:
+                blocked = (
+                    f"{cls.title} needs raw counts and the loaded dataset has none (no whole-number X and no "
+                    "'counts' layer). Load a raw-count file on the Data page or choose CellVGAE on the Model "
+                    "& graph page."
+                )
         cols[1].write("")
         start = cols[1].button(
-            "Start training", type="primary", key="start_training", icon=":material/play_arrow:"
+            "Start training",
+            type="primary",
+            key="start_training",
+            icon=":material/play_arrow:",
+            disabled=blocked is not None,
+            help=blocked,
         )
+        if blocked is not None:
+            st.warning(ui.md(blocked), icon=":material/block:")
         if start:
             from scgraph_core import train
 
@@ -247,6 +266,8 @@ def run_view(run_id: str) -> None:
             for note in metrics.get("notes") or []:
                 st.info(ui.md(str(note)), icon=":material/info:")
             if run.file("result.h5ad").exists():
+                with ui.guard("the verdict on this run"):
+                    ui.verdict_box(run)
                 cols = st.columns(3)
                 cols[0].page_link(
                     ui.PAGES["embedding"], label="Explore the embedding", icon=":material/scatter_plot:"

@@ -96,6 +96,7 @@ def _overview(path: str, orientation: str, fmt: str | None, stamp: str) -> dict[
         "summary": data.summarize(adata),
         "errors": list(report.errors),
         "warnings": list(report.warnings),
+        "notes": list(report.notes),
         "x_kind": report.x_kind,
         "qc": qc,
         "qc_notes": notes,

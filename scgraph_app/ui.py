@@ -230,3 +230,39 @@ def active_result(*, key: str):
         st.stop()
     run_banner(run, views)
     return run, opened, views
+
+
+_VERDICT_ICONS = {"good": ":material/verified:", "fair": ":material/info:", "poor": ":material/report:"}
+
+
+def verdict_box(run: Run, adata: Any = None) -> None:
+    """How good a finished run is and what to try next (scgraph_core.verdict), with links to the pages."""
+    from scgraph_core import verdict
+
+    from . import cache
+
+    if adata is None and run.file("result.h5ad").exists():
+        adata = cache.result(run)
+    found = verdict.assess_run(run, state.store(), adata=adata)
+    with st.container(border=True, key=f"verdict:{run.id}"):
+        icon = _VERDICT_ICONS.get(found.level, ":material/help:")
+        st.markdown(f"{icon} **How good is it?** {md(found.headline)}")
+        for finding in found.findings:
+            st.markdown(f"- {md(finding)}")
+        others = [s for s in found.scores if not s.chosen and s.ari is not None]
+        if others:
+            st.caption("The run's other clusterings, against the same labels:")
+            for s in others:
+                nmi = f", NMI {s.nmi:.2f}" if s.nmi is not None else ""
+                st.markdown(f"- {md(s.name)}: ARI {s.ari:.2f}{nmi}, {s.n_clusters} clusters")
+        if found.next_steps:
+            st.markdown("**What to try next**")
+            for i, step in enumerate(found.next_steps):
+                st.markdown(f"{i + 1}. {md(step.text)}")
+            pages = dict.fromkeys(s.page for s in found.next_steps if s.page in PAGES)
+            labels = {"embedding": "Embedding", "model": "Model & graph", "runs": "Runs"}
+            cols = st.columns(max(len(pages), 1))
+            for col, page in zip(cols, pages, strict=False):
+                col.page_link(
+                    PAGES[page], label=f"Open {labels.get(page, page)}", icon=":material/arrow_forward:"
+                )

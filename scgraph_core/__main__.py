@@ -84,6 +84,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print("obs columns: none")
         for w in report.warnings:
             print(f"warning: {w}")
+        for note in report.notes:
+            print(f"note: {note}")
     if report.errors:
         for e in report.errors:
             print(f"error: {e}", file=sys.stderr)
@@ -176,6 +178,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"finishing {run.path} from its saved weights", file=sys.stderr)
         _, result = pipeline.finish(run, callbacks=[_progress_callback(not args.json)])
         _print_metrics(result.metrics)
+        _print_verdict(run, store)
         print(f"results: {run.file('result.h5ad')}")
     return 0
 
@@ -240,6 +243,19 @@ def _print_metrics(metrics: dict) -> None:
         print(f"note: {note}")
 
 
+def _print_verdict(run, store=None) -> None:
+    """How good the run is and what to try next (scgraph_core.verdict), after its metrics."""
+    from .verdict import assess_run
+
+    try:
+        found = assess_run(run, store)
+    except Exception as exc:  # the verdict is advice: never fail a finished run over it
+        print(f"(no verdict: {type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    for line in found.lines():
+        print(line)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import pipeline
     from .runs import Run, RunStore
@@ -268,6 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop=StopSignal(run.stop_requested),
     )
     _print_metrics(result.metrics)
+    _print_verdict(run, None if args.out else RunStore())
     print(f"results: {run.file('result.h5ad')}")
     return 0
 

@@ -1258,10 +1258,12 @@ def _nonzero_per(X: np.ndarray | sp.spmatrix, axis: int) -> np.ndarray:
 
 @dataclass
 class ValidationReport:
-    """What :func:`validate` found. ``errors`` block use; ``warnings`` are for the user to read."""
+    """What :func:`validate` found. ``errors`` block use; ``warnings`` are for the user to read;
+    ``notes`` are information with nothing to fix."""
 
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # information: nothing to fix
     x_kind: str = "unknown"
     n_cells: int = 0
     n_genes: int = 0
@@ -1310,11 +1312,16 @@ def validate(adata: ad.AnnData, *, min_cells: int = 10, require_counts: bool = F
     cells_per_gene = _nonzero_per(X, axis=0)
     report.n_zero_cells = int(np.count_nonzero(genes_per_cell == 0))
     report.n_zero_genes = int(np.count_nonzero(cells_per_gene == 0))
-    if report.n_zero_cells or report.n_zero_genes:
+    # Only counts above zero are named; genes zero everywhere are common (a subset of a panel) and
+    # harmless, so alone they are information, not a warning.
+    zero_genes = f"{report.n_zero_genes} gene(s) are zero in every cell" if report.n_zero_genes else ""
+    if report.n_zero_cells:
+        also = f" and {zero_genes}" if zero_genes else ""
         report.warnings.append(
-            f"{report.n_zero_cells} cell(s) have no expressed gene and {report.n_zero_genes} "
-            "gene(s) are zero in every cell; preparing the data drops them."
+            f"{report.n_zero_cells} cell(s) have no expressed gene{also}; preparing the data drops them."
         )
+    elif zero_genes:
+        report.notes.append(f"{zero_genes}; preparing the data drops them.")
     for names, what in ((adata.obs_names, "cell"), (adata.var_names, "gene")):
         n_dup = int(names.duplicated().sum())
         if n_dup:
@@ -1369,7 +1376,8 @@ def summarize(adata: ad.AnnData) -> dict[str, Any]:
         labels = isinstance(column.dtype, pd.CategoricalDtype) or column.dtype.kind in "OSUb"
         obs_columns[str(name)] = {
             "dtype": str(column.dtype),
-            "n_unique": int(column.nunique()) if labels else None,
+            "n_unique": int(column.nunique()),
+            "numeric": not labels and column.dtype.kind in "iuf",
         }
     source = adata.uns.get("scgraph_source")
     return {

@@ -658,3 +658,30 @@ def marker_overlap(model_markers: pd.DataFrame, reference: pd.DataFrame, *, n_to
     return pd.DataFrame.from_records(
         records, columns=["cluster", "model_genes", "reference_genes", "shared", "jaccard", "shared_genes"]
     )
+
+
+def imputed_start_genes(
+    adata, layer: str, *, n: int = 6, sample: int = 2000, seed: int = 0, modelled: str | None = None
+) -> list[str]:
+    """The genes to open an imputation view on: the most variable (log1p of the imputed values, over a
+    ``sample`` of cells) among the genes the model imputed.
+
+    A gene is imputed when its column of ``layers[layer]`` is not all NaN in the sample (AttentionAE-sc
+    writes NaN for genes it does not see) and, when ``var[modelled]`` is given, the model marked it
+    (scVGAE copies the observed counts into genes it did not model). Known marker names are not used:
+    they are zero in most cells of another tissue.
+    """
+    names = np.asarray([str(g) for g in adata.var_names])
+    M = adata.layers[layer]
+    rows = np.random.default_rng(seed).choice(adata.n_obs, size=min(sample, adata.n_obs), replace=False)
+    part = M[np.sort(rows)]
+    part = np.asarray(part.toarray() if hasattr(part, "toarray") else part, dtype=np.float64)
+    keep = ~np.isnan(part).all(axis=0)
+    if modelled is not None and modelled in adata.var:
+        keep &= adata.var[modelled].to_numpy(dtype=bool)
+    if not keep.any():
+        return []
+    with np.errstate(invalid="ignore"):
+        spread = np.nanvar(np.log1p(np.clip(part[:, keep], 0, None)), axis=0)
+    order = np.argsort(-np.nan_to_num(spread, nan=-1.0), kind="stable")
+    return [str(g) for g in names[keep][order[:n]]]

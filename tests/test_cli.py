@@ -203,3 +203,21 @@ def test_metric_notes_are_printed(capsys):
     _print_metrics({"ari": 0.5, "notes": ["DEC merged the 9 Leiden clusters it started from into 3."]})
     out = capsys.readouterr().out
     assert "ari: 0.5000" in out and "note: DEC merged the 9 Leiden clusters" in out
+
+
+def test_the_verdict_is_printed_after_the_metrics(tmp_path, capsys):
+    from scgraph_core.__main__ import _print_verdict
+    from scgraph_core.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    adata = ad.AnnData(np.zeros((80, 2), dtype=np.float32))
+    adata.obs["celltype"] = [f"t{i % 8}" for i in range(80)]
+    adata.obs["clusters"] = [str(i % 2) for i in range(80)]
+    adata.uns["scgraph"] = {"views": {"model": "cellvgae", "clusters": "clusters"}}
+    run = store.create(model="cellvgae", name="mine", dataset="toy", config={"label_key": "celltype"})
+    run.write_json("metrics.json", {"ari": 0.2, "nmi": 0.3, "n_clusters": 2})
+    run.write_result(adata)
+    _print_verdict(run, store)
+    out = capsys.readouterr().out
+    assert "verdict (poor): 2 clusters for 8 annotated types: the clustering merges types" in out
+    assert "next: On the Embedding page, to split the merged types" in out

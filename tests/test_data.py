@@ -481,14 +481,36 @@ def test_validate_reports_problems():
     assert any("NaN or infinite" in e for e in validate(adata, min_cells=2).errors)
 
 
+def test_zero_counts_are_not_named_and_all_zero_genes_alone_are_information():
+    adata = counts_adata(n_cells=12)
+    X = adata.X.toarray() + 1  # every gene expressed in every cell
+    X[:, :2] = 0
+    adata.X = X
+    report = validate(adata)
+    assert report.n_zero_cells == 0 and report.n_zero_genes == 2
+    assert report.warnings == []
+    assert report.notes == ["2 gene(s) are zero in every cell; preparing the data drops them."]
+    X[3] = 0
+    adata.X = X
+    report = validate(adata)
+    assert report.warnings == [
+        "1 cell(s) have no expressed gene and 2 gene(s) are zero in every cell; preparing the data drops them."
+    ]
+    assert report.notes == []
+    X[:, :2] = 1
+    adata.X = X
+    assert not any(w.startswith("0 ") for w in validate(adata).warnings)
+    assert "0 gene(s)" not in " ".join(validate(adata).warnings)
+
+
 def test_summarize_is_json_ready():
     adata = counts_adata()
     adata.obs["score"] = np.arange(adata.n_obs, dtype=float)
     summary = summarize(adata)
     json.dumps(summary)
     assert summary["x_kind"] == "counts" and summary["sparse"] is True
-    assert summary["obs_columns"]["celltype"] == {"dtype": "category", "n_unique": 2}
-    assert summary["obs_columns"]["score"]["n_unique"] is None
+    assert summary["obs_columns"]["celltype"] == {"dtype": "category", "n_unique": 2, "numeric": False}
+    assert summary["obs_columns"]["score"] == {"dtype": "float64", "n_unique": adata.n_obs, "numeric": True}
     assert 0 < summary["density"] <= 1 and summary["layers"] == []
 
 

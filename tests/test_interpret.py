@@ -8,6 +8,7 @@ import pytest
 
 from scgraph_core.interpret import (
     head_summary,
+    imputed_start_genes,
     latent_participation,
     learnt_expression,
     node_attention,
@@ -171,3 +172,23 @@ def test_many_clusters_keep_the_paper_threshold() -> None:
         used = {int(d) for text in rows.dimensions for d in text.split(",")}
         strong = {d for d in range(16) if part.loc[d, cluster] >= 2 * 100 / 8}
         assert used == strong or (not strong and len(used) == 1)
+
+
+def test_imputed_start_genes_are_the_most_variable_imputed_genes_not_known_markers():
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    n = 200
+    imputed = np.ones((n, 5), dtype=np.float32)
+    imputed[:, 1] = np.where(np.arange(n) % 2, 50.0, 0.0)  # on in half the cells: varies most
+    imputed[:, 2] = rng.poisson(20, n)  # varies some
+    imputed[:, 3] = np.nan  # not seen by the model
+    imputed[:, 4] = np.where(np.arange(n) % 2, 500.0, 0.0)  # varies more, but not modelled
+    a = ad.AnnData(np.zeros((n, 5), dtype=np.float32))
+    a.var_names = ["NKG7", "g1", "g2", "g3", "g4"]
+    a.var["x_modelled"] = [True, True, True, True, False]
+    a.layers["imputed"] = imputed
+    assert imputed_start_genes(a, "imputed", n=3, modelled="x_modelled") == ["g1", "g2", "NKG7"]
+    assert imputed_start_genes(a, "imputed", n=1)[0] == "g4"
+    a.layers["imputed"] = np.full((n, 5), np.nan, dtype=np.float32)
+    assert imputed_start_genes(a, "imputed") == []

@@ -112,3 +112,14 @@ def test_preprocessing_choices_are_kept_as_overrides_of_the_preset():
     at.switch_page("pages/data.py").run()
     assert next(s for s in at.selectbox if s.label == "Feature scaling").value == "zscore"
     np.testing.assert_equal(at.session_state["config"]["preset"], "quick")
+
+
+def test_numeric_cell_annotations_show_their_distinct_count_not_none():
+    at = open_page("data")
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "distinct" in d.value.columns)
+    distinct = dict(zip(table["column"], table["distinct"], strict=True))
+    assert "None" not in map(str, distinct.values())
+    numeric = [name for name, value in distinct.items() if value.endswith("(numeric)")]
+    assert numeric, distinct
+    assert all(value.split()[0].replace(",", "").isdigit() for value in distinct.values())

@@ -68,3 +68,14 @@ def test_without_runs_the_page_points_to_training(tmp_path, monkeypatch):
     assert "train a model first" in texts(at.info)[0]
     at.button(key="emb-train").click().run()
     assert at.title[0].value == "Training"
+
+
+def test_the_verdict_on_the_active_run_opens_the_page(app_home):
+    run_id = app_home.runs["cellvgae"]
+    at = open_page("embedding", active=run_id)
+    assert_clean(at)
+    shown = texts(at.markdown)
+    first = next(i for i, t in enumerate(shown) if "How good is it?" in t)
+    metrics = json.loads((app_home.store.open(run_id).file("metrics.json")).read_text())
+    assert f"(ARI {metrics['ari']:.2f}" in shown[first]
+    assert "for 3 annotated types" in shown[first] and "with 'celltype'" in shown[first]

@@ -48,3 +48,22 @@ def test_attentionae_denoised_output_is_an_imputed_layer(app_home):
     at = open_page("imputation", active=run_id)
     assert_clean(at)
     assert len(plotly_figures(at)) == 4
+
+
+def test_the_page_opens_on_the_most_variable_imputed_gene(app_home):
+    from scgraph_core import interpret
+
+    for model in ("scvgae", "attentionae"):
+        if model not in app_home.runs:
+            continue
+        run_id = app_home.runs[model]
+        at = open_page("imputation", active=run_id)
+        assert_clean(at)
+        result = app_home.store.open(run_id).read_result()
+        layer = interpret.result_views(result)["imputed_layer"]
+        modelled = next((c for c in result.var.columns if str(c).endswith("_modelled")), None)
+        expected = interpret.imputed_start_genes(result, layer, modelled=modelled)
+        assert at.selectbox(key="imp_gene").value == expected[0]
+        values = result.layers[layer][:, list(result.var_names).index(expected[0])]
+        assert not np.isnan(np.asarray(values, dtype=float)).all()
+    needs(app_home, "scvgae")

@@ -252,3 +252,41 @@ def test_clustering_and_interpreting_are_named_steps_not_a_full_bar(fake_running
             and "training epochs" in done[-1 if step == "cluster" else -2]
         )
         assert not at.get("progress"), "no progress bar pretends clustering or interpreting is done"
+
+
+def test_a_finished_run_says_how_good_it_is_and_what_to_try_next(app_home):
+    run_id = app_home.copy_run("cellvgae", "merged run")
+    run = app_home.store.open(run_id)
+    metrics = run.read_json("metrics.json", {})
+    # As if the clustering had merged the toy's types into one cluster and Leiden did far better.
+    run.write_json(
+        "metrics.json",
+        {**metrics, "ari": 0.05, "n_clusters": 1, "leiden": {"ari": 0.9, "nmi": 0.9, "n_clusters": 3}},
+    )
+    at = open_page("training", active=run_id)
+    assert_clean(at)
+    shown = " ".join(texts(at.markdown))
+    assert "How good is it?" in shown
+    assert "1 cluster for 3 annotated types: the clustering merges types" in shown
+    assert "Leiden on the embedding: ARI 0.90" in shown
+    assert "What to try next" in shown and "Another clustering of this run scores better" in shown
+    assert "Open Embedding" in {p.proto.label for p in at.get("page_link")}
+
+
+def test_start_is_disabled_with_the_reason_when_the_model_needs_counts_the_data_lacks(app_home):
+    from scgraph_core.models import base
+
+    counting = [cls for cls in base.available().values() if cls.requires_counts]
+    if not counting:
+        pytest.skip("no registered model needs raw counts yet")
+    at = open_page("model")  # the built-in demo holds log-normalised values
+    at.radio(key="model_pick").set_value(counting[0].title).run()
+    at.switch_page("pages/training.py").run()
+    assert_clean(at)
+    start = at.button(key="start_training")
+    assert start.disabled and "needs raw counts" in start.help
+    assert any("needs raw counts" in w for w in texts(at.warning))
+    at.switch_page("pages/model.py").run()
+    at.radio(key="model_pick").set_value("CellVGAE").run()
+    at.switch_page("pages/training.py").run()
+    assert not at.button(key="start_training").disabled
