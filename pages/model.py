@@ -7,6 +7,7 @@ import streamlit as st
 from scgraph_app import cache, config, forms, state, ui
 from scgraph_core import data, estimate, graphs
 from scgraph_core.cluster import ClusterParams
+from scgraph_core.errors import ScgraphError
 from scgraph_core.train import TrainSpec
 
 ui.header(
@@ -192,12 +193,20 @@ if resolved is not None:
                 else "fp32"
             )
         )
+        calibration = None
+        try:
+            with st.spinner("Timing a few training steps of this model on this machine..."):
+                calibration = estimate.calibrate(adata, resolved)
+        except ScgraphError as exc:
+            st.caption(f":material/info: No measurement on this machine: {ui.md(str(exc))}")
         est = estimate.estimate(
             resolved,
             preview["n_cells"] if preview else adata.n_obs,
             n_genes=preview["n_genes"] if preview else adata.n_vars,
             n_features=preview["n_features"] if preview else None,
             n_edges=preview["stats"]["n_edges"] if preview else None,
+            graph_seconds=preview["seconds"] if preview else None,
+            calibration=calibration,
             device=device,
             precision=precision,
         )
@@ -208,18 +217,39 @@ if resolved is not None:
             estimate.format_seconds(est.seconds_per_epoch)
             if est.seconds_per_epoch >= 1
             else f"{est.seconds_per_epoch:.2f} s",
+            help="Average over every training stage.",
         )
-        c[1].metric("training", estimate.format_seconds(est.train_seconds), help=f"{est.epochs} epochs.")
+        c[1].metric(
+            "training", estimate.format_seconds(est.train_seconds), help=f"{est.epochs} epochs in all."
+        )
         c[2].metric(
             "whole run",
-            estimate.format_seconds(est.total_seconds),
-            help="Training plus start-up, UMAP, clustering and interpretation (rough).",
+            f"{estimate.format_seconds(est.low_seconds)} - {estimate.format_seconds(est.high_seconds)}",
+            help="Start-up, preparation, graph, training, clustering and interpretation, and writing; "
+            "the breakdown is below. A busy machine is slower.",
         )
         c[3].metric(
-            "peak memory", f"{est.peak_memory_mb / 1024:.1f} GB", help="The training process's peak memory."
+            "peak memory",
+            f"{est.peak_memory_mb / 1024:.1f} GB",
+            help="The training process's peak memory (rough).",
+        )
+        for warning in est.warnings:
+            st.warning(ui.md(warning), icon=":material/warning:")
+        st.dataframe(
+            [
+                {
+                    "step": part.name,
+                    "expected": estimate.format_seconds(part.seconds),
+                    "range": f"{estimate.format_seconds(part.low)} - {estimate.format_seconds(part.high)}",
+                    "how": part.detail,
+                }
+                for part in est.parts
+            ],
+            hide_index=True,
+            key="estimate_parts",
         )
         label = ":material/warning: rough estimate" if est.rough else ":material/straighten: measured basis"
-        st.caption(f"{label}: {ui.md(est.basis)} on {device} ({precision}). A busy machine is slower.")
+        st.caption(f"{label}: {ui.md(est.basis)} on {est.device} ({precision}). A busy machine is slower.")
         for note in est.notes:
             st.caption(f":material/info: {ui.md(note)}")
 

@@ -1,71 +1,122 @@
-"""How long a run will take and how much memory it will need, before it starts.
+"""How long a run will take and how much memory it will need, measured on this machine before it starts.
 
-CellVGAE's numbers come from the training benchmark (``benchmarks/results/cellvgae.json``, written by
-``benchmarks/bench_cellvgae.py`` on the project's 2-core CPU machine). Each benchmark row is turned into
-two work counts for one epoch,
+Calibration (:func:`calibrate`) runs the chosen model for real on a random subsample of ``n`` cells
+(default :data:`CALIBRATION_CELLS`) with every gene of the data, so the prepared input has the real
+number of model genes: preparation, graph construction, every training stage cut to
+:data:`CALIBRATION_STEPS` steps or until the step time settles (the slower first steps are kept as a
+fixed warm-up), the
+clustering and interpretation that follow training, and the write of the result. It runs on the device
+and precision the run will use and is cached per (data, model, settings, device) for the process.
 
-    dense = N · (D·K₁H₁ + K₁H₁·K₂H₂ + … + K_last·H_last·(K_μ + K_σ)·L)        (projection multiply-adds)
-    edge  = (0.9·E + N) · (K₁H₁ + K₂H₂ + … + (K_μ + K_σ)·L)               (messages over the training
-                                                                            edges and self loops)
+:func:`estimate` extrapolates each stage to the full data of ``N`` cells and ``G`` genes:
 
-and ``seconds per epoch = a·dense + b·edge + c`` is fitted by non-negative least squares on the
-relative error (separately for bf16 and fp32). Peak memory is fitted the same way:
-``process memory after loading = m₀ + m₁·N·G`` and ``training extra = p₀ + p₁·N·(Σ widths + D)``. The
-fit reproduces the benchmark rows to about ±30 %, on that machine; other CPUs differ.
+    training     = Σ_stages (epochs_s · t_s · N / n + warm-up_s)  (+ evaluations: t_eval · N / n · epochs_s / eval_every)
+    preparation  = t_prep · N / n                    (one pass over N · G)
+    graph        = the preview's measured build time, else t_graph · N / n (kNN), or
+                   t_graph · (N / n)² for a model that builds a dense cell x cell kernel (scVGAE)
+    clustering   = t_analysis · N / n                (UMAP, the HDBSCAN grid, Leiden, markers, attention)
+    writing      = t_write · N / n
+    start-up     = WORKER_STARTUP_S                  (a fresh worker imports torch and compiles numba)
 
-Clustering and interpretation after training (UMAP, the HDBSCAN grid, Leiden, attention export) are
-added as a rough ``15 s + 0.9 ms per cell`` (numba compilation in a fresh worker included), from the
-UMAP timings quoted in :func:`scgraph_core.cluster.umap_embedding`.
+Sparse message passing costs ~ edges ∝ N·k and the dense decoders (ZINB) ~ N · genes, both linear in N
+at fixed settings, so every measured time is scaled by N / n. A fixed per-step overhead makes that an
+over-estimate when N ≫ n, and a busy machine makes anything slower; each stage is therefore given as a
+range ``[LOW · t, HIGH · t]`` (the low end widens to ``LOW_FAR`` when extrapolating more than
+``FAR`` times the calibration size).
 
-Models without benchmark rows get a **rough** estimate from their matrix sizes only (the same
-throughput constants, a generic hidden width), flagged ``rough=True`` with a note saying so; GPU
-numbers are rough for every model (no GPU benchmark is stored): the CPU fit divided by an assumed
-speed-up.
+Without a calibration (before one has run, or when it fails) the estimate is a rough per-cell guess
+from :data:`ROUGH_SECONDS_PER_CELL_EPOCH`, flagged ``rough=True``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import hashlib
 import json
 import math
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Estimate", "estimate", "cellvgae_fit", "typical_edges"]
+from .train import Trainer
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cellvgae.json"
-_BENCH_PRESETS = {
-    "quick": {"hidden": (64, 64), "heads": (3, 3, 3, 3), "latent": 16},
-    "paper": {"hidden": (128, 128), "heads": (10, 10, 10, 10), "latent": 50},
-}
-_BENCH_GENES = 250
-# Used only if the benchmark file is missing (a fit of the same file, 2026-11-21).
-_FALLBACK = {
-    "bf16": {"a": 1.87e-11, "b": 2.81e-9, "c": 0.0},
-    "fp32": {"a": 3.31e-11, "b": 3.07e-9, "c": 0.0},
-    "memory": {"m0": 441.0, "m1": 2.1e-5, "p0": 92.0, "p1": 1.58e-5},
-}
-#: Assumed speed-up of a CUDA GPU over the benchmark's 2-core CPU (not measured here: rough).
-GPU_SPEEDUP = 15.0
-#: Fixed cost of one epoch (Python, autograd, negative sampling), assumed: the benchmark's smallest rows
-#: (2,638 cells) take 0.04 s, so smaller data cannot be much faster than this.
-MIN_EPOCH_S = 0.02
+__all__ = [
+    "Calibration",
+    "Estimate",
+    "StageTime",
+    "calibrate",
+    "estimate",
+    "format_seconds",
+    "typical_edges",
+]
+
+#: Cells in the calibration subsample (all cells when the data has fewer).
+CALIBRATION_CELLS = 400
+#: Most training steps run per stage during calibration (fewer once the step time settles).
+CALIBRATION_STEPS = 12
+#: Fresh worker process: imports (torch, scanpy, anndata) and numba compilation of UMAP / HDBSCAN,
+#: measured on the project's 2-core CPU machine (9-14 s); taken as fixed.
+WORKER_STARTUP_S = 12.0
+#: Range around each extrapolated stage time.
+LOW, HIGH, LOW_FAR, FAR = 0.7, 1.5, 0.35, 4.0
+#: Rough guess without a calibration: seconds per cell, per epoch, per 1000 model genes (2-core CPU,
+#: CellVGAE quick on the demo ~ 1e-5; count models with a dense ZINB decoder are ~10x that per gene).
+ROUGH_SECONDS_PER_CELL_EPOCH = 2e-5
 #: Edges per cell of a union-symmetrised kNN graph, per unit of k (measured: 1.62 on the demo, 1.83 on
 #: pbmc3k at k = 5).
 EDGES_PER_K = 1.7
+#: Memory model (MB), fitted once to the CellVGAE benchmark on the 2-core CPU machine:
+#: process after loading = M0 + M1 · N · G; training extra = P0 + P1 · N · (input genes + widths).
+M0, M1, P0, P1 = 441.0, 2.1e-5, 92.0, 1.58e-5
+#: A model reads all genes above this many: warn (time and memory grow with cells x genes).
+MANY_GENES = 5000
+
+_CACHE: dict[str, Calibration] = {}
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """One part of a run: its name, a central time and a range (seconds), and how it was obtained."""
+
+    name: str
+    seconds: float
+    low: float
+    high: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Times measured on a subsample of ``n_cells`` cells of the real data, on ``device``."""
+
+    model: str
+    device: str
+    precision: str
+    n_cells: int
+    n_features: int
+    n_edges: int
+    prepare_seconds: float
+    graph_seconds: float
+    #: (stage name, declared epochs, settled seconds per step, seconds per evaluation, evaluations per
+    #: epoch, warm-up seconds of the first steps beyond the settled time)
+    stages: tuple[tuple[str, int, float, float, float], ...]
+    analysis_seconds: float
+    write_seconds: float
+    seconds: float  # what the calibration itself took
 
 
 @dataclass
 class Estimate:
-    """A time and memory estimate for one run (seconds and MB)."""
+    """A time and memory estimate for one run (seconds and MB); ``parts`` is the breakdown."""
 
     model: str
     device: str
     n_cells: int
+    n_features: int
     epochs: int
     seconds_per_epoch: float
     train_seconds: float
@@ -73,15 +124,27 @@ class Estimate:
     peak_memory_mb: float
     rough: bool
     basis: str
+    parts: list[StageTime] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float:
-        return self.train_seconds + self.other_seconds
+        return sum(p.seconds for p in self.parts)
+
+    @property
+    def low_seconds(self) -> float:
+        return sum(p.low for p in self.parts)
+
+    @property
+    def high_seconds(self) -> float:
+        return sum(p.high for p in self.parts)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["total_seconds"] = self.total_seconds
+        d.update(
+            total_seconds=self.total_seconds, low_seconds=self.low_seconds, high_seconds=self.high_seconds
+        )
         return d
 
 
@@ -90,87 +153,137 @@ def typical_edges(n_cells: int, k: int) -> int:
     return int(round(n_cells * k * EDGES_PER_K))
 
 
-def _widths(hidden: tuple[int, ...], heads: tuple[int, ...], latent: int) -> tuple[list[int], int]:
-    hidden_widths = [int(h) * int(k) for h, k in zip(hidden, heads, strict=False)]
-    latent_width = (int(heads[-2]) + int(heads[-1])) * int(latent)
-    return hidden_widths, latent_width
-
-
-def _work(n: int, e: int, d: int, hidden: tuple[int, ...], heads: tuple[int, ...], latent: int):
-    """(dense, edge, activation, attention) work counts of one CellVGAE epoch (module docstring)."""
-    widths, lat = _widths(hidden, heads, latent)
-    chain = [d, *widths]
-    dense = n * (sum(a * b for a, b in zip(chain[:-1], chain[1:], strict=False)) + chain[-1] * lat)
-    messages = 0.9 * e + n
-    edge = messages * (sum(widths) + lat)
-    activations = n * (sum(widths) + lat + d)
-    attention = messages * sum(heads)
-    return float(dense), float(edge), float(activations), float(attention)
-
-
-def _nnls(A: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from scipy.optimize import nnls
-
-    w = 1.0 / np.maximum(y, 1e-9)  # relative error: small and large rows count alike
-    coef, _ = nnls(A * w[:, None], y * w)
-    return coef
-
-
-@functools.lru_cache(maxsize=4)
-def cellvgae_fit(path: str | None = None) -> dict[str, dict[str, float]]:
-    """Fit the constants of the module docstring to the benchmark file (cached)."""
-    path = Path(path) if path else BENCHMARK
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
-    except (OSError, ValueError, KeyError):
-        return dict(_FALLBACK)
-    rows = [
-        r for r in rows if str(r.get("impl", "")).startswith("scgraph") and r.get("preset") in _BENCH_PRESETS
-    ]
-    if len(rows) < 3:
-        return dict(_FALLBACK)
-    out: dict[str, dict[str, float]] = {}
-    for precision in ("bf16", "fp32"):
-        chosen = [r for r in rows if r.get("precision") == precision]
-        if len(chosen) < 3:
-            out[precision] = dict(_FALLBACK[precision])
-            continue
-        A, y = [], []
-        for r in chosen:
-            p = _BENCH_PRESETS[r["preset"]]
-            dense, edge, _, _ = _work(
-                r["n_cells"], r["n_edges"], _BENCH_GENES, p["hidden"], p["heads"], p["latent"]
-            )
-            A.append([dense, edge, 1.0])
-            y.append(r["seconds_per_epoch"])
-        a, b, c = _nnls(np.array(A), np.array(y))
-        out[precision] = {"a": float(a), "b": float(b), "c": float(c)}
-    base = {r["n_cells"]: r["rss_after_data_mb"] for r in rows if "rss_after_data_mb" in r}
-    B = np.array([[1.0, n * _BENCH_GENES] for n in base])
-    m0, m1 = _nnls(B, np.array(list(base.values())))
-    A, y = [], []
-    for r in rows:
-        p = _BENCH_PRESETS[r["preset"]]
-        _, _, act, _ = _work(r["n_cells"], r["n_edges"], _BENCH_GENES, p["hidden"], p["heads"], p["latent"])
-        A.append([1.0, act])
-        y.append(max(1.0, r["peak_rss_mb"] - r["rss_after_data_mb"]))
-    p0, p1 = _nnls(np.array(A), np.array(y))
-    out["memory"] = {"m0": float(m0), "m1": float(m1), "p0": float(p0), "p1": float(p1)}
-    return out
-
-
 def _epochs_of(params: Any) -> int:
-    """Total epochs: the ``epochs`` parameter, or the sum of every ``*_epochs`` parameter."""
+    """Total epochs: the ``epochs`` parameter, or the sum of every ``*_epochs`` parameter (not minima)."""
     total = 0
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
-        if (f.name == "epochs" or f.name.endswith("_epochs")) and isinstance(value, int):
+        if (
+            (f.name == "epochs" or f.name.endswith("_epochs"))
+            and "min" not in f.name
+            and isinstance(value, int)
+        ):
             total += value
     return max(total, 1)
 
 
-def _other_seconds(n_cells: int) -> float:
-    return 15.0 + 0.9e-3 * n_cells
+def _key(adata: Any, config: Any, device: str, precision: str, n_cells: int) -> str:
+    shape = (int(adata.n_obs), int(adata.n_vars), str(adata.obs_names[0]), str(adata.var_names[-1]))
+    text = json.dumps([shape, config.to_dict(), device, precision, n_cells], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def calibrate(
+    adata: Any,
+    config: Any,
+    *,
+    n_cells: int = CALIBRATION_CELLS,
+    steps: int = CALIBRATION_STEPS,
+    use_cache: bool = True,
+) -> Calibration:
+    """Time every stage of ``config`` on ``n_cells`` random cells of ``adata`` (all genes kept).
+
+    Runs the same steps as :func:`scgraph_core.pipeline.execute` in this process, with each training
+    stage cut to ``steps`` steps, and writes the result to a temporary folder. Raises what the run would
+    raise (for example :class:`~scgraph_core.errors.DataError` for a count model on log-normalised data).
+    """
+    from . import data, graphs
+    from .models import base
+    from .runs import write_h5ad
+    from .train import resolve_device
+
+    device = resolve_device(config.train.device)
+    trainer = _CalibrationTrainer(config.train, steps=steps)
+    key = _key(adata, config, device.type, trainer.precision_name, n_cells)
+    if use_cache and key in _CACHE:
+        return _CACHE[key]
+    started = time.perf_counter()
+    n = min(int(n_cells), int(adata.n_obs))
+    rows = np.sort(np.random.default_rng(0).choice(adata.n_obs, size=n, replace=False))
+    sub = adata[rows].copy()
+    model = base.get(config.model)()
+    data.validate(sub, min_cells=config.graph.k + 1, require_counts=model.requires_counts).raise_if_errors()
+
+    t0 = time.perf_counter()
+    prepared = data.prepare(sub, config.prepare)
+    t1 = time.perf_counter()
+    custom_graph = getattr(model, "build_graph", None)
+    if custom_graph is not None:
+        graph = custom_graph(prepared, config)
+    else:
+        graph = graphs.build_graph(
+            graphs.graph_matrix(prepared, config.graph),
+            config.graph,
+            cell_names=list(prepared.adata.obs_names),
+        )
+    t2 = time.perf_counter()
+    result = model.fit(prepared, graph, config.params, trainer, cluster=config.cluster, label_key=None)
+    t3 = time.perf_counter()
+    out = result.write(prepared.adata)
+    match_input = getattr(model, "match_input", None)
+    if match_input is not None:
+        out = match_input(out, sub, prepared)
+    with tempfile.TemporaryDirectory(prefix="scgraph-calibrate-") as tmp:
+        write_h5ad(out, Path(tmp) / "result.h5ad")
+    t4 = time.perf_counter()
+    stats = graph.stats()
+    cal = Calibration(
+        model=config.model,
+        device=device.type,
+        precision=trainer.precision_name,
+        n_cells=int(prepared.adata.n_obs),
+        n_features=int(prepared.features.shape[1]),
+        n_edges=int(stats.get("n_edges", 0)),
+        prepare_seconds=t1 - t0,
+        graph_seconds=t2 - t1,
+        stages=tuple(trainer.timings),
+        analysis_seconds=max(0.0, (t3 - t2) - trainer.seconds_in_stages),
+        write_seconds=t4 - t3,
+        seconds=t4 - started,
+    )
+    _CACHE[key] = cal
+    return cal
+
+
+class _CalibrationTrainer(Trainer):
+    """A Trainer that runs each stage only until its step time settles, recording its declared epochs.
+
+    The first steps in a fresh process are several times slower (kernel selection and compilation,
+    measured here: ~8 steps of 1.6-2 s before CellVGAE settles at ~0.2 s on 700 cells); the worker pays
+    that too, so it is kept as a fixed warm-up cost and the settled step time is what gets scaled.
+    """
+
+    def __init__(self, spec: Any, *, steps: int) -> None:
+        super().__init__(spec)
+        self.steps = max(2, int(steps))
+        self.timings: list[tuple[str, int, float, float, float, float]] = []
+        self.seconds_in_stages = 0.0
+
+    def run_stage(self, stage: Any) -> Any:
+        declared = int(stage.epochs)
+        seen: list[float] = []
+
+        def settled(epoch: int, event: dict[str, Any]) -> bool:
+            seen.append(float(event["seconds"]))
+            return len(seen) >= 3 and max(seen[-2:]) < 0.5 * max(seen[:-2])
+
+        short = dataclasses.replace(stage, epochs=min(declared, self.steps), after_epoch=settled)
+        started = time.perf_counter()
+        outcome = super().run_stage(short)
+        self.seconds_in_stages += time.perf_counter() - started
+        steady = float(np.mean(seen[-2:])) if len(seen) >= 2 else (seen[0] if seen else 0.0)
+        warmup = max(0.0, sum(seen) - steady * len(seen))
+        evals = [e["eval_seconds"] for e in outcome.history if "eval_seconds" in e]
+        every = int(self.spec.eval_every or 0)
+        per_eval = float(np.median(evals)) if evals else 0.0
+        rate = 1.0 / every if every and stage.evaluate is not None else 0.0
+        self.timings.append((stage.name, declared, steady, per_eval, rate, warmup))
+        return outcome
+
+
+def _scaled(name: str, seconds: float, ratio: float, detail: str) -> StageTime:
+    low = LOW_FAR if ratio > FAR else LOW
+    return StageTime(name, seconds, seconds * low, seconds * HIGH, detail)
 
 
 def estimate(
@@ -180,99 +293,160 @@ def estimate(
     n_genes: int | None = None,
     n_features: int | None = None,
     n_edges: int | None = None,
+    graph_seconds: float | None = None,
+    calibration: Calibration | None = None,
     device: str = "cpu",
     precision: str = "bf16",
-    benchmark: str | None = None,
 ) -> Estimate:
-    """Estimate time and memory for ``config`` (a :class:`~scgraph_core.pipeline.RunConfig`).
+    """Estimate time and memory for ``config`` (a :class:`~scgraph_core.pipeline.RunConfig`) on ``n_cells``.
 
-    ``n_genes`` is the genes of the loaded data (memory of the matrices), ``n_features`` the model's
-    input genes (default: ``config.prepare.n_hvg``, capped at ``n_genes``), ``n_edges`` the stored edge
-    count of the graph (default: :func:`typical_edges`). ``device`` is the resolved device ("cpu",
-    "cuda", "mps"), ``precision`` the resolved one ("bf16" or "fp32").
+    ``n_genes``: genes of the loaded data; ``n_features``: the model's input genes (default: from the
+    calibration, else ``config.prepare.n_hvg`` with 0 meaning all genes); ``n_edges``: the graph's stored
+    edges; ``graph_seconds``: the measured build time of the full-size graph (the page's preview);
+    ``calibration``: from :func:`calibrate` on the same data and settings. Without a calibration the
+    result is rough.
     """
-    n_cells = int(n_cells)
-    genes = int(n_genes) if n_genes else int(config.prepare.n_hvg or 1000)
-    features = int(n_features) if n_features else int(config.prepare.n_hvg or genes)
-    features = min(features, genes) if genes else features
+    n_cells = max(1, int(n_cells))
+    genes = int(n_genes) if n_genes else int(config.prepare.n_hvg or 2000)
+    if n_features:
+        features = int(n_features)
+    elif calibration is not None:
+        features = calibration.n_features
+    else:
+        features = min(int(config.prepare.n_hvg or genes), genes)
     edges = int(n_edges) if n_edges is not None else typical_edges(n_cells, config.graph.k)
-    fit = cellvgae_fit(benchmark)
-    mem = fit["memory"]
+    epochs = _epochs_of(config.params)
     notes: list[str] = []
-    params = config.params
-    epochs = _epochs_of(params)
-    base_mb = mem["m0"] + mem["m1"] * n_cells * genes
+    parts: list[StageTime] = []
+    from .models import base
 
-    if config.model == "cellvgae":
-        heads = tuple(params.heads) if params.conv != "gcn" else (1,) * (len(params.hidden) + 2)
-        dense, edge, act, _ = _work(n_cells, edges, features, tuple(params.hidden), heads, params.latent)
-        if params.conv == "gatv2":
-            dense *= 2.0  # source and target projections
-            notes.append("GATv2 is not in the benchmark; counted as twice the GAT projections.")
-        c = fit.get(precision, fit["fp32"])
-        per_epoch = c["a"] * dense + c["b"] * edge + c["c"]
-        extra_mb = mem["p0"] + mem["p1"] * act
-        if params.regularizer == "mmd":
-            notes.append("The MMD term is not in the benchmark; it adds time and memory on many cells.")
+    custom_graph = getattr(base.get(config.model), "build_graph", None) is not None
+
+    if calibration is not None:
+        cal = calibration
+        device, precision = cal.device, cal.precision
+        ratio = n_cells / max(cal.n_cells, 1)
+        edge_ratio = edges / cal.n_edges if cal.n_edges else ratio
+        work = max(ratio, edge_ratio)  # sparse steps follow the edges, dense ones the cells
+        parts.append(
+            _scaled(
+                "preparation",
+                cal.prepare_seconds * ratio,
+                ratio,
+                f"{cal.prepare_seconds:.2f} s on {cal.n_cells} cells, x cells",
+            )
+        )
+        if graph_seconds is not None and not custom_graph:
+            parts.append(
+                StageTime(
+                    "cell graph",
+                    graph_seconds,
+                    graph_seconds,
+                    graph_seconds * HIGH,
+                    "measured on the full data",
+                )
+            )
+        elif custom_graph:
+            g = cal.graph_seconds * ratio**2
+            parts.append(
+                StageTime(
+                    "cell graph", g, cal.graph_seconds * ratio, g * HIGH, "dense cell x cell kernel: x cells²"
+                )
+            )
+        else:
+            parts.append(_scaled("cell graph", cal.graph_seconds * ratio, ratio, "x cells"))
+        train_seconds = 0.0
+        for name, declared, per_step, per_eval, evals_per_epoch, warmup in cal.stages:
+            s = declared * (per_step + per_eval * evals_per_epoch) * work + warmup
+            train_seconds += s
+            parts.append(
+                _scaled(
+                    f"training: {name}",
+                    s,
+                    work,
+                    f"{declared} epochs x {per_step * work:.3g} s + {warmup:.1f} s warm-up (measured "
+                    f"{per_step:.3g} s per settled step on {cal.n_cells} cells)",
+                )
+            )
+        per_epoch = train_seconds / epochs
+        parts.append(
+            _scaled(
+                "clustering and interpretation",
+                cal.analysis_seconds * ratio,
+                ratio,
+                f"{cal.analysis_seconds:.1f} s on {cal.n_cells} cells, x cells",
+            )
+        )
+        parts.append(_scaled("writing the result", cal.write_seconds * ratio, ratio, "x cells"))
         rough = False
         basis = (
-            "fitted to the CellVGAE training benchmark (benchmarks/results/cellvgae.json, 2-core CPU); "
-            "within about ±30 % of the measured rows on that machine"
+            f"measured on this machine ({device}, {precision}): {cal.n_cells} of the cells with all "
+            f"{features:,} model genes, up to {CALIBRATION_STEPS} timed steps of every training stage, then scaled to "
+            f"{n_cells:,} cells"
         )
+        if ratio > FAR:
+            notes.append(
+                f"Scaled up {ratio:.0f}x from the calibration: fixed per-step costs make the middle value "
+                "high, so the range reaches lower than usual."
+            )
     else:
-        width = _generic_width(params)
-        latent = int(getattr(params, "latent", 0) or 32)
-        dense = n_cells * (features * width + width * width + width * latent) * 3.0  # encoder + decoder
-        edge = (edges + n_cells) * width
-        c = fit.get(precision, fit["fp32"])
-        per_epoch = c["a"] * dense + c["b"] * edge + c["c"]
-        extra_mb = mem["p0"] + mem["p1"] * n_cells * (features + 4 * width) * 2.0
+        per_cell = ROUGH_SECONDS_PER_CELL_EPOCH * max(features, 250) / 1000
+        if config.model != "cellvgae":
+            per_cell *= 10  # dense count decoders
+        per_epoch = per_cell * n_cells
+        train_seconds = per_epoch * epochs
+        parts.append(
+            StageTime("preparation and graph", 2e-3 * n_cells, 1e-3 * n_cells, 6e-3 * n_cells, "rough")
+        )
+        parts.append(StageTime("training", train_seconds, train_seconds / 3, train_seconds * 5, "rough"))
+        analysis = 1e-3 * n_cells
+        parts.append(
+            StageTime("clustering and interpretation", analysis, analysis / 3, analysis * 5, "rough")
+        )
         rough = True
-        basis = (
-            "rough guess from the matrix sizes only: this model has no benchmark yet, so the CellVGAE "
-            "throughput constants are applied to an assumed network width"
-        )
-        notes.append(
-            "Models with dense cell x cell steps (for example all-cell attention) can need far more time "
-            "and memory than this guess on many cells."
-        )
+        basis = "rough guess from the data size only: no measurement on this machine yet"
+    parts.insert(
+        0,
+        StageTime(
+            "start-up",
+            WORKER_STARTUP_S,
+            WORKER_STARTUP_S * LOW,
+            WORKER_STARTUP_S * HIGH,
+            "imports and compilation in the worker",
+        ),
+    )
 
-    per_epoch = max(per_epoch, MIN_EPOCH_S)
+    extra = P0 + P1 * n_cells * (features + 512)
+    if config.model in ("scvgae", "attentionae"):
+        extra += 6 * n_cells * features * 4 / 2**20  # mean, dispersion, dropout and their gradients
+    peak = M0 + M1 * n_cells * genes + extra
     if device == "cuda":
-        per_epoch /= GPU_SPEEDUP
-        rough = True
-        notes.append(
-            f"No GPU benchmark is stored: the CPU fit is divided by an assumed {GPU_SPEEDUP:.0f}x speed-up "
-            "(rough). Memory is split between the GPU (training) and the CPU (data)."
+        notes.append("On the GPU the training memory is GPU memory; the data stays in CPU memory.")
+
+    warnings = []
+    if features > MANY_GENES:
+        warnings.append(
+            f"The model reads all {features:,} genes (n_hvg = {config.prepare.n_hvg}): every epoch and the "
+            f"memory grow with cells x genes ({n_cells:,} x {features:,}). Setting 'Highly variable genes' "
+            f"to 2000 on the Cell graph tab makes it about {features / 2000:.0f}x lighter."
         )
-    elif device == "mps":
-        rough = True
-        notes.append("Apple MPS is not benchmarked; the CPU numbers are shown.")
-    train_seconds = per_epoch * epochs
-    if math.isnan(train_seconds):
-        train_seconds = float("inf")
+    other = sum(p.seconds for p in parts) - train_seconds
     return Estimate(
         model=config.model,
         device=device,
         n_cells=n_cells,
+        n_features=features,
         epochs=epochs,
         seconds_per_epoch=float(per_epoch),
         train_seconds=float(train_seconds),
-        other_seconds=_other_seconds(n_cells),
-        peak_memory_mb=float(base_mb + extra_mb),
+        other_seconds=float(other),
+        peak_memory_mb=float(peak),
         rough=rough,
         basis=basis,
+        parts=parts,
         notes=notes,
+        warnings=warnings,
     )
-
-
-def _generic_width(params: Any) -> int:
-    hidden = getattr(params, "hidden", None)
-    if isinstance(hidden, (tuple, list)) and hidden:
-        return int(max(hidden))
-    if isinstance(hidden, int) and hidden > 0:
-        return hidden
-    return 256
 
 
 def format_seconds(seconds: float | None) -> str:

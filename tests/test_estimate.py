@@ -1,57 +1,132 @@
-"""Time and memory estimates: CellVGAE's come from the benchmark file, other models' are rough."""
+"""Time and memory estimates: measured on this machine on a subsample, scaled to the data, every stage."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
 import pytest
 
 from scgraph_core import estimate, pipeline
 from scgraph_core.models import base
+from tests.helpers import toy_counts
+
+TINY = {
+    "model": {"hidden": [16, 16], "heads": [2], "latent": 8, "epochs": 8, "lr": 0.01},
+    "prepare": {"n_hvg": 40, "n_graph_genes": 30},
+    "cluster": {"min_cluster_sizes": [5, 10], "min_samples": [3, 5]},
+    "train": {"eval_every": 2},
+}
 
 
-def test_the_fit_reproduces_the_benchmark_rows():
-    rows = json.loads(estimate.BENCHMARK.read_text())["rows"]
-    rows = [r for r in rows if r["impl"] == "scgraph"]
-    assert rows
-    for r in rows:
-        config = pipeline.resolve_config("cellvgae", r["preset"])
-        est = estimate.estimate(
-            config, r["n_cells"], n_genes=250, n_edges=r["n_edges"], precision=r["precision"]
-        )
-        assert not est.rough
-        assert 0.6 < est.seconds_per_epoch / r["seconds_per_epoch"] < 1.5, r
-        assert 0.7 < est.peak_memory_mb / r["peak_rss_mb"] < 1.4, r
+@pytest.fixture(scope="module")
+def measured():
+    adata = toy_counts(n_cells=160, n_genes=60)
+    config = pipeline.resolve_config("cellvgae", "quick", TINY)
+    return adata, config, estimate.calibrate(adata, config, n_cells=120, steps=4)
 
 
-def test_estimates_grow_with_cells_heads_and_epochs():
-    quick = pipeline.resolve_config("cellvgae", "quick")
-    paper = pipeline.resolve_config("cellvgae", "paper")
-    small = estimate.estimate(quick, 5_000, n_genes=2000)
-    big = estimate.estimate(quick, 50_000, n_genes=2000)
-    heavy = estimate.estimate(paper, 50_000, n_genes=2000)
-    assert big.seconds_per_epoch > 5 * small.seconds_per_epoch
-    assert heavy.seconds_per_epoch > 5 * big.seconds_per_epoch
-    assert heavy.train_seconds == pytest.approx(heavy.seconds_per_epoch * 200)
-    assert heavy.peak_memory_mb > big.peak_memory_mb > small.peak_memory_mb
-    assert heavy.total_seconds > heavy.train_seconds
+def hand_made(**changes) -> estimate.Calibration:
+    values = dict(
+        model="cellvgae",
+        device="cpu",
+        precision="fp32",
+        n_cells=100,
+        n_features=40,
+        n_edges=1000,
+        prepare_seconds=0.1,
+        graph_seconds=0.05,
+        stages=(("pretrain", 100, 0.02, 0.0, 0.0, 0.0), ("dec", 50, 0.04, 0.0, 0.0, 0.0)),
+        analysis_seconds=2.0,
+        write_seconds=0.1,
+        seconds=5.0,
+    )
+    values.update(changes)
+    return estimate.Calibration(**values)
 
 
-def test_gpu_and_models_without_numbers_are_labelled_rough():
-    quick = pipeline.resolve_config("cellvgae", "quick")
-    gpu = estimate.estimate(quick, 20_000, n_genes=2000, device="cuda")
-    assert gpu.rough and any("No GPU benchmark" in n for n in gpu.notes)
-    others = [m for m in base.available() if m != "cellvgae"]
-    if not others:
-        pytest.skip("only CellVGAE is registered")
-    config = pipeline.resolve_config(others[0], "quick")
+def test_calibration_runs_the_model_on_a_subsample_and_is_cached(measured):
+    adata, config, cal = measured
+    assert cal.n_cells == 120 and cal.n_features == 40 and cal.n_edges > 0
+    assert [s[0] for s in cal.stages] == ["train"] and cal.stages[0][1] == 8  # the declared epochs
+    assert cal.stages[0][2] > 0 and cal.analysis_seconds > 0 and cal.write_seconds > 0
+    assert cal.stages[0][4] == pytest.approx(0.5)  # evaluated every 2 epochs
+    assert estimate.calibrate(adata, config, n_cells=120, steps=4) is cal
+    other = dataclasses.replace(config, graph=dataclasses.replace(config.graph, k=7))
+    assert estimate.calibrate(adata, other, n_cells=120, steps=3) is not cal
+
+
+def test_a_measured_estimate_lists_every_stage_as_a_range(measured):
+    adata, config, cal = measured
+    est = estimate.estimate(config, adata.n_obs, n_genes=adata.n_vars, calibration=cal)
+    assert not est.rough and "measured on this machine" in est.basis
+    names = [p.name for p in est.parts]
+    assert names == [
+        "start-up",
+        "preparation",
+        "cell graph",
+        "training: train",
+        "clustering and interpretation",
+        "writing the result",
+    ]
+    assert all(p.low <= p.seconds <= p.high for p in est.parts)
+    assert est.low_seconds < est.total_seconds < est.high_seconds
+    assert est.total_seconds == pytest.approx(est.train_seconds + est.other_seconds)
+    assert est.other_seconds >= estimate.WORKER_STARTUP_S + cal.analysis_seconds
+
+
+def test_estimates_scale_with_cells_and_epochs():
+    config = pipeline.resolve_config("attentionae", "quick") if "attentionae" in base.available() else None
+    config = config or pipeline.resolve_config("cellvgae", "quick")
+    cal = hand_made()
+    small = estimate.estimate(config, 1_000, n_genes=2000, n_edges=10_000, calibration=cal)
+    big = estimate.estimate(config, 10_000, n_genes=2000, n_edges=100_000, calibration=cal)
+    assert big.train_seconds == pytest.approx(10 * small.train_seconds)
+    # Both training stages are counted, each with its own epochs: 10x (100·0.02 + 50·0.04).
+    assert small.train_seconds == pytest.approx(10 * (100 * 0.02 + 50 * 0.04))
+    assert [p.name for p in small.parts if p.name.startswith("training")] == [
+        "training: pretrain",
+        "training: dec",
+    ]
+    longer = hand_made(stages=(("pretrain", 200, 0.02, 0.0, 0.0, 0.0), ("dec", 100, 0.04, 0.0, 0.0, 0.0)))
+    twice = estimate.estimate(config, 1_000, n_genes=2000, n_edges=10_000, calibration=longer)
+    assert twice.train_seconds == pytest.approx(2 * small.train_seconds)
+    assert big.peak_memory_mb > small.peak_memory_mb
+    # Far beyond the calibration size the range opens downwards (fixed per-step costs).
+    far = [p for p in big.parts if p.name == "training: dec"][0]
+    assert far.low / far.seconds < estimate.LOW
+
+
+def test_a_dense_kernel_graph_grows_with_cells_squared():
+    if "scvgae" not in base.available():
+        pytest.skip("scVGAE is not registered")
+    config = pipeline.resolve_config("scvgae", "quick")
+    cal = hand_made(model="scvgae", stages=(("train", 300, 0.05, 0.0, 0.0, 0.0),))
+    est = estimate.estimate(config, 1_000, n_genes=22_000, n_features=22_000, calibration=cal)
+    graph = next(p for p in est.parts if p.name == "cell graph")
+    assert graph.seconds == pytest.approx(0.05 * 10**2)
+
+
+def test_a_model_reading_all_genes_is_warned_about():
+    config = pipeline.resolve_config("cellvgae", "quick", {"prepare": {"n_hvg": 0}})
+    est = estimate.estimate(config, 420, n_genes=22_000, calibration=hand_made(n_features=22_000))
+    assert est.n_features == 22_000
+    assert est.warnings and "22,000 genes" in est.warnings[0] and "2000" in est.warnings[0]
+    few = estimate.estimate(pipeline.resolve_config("cellvgae", "quick"), 420, n_genes=22_000, n_features=250)
+    assert not few.warnings
+
+
+def test_without_a_measurement_the_estimate_is_rough_but_complete():
+    config = pipeline.resolve_config("cellvgae", "quick")
     est = estimate.estimate(config, 3_000, n_genes=2000)
-    assert est.rough and "rough" in est.basis and est.train_seconds > 0
+    assert est.rough and "rough" in est.basis
+    assert {"start-up", "training", "clustering and interpretation"} <= {p.name for p in est.parts}
+    assert est.high_seconds > 2 * est.total_seconds
 
 
-def test_a_missing_benchmark_file_falls_back(tmp_path):
-    fit = estimate.cellvgae_fit(str(tmp_path / "absent.json"))
-    assert fit["bf16"]["a"] > 0 and fit["memory"]["m0"] > 0
+def test_the_engine_reads_no_repository_files():
+    assert not hasattr(estimate, "BENCHMARK")
+    source = estimate.__file__
+    assert "benchmarks" not in open(source, encoding="utf-8").read()
 
 
 def test_format_seconds():

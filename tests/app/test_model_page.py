@@ -26,8 +26,16 @@ def test_models_presets_graph_statistics_and_estimate_are_shown():
     assert metric(at, "cells") == "700"
     assert int(metric(at, "mean degree").split(".")[0]) >= 5
     assert metric(at, "isolated cells") == "0"
-    assert any("measured basis" in c for c in texts(at.caption))
+    assert any("measured basis" in c and "measured on this machine" in c for c in texts(at.caption))
     assert metric(at, "training").endswith("s")
+    # The whole run is a range, and the breakdown names every stage (clustering included).
+    low, high = metric(at, "whole run").split(" - ")
+    assert low.endswith("s") and high.endswith("s") and low != high
+    parts = next(d.value for d in at.dataframe if "step" in d.value.columns)
+    steps = list(parts["step"])
+    assert {"start-up", "training: train", "clustering and interpretation", "writing the result"} <= set(
+        steps
+    )
     assert any("CPU" in c or "GPU" in c for c in texts(at.caption))
 
 
