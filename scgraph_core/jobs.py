@@ -154,26 +154,11 @@ def launch(run: Run, *, python: str | None = None, env: dict[str, str] | None = 
         raise RunError(f"Run {run.id} was already started; start a new run instead.")
     python = python or sys.executable
     command = [python, "-m", "scgraph_core", "work", str(run.path.absolute())]
-    child_env = dict(os.environ if env is None else env)
-    # The worker must import this engine even when the app was started from another folder.
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), child_env.get("PYTHONPATH")) if p)
-    child_env.setdefault("SCGRAPH_HOME", str(default_home()))
-    child_env["PYTHONUNBUFFERED"] = "1"
-    out = subprocess.run(
-        [python, "-c", _LAUNCHER, str(run.file(LOG_FILE)), *command],
-        env=child_env,
-        cwd=str(_REPO),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if out.returncode != 0 or not out.stdout.strip().isdigit():
-        message = (out.stderr or out.stdout).strip()[-500:]
-        run.set_status("failed", f"The training process could not be started: {message}")
-        raise RunError(f"The training process could not be started: {message}")
-    pid = int(out.stdout.strip())
+    try:
+        pid = _detached(run, command, env)
+    except RunError as exc:
+        run.set_status("failed", f"The training process could not be started: {exc}")
+        raise RunError(f"The training process could not be started: {exc}") from None
     run.write_json(
         WORKER_FILE,
         {
@@ -197,12 +182,22 @@ def finish(run: Run, *, python: str | None = None) -> int:
         raise RunError(f"Run {run.id} has no saved training stages, so there is nothing to finish from.")
     python = python or sys.executable
     command = [python, "-m", "scgraph_core", "runs", "finish", str(run.path.absolute()), "--json"]
-    child_env = dict(os.environ)
+    try:
+        return _detached(run, command, None)
+    except RunError as exc:
+        raise RunError(f"The finishing process could not be started: {exc}") from None
+
+
+def _detached(run: Run, command: list[str], env: dict[str, str] | None) -> int:
+    """Start ``command`` in a session of its own (it outlives the app), its output appended to the run's
+    worker log; return its pid, or raise RunError with the launcher's own words."""
+    child_env = dict(os.environ if env is None else env)
+    # The process must import this engine even when the app was started from another folder.
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), child_env.get("PYTHONPATH")) if p)
     child_env.setdefault("SCGRAPH_HOME", str(default_home()))
     child_env["PYTHONUNBUFFERED"] = "1"
     out = subprocess.run(
-        [python, "-c", _LAUNCHER, str(run.file(LOG_FILE)), *command],
+        [command[0], "-c", _LAUNCHER, str(run.file(LOG_FILE)), *command],
         env=child_env,
         cwd=str(_REPO),
         stdin=subprocess.DEVNULL,
@@ -212,9 +207,7 @@ def finish(run: Run, *, python: str | None = None) -> int:
         check=False,
     )
     if out.returncode != 0 or not out.stdout.strip().isdigit():
-        raise RunError(
-            f"The finishing process could not be started: {(out.stderr or out.stdout).strip()[-500:]}"
-        )
+        raise RunError((out.stderr or out.stdout).strip()[-500:] or f"exit status {out.returncode}")
     return int(out.stdout.strip())
 
 
