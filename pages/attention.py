@@ -150,7 +150,12 @@ with ui.guard("the attention overlay"):
     with left:
         st.plotly_chart(
             plots.embedding_scatter(
-                coords, score, name="attention", categorical=False, colorscale="Magma", height=460
+                coords,
+                score,
+                name="attention",
+                categorical=False,
+                colorscale=plots.ATTENTION_COLORSCALE,
+                height=460,
             ),
             width="stretch",
             key=f"att_umap:{name}:{statistic}:{mode}",
@@ -280,7 +285,7 @@ with ui.guard("the attention graph"):
             edges,
             cell_names=names,
             groups=groups,
-            colors=None,
+            colors=plots.obs_colors(adata, group_key) if group_key else None,
             group_name="cell type" if group_key == label_key else "cluster",
             title=f"{name}: {stat_word}",
             height=560,

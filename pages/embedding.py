@@ -108,13 +108,8 @@ def colour_choice(prefix: str, result, result_views: dict, result_label: str | N
 
 
 def colours_for(result, name: str) -> dict[str, str] | None:
-    given = result.uns.get(f"{name}_colors")
-    if given is None:
-        return None
-    cats = (
-        sorted(pd.unique(result.obs[name].astype(str)), key=plots._natural_key) if name in result.obs else []
-    )
-    return plots.category_colors(cats, list(given)) if cats else None
+    # One colour per label of the whole obs column, the same in every figure of every page.
+    return plots.obs_colors(result, name) if name and name in result.obs else None
 
 
 @st.fragment
@@ -156,7 +151,11 @@ def umap_view() -> None:
             for col, (key, title) in zip(cols, groups, strict=False):
                 if key and key in adata.obs:
                     col.plotly_chart(
-                        plots.composition_figure(adata.obs[key].astype(str).to_numpy()[chosen], title=title),
+                        plots.composition_figure(
+                            adata.obs[key].astype(str).to_numpy()[chosen],
+                            title=title,
+                            colors=colours_for(adata, key),
+                        ),
                         width="stretch",
                         key=f"comp:{key}",
                     )

@@ -136,11 +136,8 @@ with ui.guard("the gene-gene plot"):
         help="Drawn on the y axis of both plots.",
     )
     tx = (lambda v: np.log1p(np.clip(v, 0, None))) if log_view else (lambda v: v)
-    colours = None
-    if label_key:
-        labels = adata.obs[label_key].astype(str).to_numpy()
-        palette = plots.category_colors(sorted(pd.unique(labels), key=plots._natural_key))
-        colours = [palette[v] for v in labels]
+    labels = adata.obs[label_key].to_numpy() if label_key else None
+    colours = plots.obs_colors(adata, label_key) if label_key else None
     st.plotly_chart(
         plots.gene_gene_figure(
             (
@@ -149,7 +146,10 @@ with ui.guard("the gene-gene plot"):
             ),
             (tx(cache.expression(adata, gx, layer)), tx(cache.expression(adata, gy, layer))),
             (gx, gy),
+            labels=labels,
             colors=colours,
+            label_name=label_key or "",
+            value_name="log1p" if log_view else "",
         ),
         width="stretch",
         key=f"imp_gg:{gx}:{gy}",

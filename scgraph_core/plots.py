@@ -32,8 +32,10 @@ import scipy.sparse as sp
 from plotly.subplots import make_subplots
 
 __all__ = [
+    "ATTENTION_COLORSCALE",
     "attention_graph_html",
     "category_colors",
+    "category_order",
     "composition_figure",
     "dot_plot_figure",
     "embedding_panels",
@@ -43,7 +45,9 @@ __all__ = [
     "group_heatmap_figure",
     "heatmap_figure",
     "imputation_histogram",
+    "label_colors",
     "loss_figure",
+    "obs_colors",
     "qc_figure",
     "Panel",
     "qc_metrics",
@@ -64,6 +68,9 @@ _PALETTE = (
 _MAX_LEGEND = 60  # more categories than this are drawn as one trace coloured by code
 _NOISE_NAMES = {"noise", "-1", "nan", "none", ""}
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}}
+# Attention scores: a sequential scale whose lightness rises monotonically from low to high (dark to
+# light), so low and high never look alike (tests check the relative luminance of its stops).
+ATTENTION_COLORSCALE = "Viridis"
 # A figure with at most this many points in all draws SVG markers (no WebGL context); above it, WebGL.
 SVG_MAX_POINTS = 30_000
 
@@ -88,6 +95,52 @@ def category_colors(categories: Sequence[Any], given: Sequence[str] | None = Non
             out[name] = _PALETTE[i % len(_PALETTE)]
             i += 1
     return out
+
+
+def _category_sort_key(name: str) -> tuple:
+    return (name.lower() in _NOISE_NAMES, _natural_key(name))
+
+
+def _as_labels(values: Any) -> pd.Series:
+    # Labels as text, missing values as "nan" (the name every figure uses for them).
+    series = pd.Series(values).astype("object")
+    return series.where(pd.notna(series), "nan").astype(str)
+
+
+def category_order(values: Any) -> list[str]:
+    """The distinct labels of ``values`` as text, in natural order (A2 before A10), noise last."""
+    return sorted(set(_as_labels(values)), key=_category_sort_key)
+
+
+def label_colors(column: Any, given: Sequence[str] | None = None) -> dict[str, str]:
+    """THE colour of every label of a whole obs column, so a label keeps its colour in every figure and
+    every page, whatever subset of cells a figure shows: pass the full column, never a subset.
+
+    Colours come from the built-in palette in :func:`category_order` of the column's labels (for a
+    categorical column, all its declared categories count, used or not). ``given`` colours (scanpy's
+    ``uns['<key>_colors']``, one per declared category in declaration order) win when there are enough.
+    Noise and missing values are grey.
+    """
+    series = column if isinstance(column, pd.Series) else pd.Series(column)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        declared = [str(c) for c in series.cat.categories]
+        names = sorted(set(declared) | set(_as_labels(series)), key=_category_sort_key)
+        if given is not None and len(given) >= len(declared):
+            out = category_colors(names)  # grey for noise and missing values
+            for name, colour in zip(declared, given, strict=False):
+                if name.lower() not in _NOISE_NAMES:
+                    out[name] = str(colour)
+            return out
+        return category_colors(names)
+    names = category_order(series)
+    return category_colors(names, given if given is not None and len(given) >= len(names) else None)
+
+
+def obs_colors(adata: Any, key: str) -> dict[str, str]:
+    """:func:`label_colors` of ``adata.obs[key]``, with the colours scanpy stored in
+    ``adata.uns[key + '_colors']`` when there are enough of them."""
+    given = adata.uns.get(f"{key}_colors") if hasattr(adata, "uns") else None
+    return label_colors(adata.obs[key], None if given is None else [str(c) for c in given])
 
 
 def _point_size(n: int) -> float:
@@ -148,8 +201,8 @@ def embedding_scatter(
         if categorical is None:
             categorical = _is_categorical(values)
         if categorical:
-            series = pd.Series(values).astype("object").where(pd.notna(pd.Series(values)), "nan").astype(str)
-            cats = sorted(series.unique(), key=lambda c: (c.lower() in _NOISE_NAMES, _natural_key(c)))
+            series = _as_labels(values)
+            cats = category_order(series)
             palette = dict(category_colors(cats)) if colors is None else dict(colors)
             if len(cats) > _MAX_LEGEND:
                 codes = pd.Categorical(series, categories=cats).codes
@@ -569,10 +622,11 @@ def validation_figure(history: pd.DataFrame, *, height: int = 300) -> go.Figure 
 def composition_figure(
     labels: Sequence[Any], *, title: str = "", colors: Mapping[str, str] | None = None
 ) -> go.Figure:
-    """Horizontal bars: how many of the given cells carry each label."""
-    counts = pd.Series([str(v) for v in labels]).value_counts()
+    """Horizontal bars: how many of the given cells carry each label. Pass ``colors`` from
+    :func:`label_colors` of the whole column so each bar has its label's colour on every page."""
+    counts = _as_labels(list(labels)).value_counts()
     counts = counts.iloc[::-1]  # largest on top
-    palette = dict(colors) if colors is not None else category_colors(list(counts.index))
+    palette = dict(colors) if colors is not None else category_colors(category_order(counts.index))
     fig = go.Figure(
         go.Bar(
             x=counts.to_numpy(),
@@ -782,34 +836,53 @@ def gene_gene_figure(
     after: tuple[np.ndarray, np.ndarray],
     genes: tuple[str, str],
     *,
-    colors: Sequence[str] | None = None,
+    labels: Sequence[Any] | None = None,
+    colors: Mapping[str, str] | None = None,
+    label_name: str = "",
+    value_name: str = "",
 ) -> go.Figure:
-    """Two genes against each other, before (observed) and after imputation, with Pearson r."""
+    """Two genes against each other, before (observed) and after imputation, with Pearson r.
+
+    With ``labels`` (one per cell) the points are coloured by label, one legend entry per label
+    (clicking it hides that label in both panels); ``colors`` should come from :func:`label_colors`
+    of the whole column. Axis titles name the gene and, with ``value_name``, the scale of the values.
+    """
     titles = []
     for name, (x, y) in (("observed", before), ("imputed", after)):
         r = _pearson(x, y)
         titles.append(f"{name}: r = {r:.2f}" if math.isfinite(r) else name)
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
+    label_arr = None if labels is None else _as_labels(list(labels)).to_numpy()
+    if label_arr is not None:
+        cats = category_order(label_arr)
+        palette = dict(colors) if colors is not None else category_colors(cats)
+        groups = [(cat, np.flatnonzero(label_arr == cat), palette.get(cat, NOISE_COLOR)) for cat in cats]
     for i, (x, y) in enumerate((before, after), start=1):
-        fig.add_trace(
-            go.Scattergl(
-                x=np.asarray(x, dtype=float),
-                y=np.asarray(y, dtype=float),
-                mode="markers",
-                marker={
-                    "size": 4,
-                    "opacity": 0.6,
-                    "color": list(colors) if colors is not None else _PALETTE[i - 1],
-                },
-                hoverinfo="skip",
-                showlegend=False,
-            ),
-            row=1,
-            col=i,
-        )
-        fig.update_xaxes(title_text=_hover_safe(genes[0]), row=1, col=i)
-        fig.update_yaxes(title_text=_hover_safe(genes[1]), row=1, col=i)
-    fig.update_layout(**_LAYOUT, height=380)
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        if label_arr is None:
+            parts = [("cells", np.arange(x.size), _PALETTE[i - 1])]
+        else:
+            parts = groups
+        for cat, rows, colour in parts:
+            fig.add_trace(
+                go.Scattergl(
+                    x=x[rows],
+                    y=y[rows],
+                    mode="markers",
+                    marker={"size": 4, "opacity": 0.6, "color": colour},
+                    hoverinfo="skip",
+                    name=f"{cat} ({rows.size:,})",
+                    legendgroup=cat,
+                    showlegend=label_arr is not None and i == 1,
+                ),
+                row=1,
+                col=i,
+            )
+        unit = f" ({_hover_safe(value_name)})" if value_name else ""
+        fig.update_xaxes(title_text=_hover_safe(genes[0]) + unit, row=1, col=i)
+        fig.update_yaxes(title_text=_hover_safe(genes[1]) + unit, row=1, col=i)
+    legend = {"title": {"text": _title_safe(label_name)}} if label_name else {}
+    fig.update_layout(**_LAYOUT, height=380, showlegend=label_arr is not None, legend=legend)
     return fig
 
 
@@ -868,7 +941,7 @@ def attention_graph_html(
     weight = edges["weight"].to_numpy(dtype=float) if len(edges) else np.empty(0)
     nodes = np.unique(np.concatenate([src, dst]))
     if group_arr is not None:
-        present = sorted({group_arr[i] for i in nodes}, key=_natural_key)
+        present = sorted({group_arr[i] for i in nodes}, key=_category_sort_key)
         palette = (
             dict(category_colors(present))
             if colors is None

@@ -147,3 +147,93 @@ def test_panels_share_one_figure_and_switch_to_webgl_only_for_many_points():
     big = plots.embedding_panels(rng.normal(size=(20_000, 2)), many)
     assert {t.type for t in big.data} == {"scattergl"}  # still one figure: one WebGL context
     assert {t.type for t in plots.embedding_panels(xy, panels[:1], webgl=True).data} == {"scattergl"}
+
+
+def _relative_luminance(colour: str) -> float:
+    """WCAG relative luminance of '#rrggbb' or 'rgb(r, g, b)'."""
+    colour = colour.strip()
+    if colour.startswith("#"):
+        channels = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    else:
+        channels = [float(v) for v in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3]]
+    linear = [
+        (c / 255) / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in channels
+    ]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _trace_colours(fig) -> dict[str, str]:
+    return {t.name.rsplit(" (", 1)[0]: t.marker.color for t in fig.data}
+
+
+def test_a_label_has_one_colour_in_every_figure_whatever_cells_it_shows():
+    column = pd.Series(["T cell", "Astrocyte", "Microglia", "B cell", "noise", "Neuron"] * 20)
+    colours = plots.label_colors(column)
+    assert len(set(colours.values())) == len(colours)  # distinct labels, distinct colours
+    assert colours["noise"] == plots.NOISE_COLOR
+    # Three figures, three different subsets of cells: Astrocyte and Microglia keep their colour.
+    umap = plots.embedding_scatter(np.zeros((120, 2)), column.to_numpy(), categorical=True, colors=colours)
+    lasso = column.to_numpy()[np.isin(column.to_numpy(), ["Astrocyte", "Microglia"])]
+    bars = plots.composition_figure(lasso, colors=colours)
+    bar_colours = dict(zip(bars.data[0].y, bars.data[0].marker.color, strict=True))
+    edges = pd.DataFrame({"source": [1, 2], "target": [2, 1], "weight": [0.3, 0.7]})
+    html = plots.attention_graph_html(
+        edges, cell_names=[f"c{i}" for i in range(120)], groups=column, colors=colours
+    )
+    node_colours = {column[n["id"]]: n["color"] for n in plots.graph_data_json(html)["nodes"]}
+    for label in ("Astrocyte", "Microglia"):
+        assert _trace_colours(umap)[label] == bar_colours[label] == node_colours[label] == colours[label]
+    # Deciding from the subset alone would have given Astrocyte another colour (this is the bug fixed).
+    assert plots.category_colors(plots.category_order(lasso))["Microglia"] != colours["Microglia"]
+    # The colours depend on the set of labels only, not on the order in which cells come.
+    assert plots.label_colors(column.sample(frac=1, random_state=0)) == colours
+
+
+def test_label_colours_use_scanpy_colours_in_declared_category_order():
+    column = pd.Series(pd.Categorical(["b", "a", "b"], categories=["b", "a", "unused"]))
+    adata = ad.AnnData(
+        np.zeros((3, 1), dtype=np.float32),
+        obs=pd.DataFrame({"ct": column.array}, index=["x", "y", "z"]),
+        uns={"ct_colors": ["#111111", "#222222", "#333333"]},
+    )
+    colours = plots.obs_colors(adata, "ct")
+    assert colours == {"a": "#222222", "b": "#111111", "unused": "#333333"}
+    # Too few stored colours: the built-in palette, by natural order of all declared categories.
+    adata.uns["ct_colors"] = ["#111111"]
+    assert plots.obs_colors(adata, "ct") == plots.category_colors(["a", "b", "unused"])
+
+
+def test_gene_pair_scatter_has_a_legend_per_label_and_axis_titles():
+    labels = np.array(["B", "A", "B", "A", "noise"])
+    colours = plots.label_colors(np.array(["C", "B", "A", "noise"]))
+    fig = plots.gene_gene_figure(
+        (np.arange(5.0), np.arange(5.0)),
+        (np.arange(5.0), np.arange(5.0) ** 2),
+        ("CD3E", HOSTILE),
+        labels=labels,
+        colors=colours,
+        label_name="cell type",
+        value_name="log1p",
+    )
+    assert fig.layout.showlegend
+    shown = [t for t in fig.data if t.showlegend]
+    assert [t.name for t in shown] == ["A (2)", "B (2)", "noise (1)"]
+    assert all(t.marker.color == colours[t.legendgroup] for t in fig.data)
+    # Both panels draw every label; each legend entry governs its label in both.
+    assert sorted(t.legendgroup for t in fig.data) == ["A", "A", "B", "B", "noise", "noise"]
+    assert list(fig.data[0].x) == [1.0, 3.0]  # label A's cells
+    assert fig.layout.xaxis.title.text == "CD3E (log1p)" and fig.layout.xaxis2.title.text == "CD3E (log1p)"
+    assert "<script>" not in fig.layout.yaxis.title.text and fig.layout.legend.title.text == "cell type"
+    # Without labels: no legend, one trace a panel.
+    plain = plots.gene_gene_figure((np.arange(3.0),) * 2, (np.arange(3.0),) * 2, ("a", "b"))
+    assert len(plain.data) == 2 and not plain.layout.showlegend
+
+
+def test_attention_colour_scale_rises_monotonically_in_lightness():
+    from plotly.colors import get_colorscale
+
+    stops = get_colorscale(plots.ATTENTION_COLORSCALE)
+    luminance = [_relative_luminance(colour) for _, colour in stops]
+    assert len(luminance) >= 5
+    assert all(b > a for a, b in zip(luminance, luminance[1:], strict=False))
+    assert luminance[-1] - luminance[0] > 0.5  # low and high are far apart

@@ -51,6 +51,13 @@ def test_filters_heads_and_an_empty_result(app_home):
     assert_clean(at)
     table = edge_table(at)
     assert set(table["source_label"]) == {"type0"} and set(table["target_label"]) == {"type0"}
+    # Only type0 cells are drawn now, and they keep the colour type0 has on every page (decided from
+    # the whole obs column, not from the types this graph happens to show).
+    result = app_home.store.open(app_home.runs["cellvgae"]).read_result()
+    colours = plots.obs_colors(result, "celltype")
+    assert len(set(colours.values())) == len(colours) > 1
+    nodes = plots.graph_data_json(graph_html(at))["nodes"]
+    assert nodes and {n["color"] for n in nodes} == {colours["type0"]}
     at.multiselect(key="att_inc:celltype").set_value([]).run()
     at.multiselect(key="att_exc:celltype").set_value([HOSTILE]).run()
     table = edge_table(at)

@@ -36,6 +36,16 @@ def test_scvgae_imputation_views(app_home):
     drawn = np.sort(plotly_array(figs[1]["data"][-1]["marker"]["color"]))
     np.testing.assert_allclose(drawn, np.sort(np.log1p(np.clip(imputed, 0, None))), rtol=1e-5, atol=1e-6)
     assert {"cells at 0 before", "mean imputed at those zeros", "correlation"} <= {m.label for m in at.metric}
+    # The gene-gene plot: a legend entry per cell type, each in that type's colour on every page.
+    from scgraph_core import plots
+
+    colours = plots.obs_colors(result, "celltype")
+    pair = figs[3]
+    assert pair["layout"]["showlegend"] and pair["layout"]["legend"]["title"]["text"] == "celltype"
+    shown = [t for t in pair["data"] if t.get("showlegend")]
+    assert sorted(t["legendgroup"] for t in shown) == sorted(colours)
+    assert all(t["marker"]["color"] == colours[t["legendgroup"]] for t in pair["data"])
+    assert pair["layout"]["xaxis"]["title"]["text"].endswith("(log1p)")
     # Raw values instead of log1p, and another pair of genes.
     at.toggle(key="imp_log").set_value(False).run()
     at.selectbox(key="imp_gy").set_value(result.var_names[3]).run()
