@@ -11,7 +11,8 @@ import streamlit as st
 
 from scgraph_app import state, ui
 from scgraph_core import jobs
-from scgraph_core.errors import RunError
+from scgraph_core.__main__ import command_line
+from scgraph_core.errors import RunError, ScgraphError
 from scgraph_core.runs import Run
 
 
@@ -195,6 +196,17 @@ with ui.guard("the run's actions"):
                 state.set_active_run(None)
             st.toast("Run deleted.")
             st.rerun()
+
+    if not info.damaged and run.config.get("model"):
+        with st.expander("Command line for this run", icon=":material/terminal:"):
+            try:
+                st.code(command_line(run.config), language="bash")
+                st.caption(
+                    "Trains the same configuration again from a terminal in the scgraph folder (only the settings "
+                    "that differ from the preset are written)."
+                )
+            except ScgraphError as exc:
+                st.caption(f"No command line for this run: {ui.md(str(exc))}")
 
     r = st.columns([3, 1])
     new_name = r[0].text_input(

@@ -377,6 +377,47 @@ def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
     w.set_defaults(func=cmd_work)
 
 
+def command_line(record: dict) -> str:
+    """The ``python -m scgraph_core train`` command that reproduces a run's configuration (config.json).
+
+    Only the settings that differ from the run's preset are written as flags, each under the flag the train
+    parser gives it; parsing the command back gives the same configuration (tested).
+    """
+    import shlex
+
+    from . import pipeline
+
+    model, preset = record["model"], record.get("preset", "paper")
+    parser = build_parser(["train", "--model", model])
+    train = next(
+        a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train")
+    )
+    flags = {a.dest: a.option_strings[0] for a in train._actions if a.option_strings}
+    base = pipeline.resolve_config(model, preset).to_dict()
+    source = record.get("input") or {}
+    words = ["python", "-m", "scgraph_core", "train", "--model", model, "--preset", preset]
+    words += ["--input", str(source.get("path", "FILE")).replace("builtin:pbmc68k_reduced", "demo")]
+    if source.get("orientation", "auto") != "auto":
+        words += ["--orientation", source["orientation"]]
+    if source.get("format"):
+        words += ["--format", source["format"]]
+    if record.get("label_key"):
+        words += ["--label-key", record["label_key"]]
+    for section, key in pipeline.CONFIG_KEYS.items():
+        for name, value in (record.get(key) or {}).items():
+            if value == base[key].get(name) or value is None:
+                continue
+            flag = flags.get(f"{section}.{name}") or flags.get(name)
+            if flag is None or flag in words:  # a shared flag (--seed) is written once
+                continue
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 # ---- parser ----------------------------------------------------------------------------------
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     from . import data, graphs

@@ -30,6 +30,16 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# Section of the schemas -> its key in config.json.
+CONFIG_KEYS: dict[str, str] = {
+    "prepare": "prepare",
+    "graph": "graph",
+    "model": "model_params",
+    "train": "train",
+    "cluster": "cluster",
+}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: str

@@ -221,3 +221,33 @@ def test_the_verdict_is_printed_after_the_metrics(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "verdict (poor): 2 clusters for 8 annotated types: the clustering merges types" in out
     assert "next: On the Embedding page, to split the merged types" in out
+
+
+def test_the_command_line_of_a_run_reproduces_its_configuration():
+    """The Runs page shows this command; parsed back, it gives the run's configuration exactly."""
+    import shlex
+
+    from scgraph_core import params, pipeline
+    from scgraph_core.__main__ import build_parser, command_line
+    from scgraph_core.models import base
+
+    changes = {
+        "cellvgae": {"graph": {"k": 7}, "model": {"hidden": [64, 64], "attention": False}, "cluster": {"min_cluster_sizes": [5, 10]}},
+        "scvgae": {"model": {"epochs": 11}, "prepare": {"n_hvg": 300}},
+        "attentionae": {"model": {"dec_lr": 0.0005}, "cluster": {"resolution": 0.5}},
+    }  # fmt: skip
+    for model, overrides in changes.items():
+        if model not in base.available():
+            continue
+        original = pipeline.resolve_config(
+            model, "quick", {**overrides, "train": {"eval_every": 5}}, label_key="celltype"
+        )
+        record = {**original.to_dict(), "input": {"path": "/data/my file.h5ad", "orientation": "auto"}}
+        words = shlex.split(command_line(record))
+        assert words[:4] == ["python", "-m", "scgraph_core", "train"]
+        args = build_parser(words[3:]).parse_args(words[3:])
+        assert args.input == "/data/my file.h5ad" and args.preset == "quick"
+        sections = pipeline.sections_for(model)
+        parsed = {name: params.given(args, schema, name) for name, schema in sections.items()}
+        again = pipeline.resolve_config(model, args.preset, parsed, label_key=args.label_key)
+        assert again == original, model

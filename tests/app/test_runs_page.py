@@ -176,3 +176,12 @@ def test_a_run_that_failed_after_training_is_finished_from_the_page(tmp_path, mo
     assert run.file("result.h5ad").is_file()
     at.run()
     assert "run_finish" not in {b.key for b in at.button}
+
+
+def test_the_command_line_of_a_run_is_shown(app_home):
+    run_id = app_home.runs["cellvgae"]
+    at = open_page("runs")
+    at.selectbox(key="runs_pick").set_value(run_id).run()
+    assert_clean(at)
+    codes = [c.value for c in at.code]
+    assert any(c.startswith("python -m scgraph_core train --model cellvgae --preset quick") for c in codes)
