@@ -187,11 +187,12 @@ def calibrate(
     stage cut to ``steps`` steps, and writes the result to a temporary folder. Raises what the run would
     raise (for example :class:`~scgraph_core.errors.DataError` for a count model on log-normalised data).
     """
-    from . import data, graphs
+    from . import data, pipeline
     from .models import base
     from .runs import write_h5ad
     from .train import resolve_device
 
+    config, _ = base.get(config.model).adapt(config, adata)  # the recipe the run will use on this input
     device = resolve_device(config.train.device)
     trainer = _CalibrationTrainer(config.train, steps=steps)
     key = _key(adata, config, device.type, trainer.precision_name, n_cells)
@@ -207,15 +208,7 @@ def calibrate(
     t0 = time.perf_counter()
     prepared = data.prepare(sub, config.prepare)
     t1 = time.perf_counter()
-    custom_graph = getattr(model, "build_graph", None)
-    if custom_graph is not None:
-        graph = custom_graph(prepared, config)
-    else:
-        graph = graphs.build_graph(
-            graphs.graph_matrix(prepared, config.graph),
-            config.graph,
-            cell_names=list(prepared.adata.obs_names),
-        )
+    graph = pipeline.cell_graph(model, prepared, config)
     t2 = time.perf_counter()
     result = model.fit(prepared, graph, config.params, trainer, cluster=config.cluster, label_key=None)
     t3 = time.perf_counter()

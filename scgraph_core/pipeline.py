@@ -154,7 +154,7 @@ def execute(
     weights are saved in the run folder as soon as the stage ends, so a failure in the analysis or the
     write loses no training: ``replay=True`` (``runs finish``) loads them instead of training.
     """
-    from . import data, graphs
+    from . import data
 
     callbacks = list(callbacks)
     if replay and run is None:
@@ -179,15 +179,7 @@ def execute(
         report.raise_if_errors()
         prepared = data.prepare(adata, config.prepare)
         _stage(callbacks, "graph", run)
-        custom_graph = getattr(model, "build_graph", None)  # a model may build its graph on its own input
-        if custom_graph is not None:
-            graph = custom_graph(prepared, config)
-        else:
-            graph = graphs.build_graph(
-                graphs.graph_matrix(prepared, config.graph),
-                config.graph,
-                cell_names=list(prepared.adata.obs_names),
-            )
+        graph = cell_graph(model, prepared, config)
         trainer = Trainer(config.train, callbacks=callbacks, stop=stop)
         if run is not None:
             _keep_stages(run, trainer, replay)
@@ -272,6 +264,18 @@ def _keep_stages(run: Run, trainer: Trainer, replay: bool) -> None:
         trainer.replay = load
     else:
         trainer.keep = keep
+
+
+def cell_graph(model: base.Model, prepared: Any, config: RunConfig) -> Any:
+    """The cell graph a run trains on: the model's own builder where it has one, else the config's GraphSpec."""
+    from . import graphs
+
+    custom_graph = getattr(model, "build_graph", None)  # a model may build its graph on its own input
+    if custom_graph is not None:
+        return custom_graph(prepared, config)
+    return graphs.build_graph(
+        graphs.graph_matrix(prepared, config.graph), config.graph, cell_names=list(prepared.adata.obs_names)
+    )
 
 
 def _stage(callbacks: list, name: str, run: Run | None, **extra: Any) -> None:
