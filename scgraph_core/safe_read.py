@@ -105,10 +105,11 @@ def read_isolated(
         time limit, "could not be read: the reader stopped (signal NAME)" when it was killed.
     """
     from . import data
+    from .data.io import resolve
 
     if fmt == "builtin" or str(path) == data.DEMO_PATH:
         return data.load_demo()
-    source, fmt = data._resolve(path, orientation, fmt)
+    source, fmt = resolve(path, orientation, fmt)
     default_timeout, default_memory = read_limits()
     timeout = float(timeout_s if timeout_s is not None else default_timeout)
     memory = float(memory_mb if memory_mb is not None else default_memory)

@@ -20,7 +20,6 @@ import scipy.sparse as sp
 from scgraph_core.data import (
     DataWarning,
     PrepareSpec,
-    _per_gene_scaled,
     detect_x_kind,
     load_demo,
     mask_nonzero,
@@ -29,6 +28,7 @@ from scgraph_core.data import (
     summarize,
     validate,
 )
+from scgraph_core.data.preparation import _per_gene_scaled
 from scgraph_core.errors import ConfigError, DataError
 from scgraph_core.params import from_dict, to_dict
 

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from scgraph_core import data, safe_read
 from scgraph_core.data import DataWarning, read
+from scgraph_core.data import io as data_io
 from scgraph_core.errors import DataError
 from scgraph_core.safe_read import read_isolated
 
@@ -83,7 +84,7 @@ def test_dense_array_mtx_in_a_zip_claiming_3e10_values_is_refused(tmp_path):
 
 def test_mtx_size_must_match_the_name_files_before_reading(tmp_path, monkeypatch):
     folder = _mtx_folder(tmp_path / "m", "%%MatrixMarket matrix coordinate integer general\n4 5 1\n")
-    monkeypatch.setattr(data.scipy.io, "mmread", lambda *a, **k: pytest.fail("mmread was called"))
+    monkeypatch.setattr(data_io.scipy.io, "mmread", lambda *a, **k: pytest.fail("mmread was called"))
     with pytest.raises(DataError, match="4 x 5.*3 genes.*5 cells.*do not belong together"):
         read(folder)
 
@@ -333,15 +334,15 @@ def test_folder_search_counts_entries_per_level(tmp_path, monkeypatch):
     for i in range(30):
         (root / f"d{i:02d}" / "inner").mkdir(parents=True)
     seen: list[str] = []
-    listing = data._list_folder
+    listing = data_io._list_folder
 
     def counting(folder, budget):
         entries, more = listing(folder, budget)
         seen.extend(e.path for e in entries)
         return entries, more
 
-    monkeypatch.setattr(data, "_list_folder", counting)
-    monkeypatch.setattr(data, "MAX_SCAN_ENTRIES", 10)
-    scan = data._find_mtx(root)
+    monkeypatch.setattr(data_io, "_list_folder", counting)
+    monkeypatch.setattr(data_io, "MAX_SCAN_ENTRIES", 10)
+    scan = data_io._find_mtx(root)
     assert scan.capped and scan.matrices == []
     assert len(seen) <= 3 * 10

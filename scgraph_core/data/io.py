@@ -1,24 +1,16 @@
-"""Load single-cell data, check it once, and prepare the matrices the graphs and models use.
+"""Reading files into AnnData: format detection, the readers of each format and the reader contract.
 
-Three steps, in the order a user takes them:
-
-* :func:`read` turns a file (h5ad, 10x h5, 10x matrix folder or zip, csv/tsv, loom) into an
-  ``AnnData`` with cells as rows, a float32 ``X`` (CSR when sparse or mostly zeros), unique names
-  and ``uns["scgraph_source"]``. Every problem a user can cause becomes a :class:`DataError` that
-  says what is wrong and what to do, without quoting the file's text. :func:`load_demo` gives the
-  built-in demo dataset. Files from people you do not control are read with
-  :func:`scgraph_core.safe_read.read_isolated`, which runs :func:`read` in a child process with time
-  and memory limits.
-* :func:`validate` / :func:`summarize` report what the data holds (raw counts, log-normalised or
-  scaled values, empty cells and genes, duplicated names) without changing it.
-* :func:`prepare` applies a :class:`PrepareSpec` recipe (filters, normalisation, HVG and KHVG
-  selection, per-gene scaling) and returns a :class:`Prepared` bundle: a new ``AnnData`` with
-  ``counts`` / ``lognorm`` layers plus the dense model features and graph input.
+:func:`read` turns a file (h5ad, 10x h5, 10x matrix folder or zip, csv/tsv, loom) into an
+``AnnData`` with cells as rows, a float32 ``X`` (CSR when sparse or mostly zeros), unique names
+and ``uns["scgraph_source"]``. Text tables have their orientation guessed from the names; Matrix
+Market headers are checked before scipy reads the body. Every problem a user can cause becomes a
+:class:`DataError` that says what is wrong and what to do, without quoting the file's text. Files
+from people you do not control are read with :func:`scgraph_core.safe_read.read_isolated`, which
+runs :func:`read` in a child process with time and memory limits.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import gzip
 import io
@@ -40,28 +32,8 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
-from .errors import ConfigError, DataError
-from .params import from_dict, param, to_dict
-
-__all__ = [
-    "DEMO_PATH",
-    "FORMATS",
-    "MAX_SCAN_ENTRIES",
-    "MAX_TABLE_COLUMNS",
-    "DataWarning",
-    "PrepareSpec",
-    "Prepared",
-    "ValidationReport",
-    "detect_x_kind",
-    "load_demo",
-    "mask_nonzero",
-    "prepare",
-    "read",
-    "summarize",
-    "validate",
-]
-
-DEMO_PATH = "builtin:pbmc68k_reduced"
+from ..errors import DataError
+from .qc import n_nonfinite
 
 #: Format names accepted by ``read(fmt=...)`` and what each one is.
 FORMATS: dict[str, str] = {
@@ -91,10 +63,6 @@ _ZIP_MAX_MEMBERS = 2_000
 # CSR stores 8 bytes per non-zero (value + column index) against 4 per dense float32 entry,
 # so below half non-zero it is both smaller and faster for the row-wise work done here.
 _SPARSE_BELOW = 0.5
-# ln(1 + 1e6) is 13.8 and log2(1 + 1e6) is 19.9: log-normalised data stays well under this.
-_LOG_MAX = 30.0
-_KIND_SAMPLE = 100_000
-_WHOLE_TOL = 1e-4
 
 
 class DataWarning(UserWarning):
@@ -149,17 +117,19 @@ def read(path: str | Path, *, orientation: str = "auto", fmt: str | None = None)
     This reads in the caller's process, where a file built to exhaust memory can still end it;
     :func:`scgraph_core.safe_read.read_isolated` is the same read in a child process with limits.
     """
+    from .demo import DEMO_PATH, load_demo  # demo builds on finish(): imported on use
+
     if fmt == "builtin" or str(path) == DEMO_PATH:
         return load_demo()
-    path, fmt = _resolve(path, orientation, fmt)
+    path, fmt = resolve(path, orientation, fmt)
     extra: dict[str, Any] = {}
     adata = _read_any(path, fmt, orientation, extra)
     # A .h5 that turned out to be an h5ad is recorded as what it is.
     fmt = extra.pop("_format", fmt)
-    return _finish(adata, path.name, {"path": str(path.absolute()), "format": fmt, **extra})
+    return finish(adata, path.name, {"path": str(path.absolute()), "format": fmt, **extra})
 
 
-def _resolve(path: str | Path, orientation: str, fmt: str | None) -> tuple[Path, str]:
+def resolve(path: str | Path, orientation: str, fmt: str | None) -> tuple[Path, str]:
     """The checks :func:`read` makes before opening anything: the path exists, the format is known."""
     if orientation not in _ORIENTATIONS:
         raise DataError(f"orientation must be one of {', '.join(_ORIENTATIONS)}; got {orientation!r}.")
@@ -189,7 +159,7 @@ def _read_any(path: Path, fmt: str, orientation: str, extra: dict[str, Any]) -> 
     }
     try:
         with warnings.catch_warnings():
-            # Libraries complain about duplicated names and string indexes; _finish handles both.
+            # Libraries complain about duplicated names and string indexes; finish handles both.
             warnings.filterwarnings("ignore", message=r".*names are not unique")
             warnings.filterwarnings("ignore", message=r".*Transforming to str index")
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -235,7 +205,7 @@ def _detect_format(path: Path) -> str:
     )
 
 
-def _short(exc: BaseException) -> str:
+def short(exc: BaseException) -> str:
     """The exception's type and first line; only for texts that cannot quote a user's file."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
@@ -1044,7 +1014,7 @@ def _numeric_values(table: pd.DataFrame, fname: str, first_line: int) -> np.ndar
 # Shared finishing -----------------------------------------------------------------------------
 
 
-def _as_float32(X: Any) -> np.ndarray | sp.csr_matrix:
+def as_float32(X: Any) -> np.ndarray | sp.csr_matrix:
     """float32 CSR for sparse or mostly-zero input, float32 dense otherwise (no copy if already)."""
     if sp.issparse(X):
         out = sp.csr_matrix(X, dtype=np.float32)
@@ -1056,20 +1026,6 @@ def _as_float32(X: Any) -> np.ndarray | sp.csr_matrix:
     if arr.size and np.count_nonzero(arr) < _SPARSE_BELOW * arr.size:
         return sp.csr_matrix(arr)
     return arr
-
-
-def _values_of(X: np.ndarray | sp.spmatrix) -> np.ndarray:
-    """Stored values: the non-zeros of a sparse matrix, every entry of a dense one."""
-    if sp.issparse(X):
-        return np.asarray(X.data)
-    return np.ravel(np.asarray(X))
-
-
-def _n_nonfinite(X: np.ndarray | sp.spmatrix) -> int:
-    values = _values_of(X)
-    if values.dtype.kind not in "fc":
-        return 0
-    return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
 def _unique_names(names: pd.Index) -> tuple[pd.Index, int]:
@@ -1113,7 +1069,7 @@ def _dedupe(adata: ad.AnnData, fname: str) -> None:
         setattr(adata, f"{axis}_names", new)
 
 
-def _finish(adata: ad.AnnData, fname: str, source: dict[str, Any]) -> ad.AnnData:
+def finish(adata: ad.AnnData, fname: str, source: dict[str, Any]) -> ad.AnnData:
     """Enforce the reader contract: non-empty, float32, finite, unique names, source recorded."""
     n_cells, n_genes = adata.shape
     if n_cells == 0 or n_genes == 0:
@@ -1121,8 +1077,8 @@ def _finish(adata: ad.AnnData, fname: str, source: dict[str, Any]) -> ad.AnnData
             f"{fname} holds an empty matrix ({n_cells} cells x {n_genes} genes). Check that the "
             "export is complete (for 10x data use the filtered matrix, which holds the cells)."
         )
-    adata.X = _as_float32(adata.X)
-    n_bad = _n_nonfinite(adata.X)
+    adata.X = as_float32(adata.X)
+    n_bad = n_nonfinite(adata.X)
     if n_bad:
         raise DataError(
             f"{fname} holds {n_bad} NaN or infinite value(s) in its expression matrix. Replace "
@@ -1131,727 +1087,3 @@ def _finish(adata: ad.AnnData, fname: str, source: dict[str, Any]) -> ad.AnnData
     _dedupe(adata, fname)
     adata.uns["scgraph_source"] = source
     return adata
-
-
-# --------------------------------------------------------------------------------------------
-# Demo dataset
-# --------------------------------------------------------------------------------------------
-
-
-def load_demo() -> ad.AnnData:
-    """The built-in demo: scanpy's bundled ``pbmc68k_reduced`` (700 cells x 765 genes, offline).
-
-    The bundled ``X`` holds z-scored values (negatives, clipped at 10), which suit neither count
-    models nor min-max features. Its ``.raw`` holds the log-normalised values (log1p of
-    library-size normalised counts) of the same 700 cells and 765 genes, so when ``.raw`` is
-    there and log-normalised the demo's ``X`` is built from it (float32 CSR); otherwise the
-    scaled ``X`` is kept. ``obs`` (``bulk_labels``, ``louvain``, QC columns), ``obsm``
-    (``X_pca``, ``X_umap``), ``var`` and the colour palettes are kept; ``obs["celltype"]`` is a
-    copy of ``bulk_labels`` so the demo names its labels like the shared datasets do. The
-    precomputed neighbour graph and rankings are dropped (they were made from the scaled X).
-    No raw counts exist in this dataset.
-    """
-    try:
-        import scanpy as sc
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            bundled = sc.datasets.pbmc68k_reduced()
-    except Exception as exc:  # a broken install, not a user file
-        raise DataError(
-            f"The built-in demo dataset could not be loaded ({_short(exc)}). Reinstall scanpy "
-            "(pip install --force-reinstall scanpy) or load your own file."
-        ) from exc
-
-    X: Any = bundled.X
-    var = bundled.var.copy()
-    raw = bundled.raw
-    if raw is not None and raw.shape[0] == bundled.n_obs and detect_x_kind(raw.X) == "lognorm":
-        X = raw.X
-        if not raw.var_names.equals(bundled.var_names):
-            var = raw.var.copy()
-    obs = bundled.obs.copy()
-    obs["celltype"] = obs["bulk_labels"]
-    uns: dict[str, Any] = {}
-    for key in ("bulk_labels", "louvain"):
-        colors = bundled.uns.get(f"{key}_colors")
-        if colors is not None:
-            uns[f"{key}_colors"] = list(colors)
-    if "bulk_labels_colors" in uns:
-        uns["celltype_colors"] = list(uns["bulk_labels_colors"])
-    adata = ad.AnnData(
-        X=_as_float32(X),
-        obs=obs,
-        var=var,
-        obsm={k: np.asarray(v).copy() for k, v in bundled.obsm.items()},
-        uns=uns,
-    )
-    return _finish(adata, "pbmc68k_reduced", {"path": DEMO_PATH, "format": "builtin"})
-
-
-# --------------------------------------------------------------------------------------------
-# What X holds; validation; summary
-# --------------------------------------------------------------------------------------------
-
-
-def detect_x_kind(X: Any) -> str:
-    """What an expression matrix holds, from its values.
-
-    * ``"scaled"``: any negative value (z-scored or otherwise centred data);
-    * ``"counts"``: no negatives and every sampled non-zero is a whole number (within 1e-4);
-      up to 100,000 non-zeros are sampled with a fixed seed, so the answer is fast and stable;
-    * ``"lognorm"``: no negatives, not whole numbers, maximum at most 30 (log-normalised data:
-      ln(1 + 1e6) is 13.8, log2 19.9);
-    * ``"normalized"``: no negatives, not whole numbers, maximum above 30: normalised but not
-      log-transformed (CPM, TPM, estimated counts).
-
-    An all-zero matrix counts as ``"counts"``. NaN entries are ignored here (:func:`validate`
-    reports them).
-    """
-    if X is None:
-        raise DataError("There is no expression matrix (X is empty). Load a file with values.")
-    if not sp.issparse(X):
-        X = np.asarray(X)
-    values = _values_of(X)
-    if values.size == 0:
-        return "counts"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-        vmin = np.nanmin(values)
-    if vmin < 0:
-        return "scaled"
-    rng = np.random.default_rng(0)
-    sample = values
-    if values.size > 10 * _KIND_SAMPLE:
-        # Dense matrices are mostly zeros in this field: draw more than needed, keep non-zeros.
-        sample = values[rng.integers(0, values.size, 10 * _KIND_SAMPLE)]
-    sample = sample[(sample != 0) & np.isfinite(sample)]
-    if sample.size == 0 and values.size > 10 * _KIND_SAMPLE:
-        sample = values[(values != 0) & np.isfinite(values)]
-    if sample.size > _KIND_SAMPLE:
-        sample = sample[rng.integers(0, sample.size, _KIND_SAMPLE)]
-    if sample.size == 0 or np.all(np.abs(sample - np.round(sample)) <= _WHOLE_TOL):
-        return "counts"
-    finite = values[np.isfinite(values)] if not np.isfinite(values).all() else values
-    return "lognorm" if float(np.max(finite)) <= _LOG_MAX else "normalized"
-
-
-_KIND_WORDS = {
-    "counts": "raw counts",
-    "lognorm": "log-normalised values",
-    "normalized": "normalised values that are not log-transformed (CPM/TPM-like)",
-    "scaled": "scaled values (it has negative numbers)",
-}
-
-
-def _nonzero_per(X: np.ndarray | sp.spmatrix, axis: int) -> np.ndarray:
-    """Number of non-zero entries per row (axis=1) or per column (axis=0)."""
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        nz = X.data != 0  # explicit zeros do not count as expressed
-        if axis == 1:
-            rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-            return np.bincount(rows[nz], minlength=X.shape[0])
-        return np.bincount(X.indices[nz], minlength=X.shape[1])
-    return np.count_nonzero(np.asarray(X), axis=axis)
-
-
-@dataclass
-class ValidationReport:
-    """What :func:`validate` found. ``errors`` block use; ``warnings`` are for the user to read;
-    ``notes`` are information with nothing to fix."""
-
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # information: nothing to fix
-    x_kind: str = "unknown"
-    n_cells: int = 0
-    n_genes: int = 0
-    n_zero_cells: int = 0
-    n_zero_genes: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def raise_if_errors(self) -> None:
-        """Raise one :class:`DataError` listing every error, one per line."""
-        if self.errors:
-            raise DataError("\n".join(self.errors))
-
-
-def validate(adata: ad.AnnData, *, min_cells: int = 10, require_counts: bool = False) -> ValidationReport:
-    """Check that ``adata`` can be used; never changes it.
-
-    Errors: empty matrix; fewer than ``min_cells`` cells (a cell graph needs neighbours); NaN or
-    infinite values; with ``require_counts``, no raw counts (X is not whole non-negative numbers
-    and there is no ``counts`` layer that is). Warnings: all-zero cells or genes (dropped by
-    :func:`prepare`), duplicated names, scaled X.
-    """
-    n_cells, n_genes = adata.shape
-    report = ValidationReport(n_cells=int(n_cells), n_genes=int(n_genes))
-    if adata.X is None or n_cells == 0 or n_genes == 0:
-        report.errors.append(
-            f"The data is empty ({n_cells} cells x {n_genes} genes). Load a file with an expression matrix."
-        )
-        return report
-    X = adata.X
-    report.x_kind = detect_x_kind(X)
-    if n_cells < min_cells:
-        report.errors.append(
-            f"The data has only {n_cells} cells; building a cell graph needs at least "
-            f"{min_cells}. Load a dataset with more cells."
-        )
-    n_bad = _n_nonfinite(X)
-    if n_bad:
-        report.errors.append(
-            f"X holds {n_bad} NaN or infinite value(s). Replace them (for example with 0) or "
-            "remove the affected cells/genes, then load the data again."
-        )
-    genes_per_cell = _nonzero_per(X, axis=1)
-    cells_per_gene = _nonzero_per(X, axis=0)
-    report.n_zero_cells = int(np.count_nonzero(genes_per_cell == 0))
-    report.n_zero_genes = int(np.count_nonzero(cells_per_gene == 0))
-    # Only counts above zero are named; genes zero everywhere are common (a subset of a panel) and
-    # harmless, so alone they are information, not a warning.
-    zero_genes = f"{report.n_zero_genes} gene(s) are zero in every cell" if report.n_zero_genes else ""
-    if report.n_zero_cells:
-        also = f" and {zero_genes}" if zero_genes else ""
-        report.warnings.append(
-            f"{report.n_zero_cells} cell(s) have no expressed gene{also}; preparing the data drops them."
-        )
-    elif zero_genes:
-        report.notes.append(f"{zero_genes}; preparing the data drops them.")
-    for names, what in ((adata.obs_names, "cell"), (adata.var_names, "gene")):
-        n_dup = int(names.duplicated().sum())
-        if n_dup:
-            report.warnings.append(
-                f"{n_dup} duplicated {what} name(s); call var_names_make_unique / "
-                "obs_names_make_unique or load the file with scgraph's reader."
-            )
-    if require_counts:
-        layer = adata.layers["counts"] if "counts" in adata.layers else None
-        if layer is not None:
-            layer_kind = detect_x_kind(layer)
-            if layer_kind != "counts":
-                report.errors.append(
-                    f"This model needs raw counts, but the 'counts' layer holds "
-                    f"{_KIND_WORDS[layer_kind]}. Provide a file with raw counts in X or in a "
-                    "`counts` layer."
-                )
-        elif report.x_kind != "counts":
-            hint = ""
-            if adata.raw is not None and detect_x_kind(adata.raw.X) == "counts":
-                # Raw counts kept in .raw (the scanpy habit): say how to hand them over.
-                hint = (
-                    " This file keeps raw counts in .raw: copy them into a `counts` layer "
-                    "(adata.layers['counts'] = adata.raw[:, adata.var_names].X) and save it again."
-                )
-            report.errors.append(
-                f"This model needs raw counts, but X holds {_KIND_WORDS[report.x_kind]}. "
-                "Provide a file with raw counts in X or a `counts` layer (for example the "
-                "Cell Ranger output), or choose a model that works on log-normalised data." + hint
-            )
-    elif report.x_kind == "scaled":
-        report.warnings.append(
-            "X holds scaled values (negative numbers): gene selection and min-max features work "
-            "best on log-normalised data or raw counts."
-        )
-    return report
-
-
-def summarize(adata: ad.AnnData) -> dict[str, Any]:
-    """JSON-ready overview of a dataset (``python -m scgraph_core inspect`` prints it)."""
-    X = adata.X
-    n_cells, n_genes = adata.shape
-    if X is None or n_cells == 0 or n_genes == 0:
-        nnz = 0
-        kind = "empty"
-    else:
-        nnz = int(X.count_nonzero()) if sp.issparse(X) else int(np.count_nonzero(X))
-        kind = detect_x_kind(X)
-    obs_columns: dict[str, dict[str, Any]] = {}
-    for name in adata.obs.columns:
-        column = adata.obs[name]
-        labels = isinstance(column.dtype, pd.CategoricalDtype) or column.dtype.kind in "OSUb"
-        obs_columns[str(name)] = {
-            "dtype": str(column.dtype),
-            "n_unique": int(column.nunique()),
-            "numeric": not labels and column.dtype.kind in "iuf",
-        }
-    source = adata.uns.get("scgraph_source")
-    return {
-        "n_cells": int(n_cells),
-        "n_genes": int(n_genes),
-        "x_kind": kind,
-        "has_counts_layer": "counts" in adata.layers,
-        "sparse": bool(sp.issparse(X)),
-        "density": float(nnz / (n_cells * n_genes)) if n_cells and n_genes else 0.0,
-        "obs_columns": obs_columns,
-        "layers": [str(k) for k in adata.layers],
-        "source": {str(k): str(v) for k, v in source.items()} if isinstance(source, dict) else None,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Preparing features and graph input
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrepareSpec:
-    """Preprocessing recipe: filters, normalisation, gene selection and feature scaling.
-
-    Defaults follow CellVGAE (MODELS.md 1.1): log-normalised matrix, 1000 HVGs as min-max scaled
-    node features and a separate set of 250 KHVGs (unscaled log values) for building the graph.
-    """
-
-    min_genes_per_cell: int = param(
-        0, "Drop cells with fewer expressed genes than this", min=0, advanced=True
-    )
-    min_cells_per_gene: int = param(0, "Drop genes expressed in fewer cells than this", min=0, advanced=True)
-    normalize: str = param(
-        "auto",
-        "auto: library-size normalise + log1p when X holds counts, else use X as is; "
-        "library_log1p; log1p only; none",
-        choices=("auto", "library_log1p", "log1p", "none"),
-    )
-    target_sum: float = param(1e4, "Total per cell after library-size normalisation", min=1.0, advanced=True)
-    n_hvg: int = param(1000, "Highly variable genes used as model features (0 = all)", min=0)
-    n_graph_genes: int = param(
-        250, "Highly variable genes used to build the cell graph, KHVG (0 = all)", min=0
-    )
-    hvg_flavor: str = param(
-        "seurat",
-        "scanpy HVG method (seurat_v3 ranks raw counts and needs scikit-misc)",
-        choices=("seurat", "cell_ranger", "seurat_v3"),
-        advanced=True,
-    )
-    scale: str = param(
-        "minmax",
-        "Per-gene feature scaling: min-max to [0, 1], z-score, or none",
-        choices=("minmax", "zscore", "none"),
-    )
-    max_value: float | None = param(
-        None, "Clip z-scores to [-max_value, max_value] (zscore only)", min=0.0, advanced=True
-    )
-
-    def check(self) -> None:
-        """Cross-field rules (called by ``from_dict``)."""
-        if self.max_value is not None and self.scale != "zscore":
-            raise ConfigError(
-                f"max_value clips z-scores, but scale is {self.scale!r}: set scale='zscore' or "
-                "leave max_value empty."
-            )
-        if self.max_value is not None and self.max_value <= 0:
-            raise ConfigError(f"max_value must be positive; got {self.max_value}.")
-
-
-@dataclass
-class Prepared:
-    """Output of :func:`prepare`.
-
-    ``adata``: new AnnData of the kept cells x kept genes, X = layers["lognorm"] (a copy),
-    layers ``counts`` (when raw counts exist) and ``lognorm``, var ``hvg`` / ``graph_genes``,
-    obs ``size_factor`` (with counts), ``uns["scgraph"]["prepare"]`` = ``record``.
-    ``features``: float32 N x D, the HVG columns of lognorm scaled per gene.
-    ``graph_input``: float32 N x KHVG, lognorm restricted to the graph genes, unscaled.
-    """
-
-    adata: ad.AnnData
-    features: np.ndarray
-    feature_genes: list[str]
-    graph_input: np.ndarray
-    graph_genes: list[str]
-    record: dict[str, Any]
-
-
-def _take(X: np.ndarray | sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> Any:
-    """A copy of X restricted to the given rows and columns."""
-    all_rows = rows.size == X.shape[0]
-    all_cols = cols.size == X.shape[1]
-    if sp.issparse(X):
-        out = sp.csr_matrix(X)
-        out = out if all_rows else out[rows]
-        out = out if all_cols else out[:, cols]
-        return sp.csr_matrix(out, dtype=np.float32, copy=True)
-    arr = np.asarray(X, dtype=np.float32)
-    if all_cols:
-        return arr[rows] if not all_rows else arr.copy()
-    return arr[np.ix_(rows, cols)]
-
-
-def _row_sums(X: np.ndarray | sp.csr_matrix) -> np.ndarray:
-    return np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
-
-
-def _scale_rows_log1p(X: Any, factor: np.ndarray | None) -> Any:
-    """In place on X (a private copy): multiply row i by factor[i], then log1p."""
-    if sp.issparse(X):
-        if factor is not None:
-            X.data *= np.repeat(factor, np.diff(X.indptr)).astype(np.float32)
-        np.log1p(X.data, out=X.data)
-        return X
-    if factor is not None:
-        X *= factor[:, None].astype(np.float32)
-    np.log1p(X, out=X)
-    return X
-
-
-def _dense_columns(X: Any, cols: np.ndarray) -> np.ndarray:
-    part = X[:, cols]
-    part = part.toarray() if sp.issparse(part) else np.array(part)
-    return np.ascontiguousarray(part, dtype=np.float32)
-
-
-def _scale_features(F: np.ndarray, how: str, max_value: float | None) -> np.ndarray:
-    """Per-gene scaling in place. Min-max maps constant genes to 0; z-score uses ddof=1."""
-    if how == "minmax":
-        lo = F.min(axis=0)
-        span = F.max(axis=0) - lo
-        F -= lo
-        F /= np.where(span > 0, span, 1.0).astype(np.float32)
-    elif how == "zscore":
-        mean = F.mean(axis=0, dtype=np.float64)
-        std = F.std(axis=0, dtype=np.float64, ddof=1 if F.shape[0] > 1 else 0)
-        F -= mean.astype(np.float32)
-        F /= np.where(std > 0, std, 1.0).astype(np.float32)
-        if max_value is not None:
-            np.clip(F, -max_value, max_value, out=F)
-    return F
-
-
-def _per_gene_scaled(matrix: Any) -> bool:
-    """True when the columns look z-scored (``sc.pp.scale``): centred, and 90 % of them with a standard
-    deviation within a third of 1 (clipping at max_value and subsetting cells spread it a little)."""
-    n = matrix.shape[0]
-    if n < 3:
-        return False
-    total = np.zeros(matrix.shape[1])
-    squares = np.zeros(matrix.shape[1])
-    for start in range(0, n, 4096):  # row blocks: no float64 copy of a large dense X
-        block = matrix[start : start + 4096]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        block = block.astype(np.float64)
-        total += block.sum(axis=0)
-        squares += (block * block).sum(axis=0)
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
-    inside = (std > 0.75) & (std < 1.0 / 0.75)
-    return bool(np.median(np.abs(mean)) < 0.1 and inside.mean() >= 0.9)
-
-
-def _select_hvg(
-    matrix: Any,
-    var_names: pd.Index,
-    n_top: int,
-    flavor: str,
-    what: str,
-    notes: list[str],
-) -> np.ndarray:
-    """Boolean mask of the top ``n_top`` genes by scanpy's HVG ranking (all genes if too few)."""
-    n_cells, n_genes = matrix.shape
-    if n_top == 0 or n_top >= n_genes:
-        if n_top > n_genes:
-            notes.append(f"{what}={n_top} asks for more genes than the {n_genes} kept; all genes are used.")
-        return np.ones(n_genes, dtype=bool)
-    import scanpy as sc
-
-    tmp = ad.AnnData(
-        X=matrix,
-        obs=pd.DataFrame(index=pd.RangeIndex(n_cells).astype(str)),
-        var=pd.DataFrame(index=var_names),
-    )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            table = sc.pp.highly_variable_genes(tmp, flavor=flavor, n_top_genes=n_top, inplace=False)
-    except ImportError as exc:
-        raise DataError(
-            f"hvg_flavor={flavor!r} needs a package that is not installed ({_short(exc)}). "
-            "Install it (pip install scikit-misc) or choose hvg_flavor='seurat'."
-        ) from exc
-    except Exception as exc:  # scanpy fails on tiny or degenerate data
-        raise DataError(
-            f"Selecting {n_top} highly variable genes ({what}, flavor {flavor!r}) failed on "
-            f"{n_cells} cells x {n_genes} genes: {_short(exc)}. With very few cells or genes set "
-            f"{what}=0 to use all genes, or try another hvg_flavor."
-        ) from exc
-    if not table.index.equals(var_names) and var_names.is_unique:
-        table = table.reindex(var_names)
-    mask = table["highly_variable"].to_numpy(dtype=bool)
-    if mask.sum() > n_top:
-        # scanpy keeps every gene tied at the cut-off (common on tiny data, where single-gene
-        # bins all get the same score); keep exactly n_top, best score first, then gene order.
-        if flavor == "seurat_v3":
-            score = -table["highly_variable_rank"].to_numpy(dtype=float)
-        else:
-            score = table["dispersions_norm"].to_numpy(dtype=float)
-        score = np.where(np.isfinite(score), score, -np.inf)
-        chosen = np.flatnonzero(mask)
-        chosen = chosen[np.argsort(-score[chosen], kind="stable")[:n_top]]
-        notes.append(
-            f"scanpy marked {int(mask.sum())} genes for {what}={n_top} (ties at the cut-off); "
-            f"the {n_top} with the highest score were kept."
-        )
-        mask = np.zeros_like(mask)
-        mask[chosen] = True
-    if not mask.any():
-        raise DataError(
-            f"No highly variable genes were found for {what}={n_top}: the genes barely vary "
-            f"across these {n_cells} cells. Set {what}=0 to use all genes."
-        )
-    return mask
-
-
-def prepare(adata: ad.AnnData, spec: PrepareSpec | None = None) -> Prepared:
-    """Filter, normalise, select genes and scale; returns new objects, never changes ``adata``.
-
-    Steps:
-
-    1. Drop cells with fewer than ``max(1, min_genes_per_cell)`` expressed genes, then genes
-       expressed in fewer than ``max(1, min_cells_per_gene)`` of the kept cells, then cells left
-       without any expressed gene. "Expressed" is read from the raw counts when there are any,
-       else from X.
-    2. Raw counts come from a ``counts`` layer holding whole numbers, else from X when X holds
-       counts. ``lognorm`` is, per ``normalize``: ``library_log1p``:
-       log1p(x_ij * target_sum / sum_j x_ij) on the counts (or on non-log normalised X);
-       ``log1p``: log1p(X); ``none``: X as is; ``auto``: ``library_log1p`` when X holds counts
-       (or CPM/TPM-like values), otherwise ``none`` (X already log-normalised, as in the
-       CellVGAE paper pipeline). Log-transforming scaled data (negatives) is refused.
-    3. HVGs (``n_hvg``) and the separate graph genes / KHVG (``n_graph_genes``) are each the
-       scanpy ``highly_variable_genes(flavor=hvg_flavor, n_top_genes=n)`` selection on lognorm
-       (``seurat_v3`` ranks the counts). 0, or more than the kept genes, means all genes.
-    4. ``features`` = the HVG columns of lognorm (original gene order) scaled per gene;
-       ``graph_input`` = the KHVG columns of lognorm, unscaled. ``size_factor`` = total counts
-       / median total counts of the kept cells.
-    """
-    spec = PrepareSpec() if spec is None else from_dict(PrepareSpec, to_dict(spec))
-    report = validate(adata, min_cells=1)
-    report.raise_if_errors()
-    x_kind = report.x_kind
-    X = _as_float32(adata.X)
-    notes: list[str] = []
-
-    counts = None
-    counts_from = None
-    if "counts" in adata.layers and detect_x_kind(adata.layers["counts"]) == "counts":
-        counts, counts_from = _as_float32(adata.layers["counts"]), "counts layer"
-    elif x_kind == "counts":
-        counts, counts_from = X, "X"
-
-    method = spec.normalize
-    if method == "auto":
-        method = "library_log1p" if x_kind in ("counts", "normalized") else "none"
-    if method == "library_log1p":
-        if counts is not None:
-            source, source_name = counts, counts_from
-        elif x_kind == "normalized":
-            source, source_name = X, "X"
-        elif x_kind == "scaled":
-            raise DataError(
-                "normalize='library_log1p' would log-transform X, but X holds negative values: "
-                "it is already scaled. Use normalize='none' to keep it, or load raw counts or "
-                "log-normalised data instead."
-            )
-        else:
-            raise DataError(
-                "normalize='library_log1p' needs raw counts, but X holds log-normalised values "
-                "and there is no `counts` layer. Use normalize='auto' or 'none' to keep X as "
-                "it is, or load a file with raw counts."
-            )
-    elif method == "log1p":
-        if x_kind == "scaled":
-            raise DataError(
-                "normalize='log1p' would log-transform X, but X holds negative values: it is "
-                "already scaled. Use normalize='none', or load raw counts or log-normalised data."
-            )
-        if x_kind == "lognorm":
-            notes.append("normalize='log1p' applied to X that already looked log-normalised.")
-        source, source_name = X, "X"
-    else:
-        source, source_name = X, "X"
-        if x_kind == "scaled":
-            notes.append("X holds scaled values (negatives); it is used as is.")
-    if spec.hvg_flavor == "seurat_v3" and counts is None:
-        raise DataError(
-            "hvg_flavor='seurat_v3' ranks genes on raw counts, but this data has none (X is "
-            f"{_KIND_WORDS[x_kind]} and there is no `counts` layer). Use hvg_flavor='seurat', "
-            "or load a file with raw counts."
-        )
-
-    # 1. Filters, judged on the counts when present (X may be scaled and dense).
-    base = counts if counts is not None else X
-    n_cells, n_genes = adata.shape
-    cell_keep = _nonzero_per(base, axis=1) >= max(1, spec.min_genes_per_cell)
-    cells = np.flatnonzero(cell_keep)
-    if cells.size == 0:
-        raise DataError(
-            f"No cell has at least {max(1, spec.min_genes_per_cell)} expressed genes. Lower "
-            "min_genes_per_cell."
-        )
-    gene_counts = _nonzero_per(_take(base, cells, np.arange(n_genes)), axis=0)
-    genes = np.flatnonzero(gene_counts >= max(1, spec.min_cells_per_gene))
-    if genes.size == 0:
-        raise DataError(
-            f"No gene is expressed in at least {max(1, spec.min_cells_per_gene)} of the "
-            f"{cells.size} kept cells. Lower min_cells_per_gene."
-        )
-    base_kept = _take(base, cells, genes)
-    still_expressed = _nonzero_per(base_kept, axis=1) > 0
-    if not still_expressed.all():  # their only genes were filtered out
-        cells = cells[still_expressed]
-        base_kept = base_kept[still_expressed]
-
-    # 2. Normalisation on private copies.
-    counts_kept = base_kept if counts is not None else None
-    totals = None
-    if counts_kept is not None:
-        totals = _row_sums(counts_kept)
-    if method == "library_log1p":
-        lognorm = _take(source, cells, genes)
-        src_totals = totals if source is counts and totals is not None else _row_sums(lognorm)
-        factor = np.divide(spec.target_sum, src_totals, out=np.zeros_like(src_totals), where=src_totals > 0)
-        lognorm = _scale_rows_log1p(lognorm, factor)
-    elif method == "log1p":
-        lognorm = _scale_rows_log1p(_take(source, cells, genes), None)
-    else:
-        lognorm = _take(source, cells, genes)
-
-    var_names = adata.var_names[genes]
-    # 3. Gene selection (scanpy reads its own copy; lognorm is not touched).
-    hvg_input = counts_kept if spec.hvg_flavor == "seurat_v3" else lognorm
-    n_hvg, n_graph_genes = spec.n_hvg, spec.n_graph_genes
-    if x_kind == "scaled" and method == "none" and hvg_input is lognorm and _per_gene_scaled(lognorm):
-        # Per-gene scaled X: every gene has about unit variance, so a dispersion ranking picks noise.
-        asked = [
-            f"{name}={n}"
-            for name, n in (("n_hvg", n_hvg), ("n_graph_genes", n_graph_genes))
-            if 0 < n < genes.size
-        ]
-        if asked:
-            notes.append(
-                f"X holds scaled values, in which every gene has about the same variance, so highly "
-                f"variable genes cannot be ranked: all {genes.size} genes are used ({', '.join(asked)} "
-                "ignored). Load log-normalised data or raw counts to select genes."
-            )
-        n_hvg = n_graph_genes = 0
-    hvg = _select_hvg(hvg_input, var_names, n_hvg, spec.hvg_flavor, "n_hvg", notes)
-    if n_graph_genes == n_hvg:
-        graph = hvg.copy()
-    else:
-        graph = _select_hvg(hvg_input, var_names, n_graph_genes, spec.hvg_flavor, "n_graph_genes", notes)
-    hvg_idx = np.flatnonzero(hvg)
-    graph_idx = np.flatnonzero(graph)
-
-    # 4. Dense outputs.
-    features = _scale_features(_dense_columns(lognorm, hvg_idx), spec.scale, spec.max_value)
-    graph_input = _dense_columns(lognorm, graph_idx)
-
-    record: dict[str, Any] = {
-        "spec": to_dict(spec),
-        "x_kind": x_kind,
-        "normalization_applied": method,
-        "normalization_source": source_name,
-        "counts_source": counts_from,
-        "n_hvg_used": int(hvg_idx.size),
-        "n_graph_genes_used": int(graph_idx.size),
-        "cells_removed": int(n_cells - cells.size),
-        "genes_removed": int(n_genes - genes.size),
-        "n_cells": int(cells.size),
-        "n_genes": int(genes.size),
-        "notes": notes,
-    }
-    out = _new_adata(adata, cells, genes, lognorm, counts_kept, totals)
-    out.var["hvg"] = hvg
-    out.var["graph_genes"] = graph
-    out.uns.setdefault("scgraph", {})["prepare"] = copy.deepcopy(record)
-    return Prepared(
-        adata=out,
-        features=features,
-        feature_genes=[str(g) for g in var_names[hvg_idx]],
-        graph_input=graph_input,
-        graph_genes=[str(g) for g in var_names[graph_idx]],
-        record=record,
-    )
-
-
-def _rows_of(value: Any, rows: np.ndarray) -> Any:
-    if isinstance(value, pd.DataFrame):
-        return value.iloc[rows].copy()
-    if sp.issparse(value):
-        return sp.csr_matrix(value)[rows]
-    return np.asarray(value)[rows].copy()
-
-
-def _new_adata(
-    adata: ad.AnnData,
-    cells: np.ndarray,
-    genes: np.ndarray,
-    lognorm: Any,
-    counts: Any,
-    totals: np.ndarray | None,
-) -> ad.AnnData:
-    """The prepared AnnData: kept cells x kept genes, annotations copied, graphs dropped."""
-    obs = adata.obs.iloc[cells].copy()
-    var = adata.var.iloc[genes].copy()
-    layers: dict[str, Any] = {"lognorm": lognorm}
-    if counts is not None:
-        layers["counts"] = counts
-    if totals is not None:
-        median = float(np.median(totals))
-        obs["size_factor"] = (totals / median if median > 0 else np.ones_like(totals)).astype(np.float32)
-    uns = copy.deepcopy(dict(adata.uns))
-    uns.pop("neighbors", None)  # refers to obsp graphs, which are not carried over
-    return ad.AnnData(
-        X=lognorm.copy(),
-        obs=obs,
-        var=var,
-        layers=layers,
-        obsm={k: _rows_of(v, cells) for k, v in adata.obsm.items()},
-        varm={k: _rows_of(v, genes) for k, v in adata.varm.items()},
-        uns=uns,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Utilities
-# --------------------------------------------------------------------------------------------
-
-
-def mask_nonzero(
-    X: Any, fraction: float = 0.1, seed: int = 0
-) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
-    """Hide a random ``fraction`` of the non-zero entries (set them to 0), for imputation tests.
-
-    Returns ``(X_masked, rows, cols, values)``: a copy of X (CSR for sparse input, ndarray for
-    dense) and the positions and original values of the hidden entries, sorted by row then
-    column. At least one entry is hidden when X has any non-zero. The input is not changed.
-    """
-    if not 0 < fraction < 1:
-        raise ConfigError(f"fraction must be between 0 and 1 (exclusive); got {fraction}.")
-    rng = np.random.default_rng(seed)
-    if sp.issparse(X):
-        out = sp.csr_matrix(X, copy=True)
-        out.sum_duplicates()
-        out.eliminate_zeros()
-        nnz = out.nnz
-        k = min(nnz, max(1, int(round(fraction * nnz)))) if nnz else 0
-        pick = np.sort(rng.choice(nnz, size=k, replace=False))
-        rows = np.repeat(np.arange(out.shape[0]), np.diff(out.indptr))[pick].astype(np.int64)
-        cols = out.indices[pick].astype(np.int64)
-        values = out.data[pick].copy()
-        out.data[pick] = 0
-        out.eliminate_zeros()
-        return out, rows, cols, values
-    out = np.array(X, copy=True)
-    if out.ndim != 2:
-        raise ConfigError(f"X must be a 2-D matrix; got shape {out.shape}.")
-    r, c = np.nonzero(out)
-    nnz = r.size
-    k = min(nnz, max(1, int(round(fraction * nnz)))) if nnz else 0
-    pick = np.sort(rng.choice(nnz, size=k, replace=False))
-    rows, cols = r[pick].astype(np.int64), c[pick].astype(np.int64)
-    values = out[rows, cols].copy()
-    out[rows, cols] = 0
-    return out, rows, cols, values
