@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from cellvgae_baseline import baseline_model, baseline_step  # noqa: E402
 
 from scgraph_core.models.cellvgae import CellVGAENet  # noqa: E402
-from scgraph_core.models.losses import edge_reconstruction_loss, kl_divergence  # noqa: E402
+from scgraph_core.nn.losses import edge_reconstruction_loss, kl_divergence  # noqa: E402
 
 PRESET = dict(hidden=(128, 128), heads=(10, 10, 10, 10), attn_dropout=(0.4, 0.4, 0.2, 0.2), latent=50)
 N_GENES = 250
@@ -314,7 +314,7 @@ def training_check(epochs: int, threads: int | None) -> dict | None:
     import anndata
     from scipy.stats import rankdata
 
-    from scgraph_core.models.losses import sample_negative_edges
+    from scgraph_core.nn.losses import sample_negative_edges
 
     if threads:
         torch.set_num_threads(threads)

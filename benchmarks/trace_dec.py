@@ -70,7 +70,7 @@ def trace(name: str, seed: int, epochs: int, no_noise: bool) -> dict:
             losses[int(event["epoch"])] = {k: found[k] / w for k, w in weights.items() if k in found and w}
 
     run.trainer.callbacks.append(record_losses)
-    attentionae.LabelChangeStop = Recorder
+    attentionae.model.LabelChangeStop = Recorder  # the engine reads it from its own module
     run.generator.manual_seed(seed + 1)
     torch.manual_seed(seed)
     start = run.initialise(

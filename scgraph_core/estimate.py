@@ -188,6 +188,7 @@ def calibrate(
     raise (for example :class:`~scgraph_core.errors.DataError` for a count model on log-normalised data).
     """
     from . import data, pipeline
+    from .analyse import analyse
     from .models import base
     from .runs import write_h5ad
     from .train import resolve_device
@@ -206,16 +207,14 @@ def calibrate(
     data.validate(sub, min_cells=config.graph.k + 1, require_counts=model.requires_counts).raise_if_errors()
 
     t0 = time.perf_counter()
-    prepared = data.prepare(sub, config.prepare)
+    prepared = model.preprocess(sub, config.prepare)
     t1 = time.perf_counter()
     graph = pipeline.cell_graph(model, prepared, config)
     t2 = time.perf_counter()
-    result = model.fit(prepared, graph, config.params, trainer, cluster=config.cluster, label_key=None)
+    model.train(prepared, graph, config.params, trainer, cluster=config.cluster, labels=config.labels)
+    result = analyse(model, prepared, config.cluster, seed=config.train.seed)
     t3 = time.perf_counter()
-    out = result.write(prepared.adata)
-    match_input = getattr(model, "match_input", None)
-    if match_input is not None:
-        out = match_input(out, sub, prepared)
+    out = model.match_input(result.write(prepared.adata), sub, prepared)
     with tempfile.TemporaryDirectory(prefix="scgraph-calibrate-") as tmp:
         write_h5ad(out, Path(tmp) / "result.h5ad")
     t4 = time.perf_counter()

@@ -1,6 +1,8 @@
-"""One analysis from data to results: resolve the configuration, prepare, build the graph, train,
-cluster, interpret, write. The command line, the app's background worker and the Python API all
-call :func:`execute`, so they produce the same result for the same configuration.
+"""One analysis from data to results: validate -> prepare -> graph -> model stages -> analyse -> write.
+
+The command line, the app's background worker and the Python API all call :func:`execute`, so they
+produce the same result for the same configuration. The model only trains (:meth:`Model.train`);
+:func:`scgraph_core.analyse.analyse` does the rest the same way for every model.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from .cluster import ClusterParams
 from .data import PrepareSpec
 from .errors import ConfigError, RunError, ScgraphError, TrainingError
 from .graphs import GraphSpec
+from .labels import LabelSpec
 from .models import base
+from .results import Result, plain
 from .runs import Run, atomic_write_bytes, plain_os_error
+from .analyse import analyse
 from .train import Stage, StageOutcome, StopSignal, Trainer, TrainSpec
 
 SECTIONS: dict[str, type] = {
@@ -49,13 +54,15 @@ class RunConfig:
     params: Any
     train: TrainSpec
     cluster: ClusterParams
-    label_key: str | None = None
+    label_key: str | None = None  # labels the result is scored against (ARI, NMI); never trained on
+    labels: LabelSpec | None = None  # labels a model that learns from labels trains on
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "preset": self.preset,
             "label_key": self.label_key,
+            **({"labels": params.to_dict(self.labels)} if self.labels is not None else {}),
             "prepare": params.to_dict(self.prepare),
             "graph": params.to_dict(self.graph),
             "model_params": params.to_dict(self.params),
@@ -75,7 +82,14 @@ class RunConfig:
                 ("cluster", "cluster"),
             )
         }
-        return resolve_config(d["model"], d.get("preset", "paper"), overrides, label_key=d.get("label_key"))
+        labels = d.get("labels")
+        return resolve_config(
+            d["model"],
+            d.get("preset", "paper"),
+            overrides,
+            label_key=d.get("label_key"),
+            labels=params.from_dict(LabelSpec, labels, where="labels.") if labels else None,
+        )
 
 
 def sections_for(model: str) -> dict[str, type]:
@@ -88,8 +102,12 @@ def resolve_config(
     overrides: dict[str, dict[str, Any]] | None = None,
     *,
     label_key: str | None = None,
+    labels: LabelSpec | None = None,
 ) -> RunConfig:
-    """Start from the model's preset and apply ``overrides`` (section -> {parameter: value})."""
+    """Start from the model's preset and apply ``overrides`` (section -> {parameter: value}).
+
+    ``label_key`` scores the result; ``labels`` (a :class:`~scgraph_core.labels.LabelSpec`) is what a
+    model that learns from labels trains on: the two are never the same setting."""
     cls = base.get(model)
     if preset not in cls.presets:
         raise ConfigError(f"{cls.title} has no preset {preset!r}; choose one of {', '.join(cls.presets)}.")
@@ -111,6 +129,7 @@ def resolve_config(
         train=built["train"],
         cluster=built["cluster"],
         label_key=label_key,
+        labels=labels,
     )
 
 
@@ -146,7 +165,7 @@ def execute(
     callbacks: Iterable[Callable[[dict], None]] = (),
     stop: StopSignal | None = None,
     replay: bool = False,
-) -> tuple[Any, base.Result]:
+) -> tuple[Any, Result]:
     """Run one analysis. Returns the prepared AnnData with results written in, and the Result.
 
     With ``run``, events, status, weights, tables and ``result.h5ad`` go into the run folder, and a
@@ -177,15 +196,26 @@ def execute(
             run.write_json("config.json", {**run.config, **config.to_dict(), "recipe_note": adapted})
         report = data.validate(adata, min_cells=config.graph.k + 1, require_counts=model.requires_counts)
         report.raise_if_errors()
-        prepared = data.prepare(adata, config.prepare)
+        if config.labels is not None:
+            config.labels.check()
+            config.labels.values(adata.obs)  # a missing column is refused before any training
+        elif type(model).uses_labels:
+            raise ConfigError(f"{model.title} learns from labels: give the label column (--label-key).")
+        prepared = model.preprocess(adata, config.prepare)
         _stage(callbacks, "graph", run)
         graph = cell_graph(model, prepared, config)
         trainer = Trainer(config.train, callbacks=callbacks, stop=stop)
         if run is not None:
             _keep_stages(run, trainer, replay)
         _stage(callbacks, "train", run, device=str(trainer.device), precision=trainer.precision_name)
-        result = model.fit(
-            prepared, graph, config.params, trainer, cluster=config.cluster, label_key=config.label_key
+        model.train(prepared, graph, config.params, trainer, cluster=config.cluster, labels=config.labels)
+        result = analyse(
+            model,
+            prepared,
+            config.cluster,
+            seed=config.train.seed,
+            label_key=config.label_key,
+            emit=trainer.emit,
         )
         if adapted:
             result.metrics["recipe"] = adapted
@@ -195,10 +225,8 @@ def execute(
         result.metrics["device"] = str(trainer.device)
         result.metrics["precision"] = trainer.precision_name
         out = result.write(prepared.adata)
-        match_input = getattr(model, "match_input", None)  # put back cells/genes that prepare dropped
-        if match_input is not None:
-            out = match_input(out, adata, prepared)
-        out.uns["scgraph"] = base.plain(
+        out = model.match_input(out, adata, prepared)  # put back cells/genes that prepare dropped
+        out.uns["scgraph"] = plain(
             {**out.uns.get("scgraph", {}), "config": config.to_dict(), "environment": environment()}
         )
         if run is not None:
@@ -270,9 +298,9 @@ def cell_graph(model: base.Model, prepared: Any, config: RunConfig) -> Any:
     """The cell graph a run trains on: the model's own builder where it has one, else the config's GraphSpec."""
     from . import graphs
 
-    custom_graph = getattr(model, "build_graph", None)  # a model may build its graph on its own input
-    if custom_graph is not None:
-        return custom_graph(prepared, config)
+    own = model.build_graph(prepared, config)  # a model may build its graph on its own input
+    if own is not None:
+        return own
     return graphs.build_graph(
         graphs.graph_matrix(prepared, config.graph), config.graph, cell_names=list(prepared.adata.obs_names)
     )
@@ -286,7 +314,7 @@ def _stage(callbacks: list, name: str, run: Run | None, **extra: Any) -> None:
         run.set_status("running", {"graph": "building the cell graph", "train": "training"}[name])
 
 
-def _save(run: Run, adata: Any, result: base.Result) -> None:
+def _save(run: Run, adata: Any, result: Result) -> None:
     if result.weights:
         run.save_weights("final", result.weights)
     for name, table in result.tables.items():
@@ -324,7 +352,7 @@ def fit(
     return out
 
 
-def finish(run: Run, *, callbacks: Iterable[Callable[[dict], None]] = ()) -> tuple[Any, base.Result]:
+def finish(run: Run, *, callbacks: Iterable[Callable[[dict], None]] = ()) -> tuple[Any, Result]:
     """Redo the analysis and the write of a run whose training finished, from its saved stages.
 
     For a run that failed after training (a full disk, a crash while writing ``result.h5ad``): the input
@@ -346,7 +374,7 @@ def finish(run: Run, *, callbacks: Iterable[Callable[[dict], None]] = ()) -> tup
 
 def run_folder(
     run: Run, *, replay: bool = False, callbacks: Iterable[Callable[[dict], None]] = ()
-) -> tuple[Any, base.Result]:
+) -> tuple[Any, Result]:
     """The worker: read the run's config and input, train, and write everything into the folder."""
     from . import data
 

@@ -1,11 +1,17 @@
-"""What every model provides, and the result object that every model returns.
+"""What every model provides.
 
-A model is a subclass of :class:`Model` registered with :func:`register`. It declares its parameter
-schema (``Params``), named presets covering preprocessing, graph, model and training settings, and
-``fit()``, which trains with the shared :class:`~scgraph_core.train.Trainer` and returns a
-:class:`Result`. The result is written into the AnnData (``Result.write``) in slots scanpy and
-cellxgene read: ``obsm`` embeddings, ``obs`` clusters, ``layers`` imputed values, ``varm`` gene
-weights, ``obsp`` attention, ``uns`` everything else.
+A model is a subclass of :class:`Model` registered with :func:`register`, in its own folder
+``scgraph_core/models/<name>/`` (``module.py``: the pure ``nn.Module``, tensors in and tensors out;
+``model.py``: parameters, presets, training, and what the trained model exposes). A model only trains
+and answers questions about what it learnt; :mod:`scgraph_core.analyse` does everything after training
+the same way for every model (layout, clusters, metrics, attention and gene-weight export, the views
+manifest), and :mod:`scgraph_core.results` writes it.
+
+The pipeline calls, in order: :meth:`Model.adapt`, :meth:`Model.preprocess`, :meth:`Model.build_graph`,
+:meth:`Model.train`, then the analysis reads :meth:`Model.embed` and the optional answers
+(:meth:`Model.clusters`, :meth:`Model.impute`, :meth:`Model.predict_proba`, :meth:`Model.attention`,
+:meth:`Model.gene_weights`) and adds :meth:`Model.report`. Every hook is declared here with its
+default, so nothing is looked up by ``getattr``.
 """
 
 from __future__ import annotations
@@ -18,118 +24,131 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..results import VIEW_KEYS, Result, h5_safe_table, plain
 
 if TYPE_CHECKING:
     import anndata
 
-    from ..data import Prepared
+    from ..cluster import ClusterParams
+    from ..data import Prepared, PrepareSpec
     from ..graphs import Graph
+    from ..labels import LabelSpec
     from ..train import Trainer
 
-
-# The result manifest: ``adata.uns["scgraph"]["views"]`` says where each kind of result lives, so the
-# app and other readers show any model's result without knowing the model. Every key is optional except
-# ``model`` and ``embedding`` (filled in by :meth:`Result.write`).
-VIEW_KEYS: dict[str, str] = {
-    "model": "the model's registry name (also the uns key of its own results: uns[model])",
-    "embedding": "obsm key of the latent embedding, e.g. 'X_cellvgae'",
-    "umap": "obsm key of the 2-D layout drawn on the embedding pages, e.g. 'X_umap'",
-    "clusters": "obs key of the reported (label-free) clustering; categorical strings, 'noise' for noise",
-    "other_clusters": "list of obs keys of alternative clusterings (e.g. Leiden)",
-    "predictions": "obs key of predicted cell types (supervised models)",
-    "probabilities": "obsm key of per-class or per-cluster soft assignments [N, C]",
-    "probability_names": "list naming the columns of the probabilities matrix",
-    "attention": (
-        "dict name -> {'obsp' (sparse N x N, row = target cell, column = source cell, mean over heads), "
-        "'obsp_std' (std over heads; optional), 'heads', 'kind' ('graph' for attention over graph edges, "
-        "'fusion' for the strongest cell-to-cell attention pairs), 'node_obs' (obs key of the node-level "
-        "overlay; optional)}; per-head values live in uns[model]['attention'][name] as "
-        "{'edge_index' [2, E] (source, target), 'alpha' [E, heads]}"
-    ),
-    "attention_layers": "list of the attention names in display order (h5ad does not keep dict order)",
-    "gene_weights": "dict {'P_mu': varm key, 'P_sigma': varm key}: genes x latent dims (NaN for non-feature genes)",
-    "marker_table": "name of the marker-gene table in uns[model] (columns cluster, gene, appearances, score)",
-    "imputed_layer": "layers key of the imputed / denoised expression (same genes and cells as X)",
-    "imputed_scale": "what the imputed layer holds, e.g. 'counts' (expected counts) or 'lognorm'",
-    "history": "name of the per-epoch training table in uns[model]",
-}
+__all__ = [
+    "VIEW_KEYS",
+    "AttentionMap",
+    "Embedding",
+    "GeneWeights",
+    "Imputed",
+    "Model",
+    "Partition",
+    "Probabilities",
+    "Report",
+    "Result",
+    "available",
+    "get",
+    "h5_safe_table",
+    "plain",
+    "register",
+]
 
 
 @dataclass
-class Result:
-    """Everything a trained model hands back, ready to be written into an AnnData.
+class Embedding:
+    """The trained model's cell embedding.
 
-    ``views`` fills the manifest described by :data:`VIEW_KEYS` (``uns["scgraph"]["views"]``).
+    ``space`` is what the analysis lays out and clusters when that is not the embedding itself (scVGAE:
+    principal components of the imputed matrix), written to ``obsm[space_key]``; ``extra`` holds more
+    per-cell matrices to keep (e.g. CellVGAE's log-σ).
     """
 
-    model: str
-    embedding_key: str
+    key: str
+    values: np.ndarray
+    space: np.ndarray | None = None
+    space_key: str | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def analysed(self) -> np.ndarray:
+        return self.values if self.space is None else self.space
+
+
+@dataclass
+class Partition:
+    """A model's own clustering (e.g. AttentionAE-sc's DEC): labels 0..C-1 (-1 noise), soft assignments."""
+
+    labels: np.ndarray
+    method: str
+    probabilities: np.ndarray | None = None
+    probability_key: str | None = None
+
+
+@dataclass
+class Probabilities:
+    """Per-class probabilities of a supervised model [N, C] with the class names."""
+
+    values: np.ndarray
+    classes: list[str]
+    key: str
+
+
+@dataclass
+class AttentionMap:
+    """One attention layer: ``edge_index`` [2, E] (source, target) and ``alpha`` [E, heads].
+
+    ``kind`` is "graph" (attention over the cell graph's edges) or "fusion" (the strongest cell-to-cell
+    pairs of a dense attention). ``node_values`` maps an obs-key suffix to a per-cell summary (the suffix
+    "" is the node overlay); ``uns_extra`` and ``view_extra`` are stored beside the layer; ``top_edges``
+    > 0 adds that many strongest edges to the ``attention_top_edges`` table.
+    """
+
+    name: str
+    edge_index: np.ndarray
+    alpha: np.ndarray
+    kind: str = "graph"
+    node_values: dict[str, np.ndarray] = field(default_factory=dict)
+    uns_extra: dict[str, Any] = field(default_factory=dict)
+    view_extra: dict[str, Any] = field(default_factory=dict)
+    top_edges: int = 0
+
+
+@dataclass
+class GeneWeights:
+    """Genes x latent-dimension weights (P_mu, P_sigma; MODELS.md 1.6) over the model's feature genes."""
+
+    p_mu: np.ndarray
+    p_sigma: np.ndarray | None
+    feature_genes: list[str]
+    n_markers: int = 15
+
+
+@dataclass
+class Imputed:
+    """Imputed or denoised expression for the prepared cells and genes."""
+
+    values: np.ndarray
+    layer: str
+    scale: str
+    extra_layers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """What only this model knows, added to the shared analysis (any slot may be empty)."""
+
     obs: dict[str, Any] = field(default_factory=dict)
-    obsm: dict[str, np.ndarray] = field(default_factory=dict)
-    obsp: dict[str, Any] = field(default_factory=dict)
-    varm: dict[str, np.ndarray] = field(default_factory=dict)
-    layers: dict[str, Any] = field(default_factory=dict)
+    obsm: dict[str, Any] = field(default_factory=dict)
     uns: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    weights: dict[str, Any] = field(default_factory=dict)  # the trained state_dict (tensors)
-    views: dict[str, Any] = field(default_factory=dict)  # where each kind of result lives (see VIEW_KEYS)
-
-    @property
-    def embedding(self) -> np.ndarray:
-        return self.obsm[self.embedding_key]
-
-    def write(self, adata: anndata.AnnData) -> anndata.AnnData:
-        """Write the result into ``adata`` in place and return it."""
-        for key, value in self.obs.items():
-            adata.obs[key] = value
-        for key, value in self.obsm.items():
-            adata.obsm[key] = value
-        for key, value in self.obsp.items():
-            adata.obsp[key] = value
-        for key, value in self.varm.items():
-            adata.varm[key] = value
-        for key, value in self.layers.items():
-            adata.layers[key] = value
-        uns = dict(self.uns)
-        uns["metrics"] = plain(self.metrics)
-        for name, table in self.tables.items():
-            uns[name] = h5_safe_table(table)
-        adata.uns[self.model] = uns
-        scgraph = dict(adata.uns.get("scgraph", {}))
-        scgraph["views"] = plain({"model": self.model, "embedding": self.embedding_key, **self.views})
-        adata.uns["scgraph"] = scgraph
-        return adata
-
-
-def h5_safe_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A copy h5ad can store: list cells become 'a; b' text, other mixed columns become text."""
-    out = table.reset_index(drop=True).copy()
-    for col in out.columns:
-        if out[col].dtype == object:
-            out[col] = [
-                "; ".join(map(str, v))
-                if isinstance(v, (list, tuple, np.ndarray))
-                else ("" if v is None else str(v))
-                for v in out[col]
-            ]
-    out.columns = [str(c) for c in out.columns]
-    return out
-
-
-def plain(obj: Any) -> Any:
-    """Make a nested structure writable by h5py (no None, no tuples, numpy scalars to Python)."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+    notes: list[str] = field(default_factory=list)
+    other_clusters: list[str] = field(default_factory=list)
 
 
 class Model:
-    """Base class: subclasses set the class attributes and implement ``fit``."""
+    """Base class: subclasses set the class attributes, :meth:`train` and :meth:`embed`; the other hooks
+    are optional answers with a default of "none"."""
 
     name: ClassVar[str]
     title: ClassVar[str]
@@ -138,25 +157,99 @@ class Model:
     Params: ClassVar[type]
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]]  # preset -> section -> values
     requires_counts: ClassVar[bool] = False
-    uses_labels: ClassVar[bool] = False
+    uses_labels: ClassVar[bool] = False  # trains on labels (LabelSpec); scoring labels are separate
+    keeps_input: ClassVar[bool] = False  # the written result holds every input cell and gene (match_input)
+    # Overrides of the quick preset (section -> values) for a seconds-long run on ~150 toy cells: what the
+    # contract test (tests/models/test_contract.py) and the app tests train.
+    smoke: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    # --- before training ----------------------------------------------------------------------------
     @classmethod
     def adapt(cls, config: Any, adata: anndata.AnnData) -> tuple[Any, str | None]:
         """The run configuration adapted to the input (e.g. the data recipe for its number of genes), and a
         sentence saying what changed and why; (config, None) when nothing changes. The default changes nothing."""
         return config, None
 
-    def fit(
+    def preprocess(self, adata: anndata.AnnData, spec: PrepareSpec) -> Prepared:
+        """The prepared data the model trains on; the default is :func:`scgraph_core.data.prepare`."""
+        from .. import data
+
+        return data.prepare(adata, spec)
+
+    def build_graph(self, prepared: Prepared, config: Any) -> Graph | None:
+        """The cell graph, when the model builds its own; None: the pipeline builds it from config.graph."""
+        return None
+
+    # --- training -----------------------------------------------------------------------------------
+    def train(
         self,
         prepared: Prepared,
         graph: Graph,
         params: Any,
         trainer: Trainer,
         *,
-        cluster: Any,
-        label_key: str | None = None,
-    ) -> Result:
+        cluster: ClusterParams,
+        labels: LabelSpec | None = None,
+    ) -> None:
+        """Train with ``trainer`` (one or more stages) and keep what the answers below need. ``cluster`` is
+        the run's clustering settings (a model that clusters while training reads them); ``labels`` says
+        which cells' labels a model that learns from labels may see (never the scoring labels)."""
         raise NotImplementedError
+
+    # --- what the trained model exposes -------------------------------------------------------------
+    def embed(self) -> Embedding:
+        """The cell embedding (required)."""
+        raise NotImplementedError
+
+    def clusters(self) -> Partition | None:
+        """The model's own clustering; None: the analysis clusters the embedding (config.cluster)."""
+        return None
+
+    def cluster_key(self, method: str) -> str:
+        """obs key of the reported clustering."""
+        return f"{self.name}_cluster"
+
+    def impute(self) -> Imputed | None:
+        return None
+
+    def predict_proba(self) -> Probabilities | None:
+        return None
+
+    def attention(self) -> list[AttentionMap]:
+        return []
+
+    def gene_weights(self) -> GeneWeights | None:
+        return None
+
+    def training_metrics(self) -> dict[str, Any]:
+        """Numbers about training (epochs run, best epoch, seconds per epoch, validation scores)."""
+        return {}
+
+    def history(self) -> pd.DataFrame | None:
+        """The per-epoch training table."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trained weights (tensors) saved with the run."""
+        return {}
+
+    def report(self, analysis: Any) -> Report:
+        """What only this model adds once the shared analysis (:class:`scgraph_core.analyse.Analysis`) is
+        done: extra clusterings, notes, model-specific metrics."""
+        return Report()
+
+    def match_input(
+        self, out: anndata.AnnData, source: anndata.AnnData, prepared: Prepared
+    ) -> anndata.AnnData:
+        """The written result lined up with the input file (:attr:`keeps_input` models)."""
+        if not self.keeps_input:
+            return out
+        from ..results import match_input
+
+        views = out.uns.get("scgraph", {}).get("views", {})
+        return match_input(
+            out, source, prepared, model=self.name, imputed_layer=views.get("imputed_layer", "imputed")
+        )
 
 
 _REGISTRY: dict[str, type[Model]] = {}
@@ -167,8 +260,8 @@ def register(cls: type[Model]) -> type[Model]:
     return cls
 
 
-# Model modules, in the order the app lists them. A module that is not written yet is skipped, so a new
-# model is one new file plus its name here.
+# Model packages (scgraph_core/models/<name>/), in the order the app lists them. One that is not written
+# yet is skipped, so a new model is its folder plus its name here.
 MODEL_MODULES = ("cellvgae", "scvgae", "attentionae", "scgnn", "scbignn")
 
 

@@ -143,15 +143,15 @@ def test_a_run_that_failed_after_training_is_finished_from_the_page(tmp_path, mo
 
     from scgraph_core import pipeline, runs
     from scgraph_core.errors import RunError
+    from scgraph_core.models import base
     from scgraph_core.runs import RunStore
-    from tests.app.conftest import TINY
     from tests.helpers import toy_counts
 
     home = tmp_path / "home"
     monkeypatch.setenv("SCGRAPH_HOME", str(home))
     data_file = tmp_path / "toy.h5ad"
     runs.write_h5ad(toy_counts(n_cells=150), data_file)
-    config = pipeline.resolve_config("cellvgae", "quick", TINY["cellvgae"], label_key="celltype")
+    config = pipeline.resolve_config("cellvgae", "quick", base.get("cellvgae").smoke, label_key="celltype")
     record = {**config.to_dict(), "input": {"path": str(data_file), "orientation": "auto", "format": None}}
     run = RunStore().create(model="cellvgae", name="disk filled", dataset="toy", config=record)
 

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from scgraph_core import jobs
-from tests.app.conftest import TINY, assert_clean, open_page, texts
+from scgraph_core.models import base
+from tests.app.conftest import assert_clean, open_page, texts
 from tests.helpers import toy_counts
 
 
@@ -32,7 +33,7 @@ def toy_file(tmp_path):
 
 
 def test_start_watch_and_stop_a_background_run(app_home, toy_file):
-    tiny = dict(TINY["cellvgae"])
+    tiny = dict(base.get("cellvgae").smoke)
     tiny["model"] = {**tiny["model"], "epochs": 3000}  # long enough to be stopped mid-way
     config = {
         "model": "cellvgae",

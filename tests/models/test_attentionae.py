@@ -17,9 +17,10 @@ import torch
 from scgraph_core import data, graphs, interpret, memory, pipeline
 from scgraph_core.errors import ConfigError, DataError, MemoryGuardError
 from scgraph_core.models import attentionae as aae
-from scgraph_core.models.counts import zinb_nll, zinb_nll_split
-from scgraph_core.models.dec import dec_kl, log_soft_assign, log_target_distribution, soft_assign
-from scgraph_core.models.fusion import FusionAttention, strongest_pairs
+from scgraph_core.nn.counts import zinb_nll, zinb_nll_split
+from scgraph_core.nn.dec import dec_kl, log_soft_assign, log_target_distribution, soft_assign
+from scgraph_core.nn.fusion import FusionAttention, strongest_pairs
+from scgraph_core.nn.sparse import Propagation
 from scgraph_core.train import LabelChangeStop
 from tests.helpers import toy_counts
 
@@ -231,7 +232,7 @@ def test_propagation_is_the_symmetric_normalised_kernel():
     a = dense_w + np.eye(n)
     dinv = 1 / np.sqrt(a.sum(1))
     h = torch.randn(n, 3, requires_grad=True)
-    out = aae.Propagation(ei, w, n, how="sym")(h)
+    out = Propagation(ei, w, n, how="sym")(h)
     np.testing.assert_allclose(
         out.detach().numpy(), (dinv[:, None] * a * dinv[None]) @ h.detach().numpy(), rtol=1e-5, atol=1e-6
     )
@@ -239,7 +240,7 @@ def test_propagation_is_the_symmetric_normalised_kernel():
     np.testing.assert_allclose(
         h.grad.numpy(), ((dinv[:, None] * a * dinv[None]).T @ np.ones((n, 3))), rtol=1e-5
     )
-    raw = aae.Propagation(ei, w, n, how="none")(h.detach())
+    raw = Propagation(ei, w, n, how="none")(h.detach())
     np.testing.assert_allclose(raw.numpy(), a @ h.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -258,7 +259,7 @@ def test_missing_raw_counts_are_refused_before_training():
     prepared = data.prepare(lognorm, config.prepare)
     graph = graphs.build_graph(graphs.graph_matrix(prepared, config.graph), config.graph)
     with pytest.raises(DataError, match="`counts`"):
-        aae.AttentionAE().fit(prepared, graph, config.params, None, cluster=config.cluster)
+        aae.AttentionAE().train(prepared, graph, config.params, None, cluster=config.cluster)
 
 
 # ---- the run ----------------------------------------------------------------------------------------

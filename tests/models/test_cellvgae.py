@@ -193,7 +193,7 @@ def test_stop_request_ends_cleanly_with_results(tmp_path):
 
 def test_nan_loss_fails_the_run_with_a_message(tmp_path, monkeypatch):
     run = Run.create_at(tmp_path / "nan", model="cellvgae")
-    monkeypatch.setattr(cv, "kl_divergence", lambda mu, s, parameterization: torch.tensor(float("nan")))
+    monkeypatch.setattr(cv.model, "kl_divergence", lambda mu, s, parameterization: torch.tensor(float("nan")))
     config = pipeline.resolve_config("cellvgae", "quick", TINY)
     with pytest.raises(TrainingError, match="learning rate"):
         pipeline.execute(toy_counts(), config, run=run)

@@ -11,7 +11,7 @@ import torch
 from scgraph_core.errors import ConfigError
 from scgraph_core.interpret import p_matrix
 from scgraph_core.models.cellvgae import CellVGAENet
-from scgraph_core.models.losses import (
+from scgraph_core.nn.losses import (
     edge_reconstruction_loss,
     kl_divergence,
     mmd_loss,

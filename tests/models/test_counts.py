@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 from scipy import stats
 
-from scgraph_core.models.counts import nb_log_prob, nb_nll, size_factors, zinb_log_prob, zinb_nll
+from scgraph_core.nn.counts import nb_log_prob, nb_nll, size_factors, zinb_log_prob, zinb_nll
 
 
 def _grid():

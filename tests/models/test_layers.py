@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch_geometric.nn import GATConv, GCNConv
 
-from scgraph_core.models.layers import (
+from scgraph_core.nn.layers import (
     FusedGATLayer,
     GATLayer,
     GATv2Layer,

@@ -15,7 +15,8 @@ from scgraph_core import data, memory, pipeline
 from scgraph_core.__main__ import main
 from scgraph_core.errors import ConfigError, DataError, MemoryGuardError
 from scgraph_core.models import scvgae as sv
-from scgraph_core.models.counts import zinb_nll
+from scgraph_core.nn.counts import CountTarget, zinb_nll
+from scgraph_core.nn.norm import GraphNorm
 from scgraph_core.runs import Run
 from scgraph_core.train import Trainer, TrainSpec
 from tests.helpers import toy_counts
@@ -91,7 +92,7 @@ def test_count_target_equals_the_shared_zinb_nll():
     mu = torch.rand(30, 20, dtype=torch.float32).mul(4).add(0.05).requires_grad_()
     theta = torch.rand(30, 20).mul(3).add(0.1).requires_grad_()
     logit = torch.randn(30, 20).requires_grad_()
-    ours = sv.CountTarget(counts).nll(mu, theta, logit)
+    ours = CountTarget(counts).nll(mu, theta, logit)
     ours.backward()
     grads = [t.grad.clone() for t in (mu, theta, logit)]
     for t in (mu, theta, logit):
@@ -107,7 +108,7 @@ def test_graph_norm_equals_pytorch_geometric():
     from torch_geometric.nn import GraphNorm as PyGGraphNorm
 
     x = torch.randn(50, 8) * 3 + 1
-    ours, ref = sv.GraphNorm(8), PyGGraphNorm(8)
+    ours, ref = GraphNorm(8), PyGGraphNorm(8)
     with torch.no_grad():
         for norm in (ours, ref):
             norm.weight.copy_(torch.linspace(0.5, 2, 8))
@@ -123,7 +124,7 @@ def test_zinb_term_receives_gradient_and_decreases():
     inputs = model.inputs(prepared)
     x = torch.from_numpy(inputs.x)
     out = net_probe(x, torch.from_numpy(graph.edge_index))
-    loss = sv.CountTarget(torch.from_numpy(inputs.counts)).nll(
+    loss = CountTarget(torch.from_numpy(inputs.counts)).nll(
         out.mean * torch.from_numpy(inputs.size_factors)[:, None], out.theta, out.pi_logit
     )
     loss.backward()

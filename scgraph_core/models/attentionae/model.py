@@ -34,7 +34,6 @@ gives textbook DEC.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -46,171 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DataError
-from ..params import param
-from ..train import LabelChangeStop, Stage, Trainer, peak_memory_mb
-from .base import Model, Result, register
-from .counts import zinb_nll_split
-from .dec import KERNELS, dec_kl, initial_centres, log_soft_assign, log_target_distribution
-from .fusion import FusionAttention, keys_per_query, received_attention, strongest_pairs
-from .layers import _ConstSpMM, _csr
+from ...errors import ConfigError, DataError
+from ...nn.counts import zinb_nll_split
+from ...nn.dec import KERNELS, dec_kl, initial_centres, log_soft_assign, log_target_distribution
+from ...nn.fusion import keys_per_query, received_attention, strongest_pairs
+from ...nn.sparse import Propagation
+from ...params import param
+from ...train import LabelChangeStop, Stage, Trainer, peak_memory_mb
+from ..base import AttentionMap, Embedding, Imputed, Model, Partition, Report, register
+from .module import AttentionAENet, Encoded
 
-_LOG_MU_MIN, _LOG_MU_MAX = math.log(1e-5), math.log(1e4)
 ATTENTION_MODES = ("auto", "dense", "graph")
-
-
-# =============================================================================================
-# The pure module
-# =============================================================================================
-
-
-class Propagation:
-    """The constant sparse operator Ã of the GCN layers, applied as Ã @ h (backward: Ãᵀ @ grad).
-
-    ``how="sym"`` (the paper's text): Ã = D^-1/2 (W + I) D^-1/2 with D the weighted degrees of W + I.
-    ``how="none"`` (the authors' code): Ã = W + I, the kernel with its unit diagonal, unnormalised.
-    """
-
-    def __init__(
-        self,
-        edge_index: np.ndarray,
-        weight: np.ndarray | None,
-        n: int,
-        *,
-        how: str = "sym",
-        device: Any = "cpu",
-    ) -> None:
-        if how not in ("sym", "none"):
-            raise ConfigError(f"adjacency normalisation must be 'sym' or 'none'; got {how!r}")
-        src, dst = np.asarray(edge_index, dtype=np.int64)
-        w = np.ones(src.size, dtype=np.float64) if weight is None else np.asarray(weight, dtype=np.float64)
-        keep = src != dst
-        ids = np.arange(n, dtype=np.int64)
-        rows = np.concatenate([dst[keep], ids])  # row = receiving cell
-        cols = np.concatenate([src[keep], ids])
-        vals = np.concatenate([w[keep], np.ones(n)])
-        mat = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
-        if how == "sym":
-            deg = np.asarray(mat.sum(axis=1)).ravel()
-            dinv = 1.0 / np.sqrt(deg)
-            mat = sp.csr_matrix(sp.diags(dinv) @ mat @ sp.diags(dinv))
-        self.how, self.n = how, n
-        self.matrix = mat.astype(np.float32)
-        self._s = self._torch(self.matrix, device)
-        self._s_t = self._torch(sp.csr_matrix(self.matrix.T), device)
-
-    @staticmethod
-    def _torch(mat: sp.csr_matrix, device: Any) -> Tensor:
-        mat.sort_indices()
-        return _csr(
-            torch.from_numpy(mat.indptr.astype(np.int64)).to(device),
-            torch.from_numpy(mat.indices.astype(np.int64)).to(device),
-            torch.from_numpy(mat.data.astype(np.float32)).to(device),
-            mat.shape[0],
-        )
-
-    def __call__(self, h: Tensor) -> Tensor:
-        h = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
-        s, s_t = (
-            (self._s, self._s_t) if h.dtype == torch.float32 else (self._s.to(h.dtype), self._s_t.to(h.dtype))
-        )
-        return _ConstSpMM.apply(h.contiguous(), s, s_t)
-
-
-@dataclass
-class Encoded:
-    z: Tensor  # [N, L] the embedding
-    h2: Tensor  # [N, L] the graph branch's output (inner-product decoder)
-    attention: dict[str, Any] | None = None
-
-
-class AttentionAENet(nn.Module):
-    """The AttentionAE-sc network (module docstring; MODELS.md 5.3).
-
-    Args:
-        in_dim: model-input genes D.
-        hidden: widths of the two encoder layers (256, 64); the GCN layers map 256 → 64 → latent and the
-            decoder mirrors the encoder.
-        latent: embedding size L (16).
-        heads: attention heads K per fusion block (8).
-        query_dropout: dropout on the attention queries while training (0.2).
-        noise: multiplicative Gaussian noise scale while training (0.1; 0 = none).
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        *,
-        hidden: tuple[int, int] = (256, 64),
-        latent: int = 16,
-        heads: int = 8,
-        query_dropout: float = 0.2,
-        noise: float = 0.1,
-    ) -> None:
-        super().__init__()
-        if len(hidden) != 2 or min(hidden) < 1 or latent < 1 or in_dim < 1:
-            raise ConfigError(f"AttentionAE-sc needs two positive hidden widths; got hidden={tuple(hidden)}")
-        h1, h2 = (int(h) for h in hidden)
-        self.in_dim, self.hidden, self.latent, self.noise = int(in_dim), (h1, h2), int(latent), float(noise)
-        self.enc_1, self.bn_1 = nn.Linear(in_dim, h1), nn.BatchNorm1d(h1)
-        self.enc_2, self.bn_2 = nn.Linear(h1, h2), nn.BatchNorm1d(h2)
-        self.z_layer = nn.Linear(h2, latent)
-        self.gcn_1 = nn.Linear(h1, h2, bias=False)
-        self.gcn_2 = nn.Linear(h2, latent, bias=False)
-        self.attn_1 = FusionAttention(h2, heads, query_dropout)
-        self.attn_2 = FusionAttention(latent, heads, query_dropout)
-        self.dec_1, self.dec_2 = nn.Linear(latent, h2), nn.Linear(h2, h1)
-        self.mu_head = nn.Linear(h1, in_dim)
-        self.theta_head = nn.Linear(h1, in_dim)
-        self.pi_head = nn.Linear(h1, in_dim)
-
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """What DEC fine-tunes: both encoder layers (with their batch norms), the GCN layers, z_layer and
-        both attention blocks; the decoder stays frozen (MODELS.md 5.5)."""
-        parts = (self.enc_1, self.bn_1, self.enc_2, self.bn_2, self.gcn_1, self.gcn_2, self.z_layer)
-        parts += (self.attn_1, self.attn_2)
-        return [p for m in parts for p in m.parameters()]
-
-    def decoder_parameters(self) -> list[nn.Parameter]:
-        parts = (self.dec_1, self.dec_2, self.mu_head, self.theta_head, self.pi_head)
-        return [p for m in parts for p in m.parameters()]
-
-    def _noisy(self, h: Tensor) -> Tensor:
-        if not self.training or self.noise == 0.0:
-            return h
-        return h + torch.randn_like(h) * (self.noise * h.detach())
-
-    def encode(
-        self,
-        x: Tensor,
-        propagate: Propagation,
-        *,
-        mode: str = "graph",
-        edge_index: Tensor | None = None,
-        return_attention: bool = False,
-    ) -> Encoded:
-        """Z and H2 for every cell; with ``return_attention`` also both fusion maps (see :mod:`.fusion`)."""
-        e1 = self.bn_1(F.relu(self.enc_1(self._noisy(x))))
-        h1 = torch.tanh(propagate(self.gcn_1(e1)))
-        h2 = torch.tanh(propagate(self.gcn_2(h1)))
-        e2 = self.bn_2(F.relu(self.enc_2(self._noisy(e1))))
-        kw = {"mode": mode, "edge_index": edge_index, "return_attention": return_attention}
-        attention: dict[str, Any] | None = None
-        if return_attention:
-            r1, a1 = self.attn_1(h1, e2, **kw)
-            z, a2 = self.attn_2(h2, self.z_layer(self._noisy(r1)), **kw)
-            attention = {"fusion1": a1, "fusion2": a2}
-        else:
-            r1 = self.attn_1(h1, e2, **kw)
-            z = self.attn_2(h2, self.z_layer(self._noisy(r1)), **kw)
-        return Encoded(z=z, h2=h2, attention=attention)
-
-    def decode(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(μ, θ, π logit), each [n, D], float32; μ is the normalised mean (multiply by s_i)."""
-        d = F.relu(self.dec_2(F.relu(self.dec_1(z))))
-        log_mu = self.mu_head(d).float().clamp(_LOG_MU_MIN, _LOG_MU_MAX)
-        theta = F.softplus(self.theta_head(d).float()).clamp(1e-4, 1e3)
-        return log_mu.exp(), theta, self.pi_head(d).float()
 
 
 def graph_mse(
@@ -264,7 +109,7 @@ def kernel_graph(z: np.ndarray, *, n_neighbors: int = 15, max_neighbors: int = 3
     (exact search), which hold nearly all of its weight (the kernel decays as exp(−d²/2σ²) with σ half a
     14-neighbour radius). Symmetric (the union of both cells' lists; W is symmetric by construction).
     """
-    from .. import graphs
+    from ... import graphs
 
     n = z.shape[0]
     if n < 3:
@@ -623,7 +468,7 @@ class Session:
 
     def initialise(self, z: Tensor, *, resolution: float, n_neighbors: int) -> np.ndarray:
         """Leiden on the paper's Gaussian kernel of Z (:func:`kernel_graph`); centres = cluster means."""
-        from .. import cluster as clustering
+        from ... import cluster as clustering
 
         graph = kernel_graph(
             z.cpu().numpy(), n_neighbors=n_neighbors, max_neighbors=self.params.init_neighbors
@@ -658,7 +503,7 @@ class Session:
         return self._dec(init_labels, p.dec_lr / 10, guard=0.0)
 
     def _dec(self, init_labels: np.ndarray, lr: float, guard: float) -> Any:
-        from .. import metrics
+        from ... import metrics
 
         p, net = self.params, self.net
         self.dec = dec = _DECModule(net, self.centres).to(self.device)
@@ -775,35 +620,35 @@ class AttentionAE(Model):
     paper = "Li et al., PLoS Comput Biol 19(12):e1011641, 2023"
     Params = AttentionAEParams
     presets = {"paper": FIXED, "legacy": LEGACY, "quick": QUICK, "gentle": GENTLE}
+    smoke = {
+        "model": {"pretrain_epochs": 5, "dec_epochs": 3, "heads": 2},
+        "prepare": {"n_hvg": 40, "n_graph_genes": 40},
+    }
     requires_counts = True
 
-    def fit(
-        self, prepared, graph, params: AttentionAEParams, trainer: Trainer, *, cluster, label_key=None
-    ) -> Result:
-        from .. import cluster as clustering
-        from .. import metrics
-
+    def train(
+        self,
+        prepared,
+        graph,
+        params: AttentionAEParams,
+        trainer: Trainer,
+        *,
+        cluster: Any,
+        labels: Any = None,
+    ) -> None:
+        """Pre-train, start clusters with Leiden on the pre-trained embedding (the run's resolution and
+        neighbours), fine-tune with DEC."""
         p = params
         run = Session(prepared, graph, p, trainer)
-        n_cells, seed = run.n_cells, run.seed
-
         t0 = time.perf_counter()
         pre = run.pretrain()
         seconds_pretrain = time.perf_counter() - t0
 
-        trainer.emit({"kind": "pipeline", "step": "cluster"})
         t0 = time.perf_counter()
         z0 = run.embed()
         init_labels = run.initialise(z0, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors)
         n_init = int(init_labels.max()) + 1
         seconds_init = time.perf_counter() - t0
-        truth = prepared.adata.obs[label_key].to_numpy() if label_key is not None else None
-        sil_n = cluster.silhouette_sample
-        z0_np = z0.cpu().numpy()
-        init_scores = metrics.clustering_metrics(
-            truth, init_labels, embedding=z0_np, silhouette_sample=sil_n, seed=seed
-        )
-
         dec_outcome = None
         seconds_dec = 0.0
         dec_ran = p.dec_epochs > 0 and n_init >= 2 and not pre.stopped
@@ -811,142 +656,132 @@ class AttentionAE(Model):
             t0 = time.perf_counter()
             dec_outcome = run.finetune(init_labels)
             seconds_dec = time.perf_counter() - t0
-
-        trainer.emit({"kind": "pipeline", "step": "interpret"})
-        t0 = time.perf_counter()
         z = run.embed()
-        z_np = z.cpu().numpy()
         if dec_ran:
-            labels, q_np, centres, folded = run.assign(z)
+            labels_, q_np, centres, folded = run.assign(z)
+            method = "dec"
         else:
-            labels, folded = init_labels, 0
+            labels_, folded, method = init_labels, 0, "leiden"
             q_np = np.eye(n_init, dtype=np.float32)[init_labels]
             centres = run.centres.cpu().numpy()
-        final_scores = metrics.clustering_metrics(
-            truth, labels, embedding=z_np, silhouette_sample=sil_n, seed=seed
-        )
-        umap_xy = clustering.umap_embedding(
-            z_np,
-            n_neighbors=cluster.n_neighbors,
-            min_dist=cluster.umap_min_dist,
-            n_epochs=cluster.umap_n_epochs,
-            seed=seed,
-        )
-        cluster_names = [str(c) for c in range(q_np.shape[1])]
-        obs: dict[str, Any] = {
-            "attentionae_cluster": pd.Categorical([str(v) for v in labels], categories=cluster_names),
-            "attentionae_leiden": pd.Categorical(
-                [str(v) for v in init_labels], categories=[str(c) for c in range(n_init)]
-            ),
-        }
-        obsm: dict[str, Any] = {
-            "X_attentionae": z_np.astype(np.float32),
-            "X_umap": umap_xy,
-            "attentionae_q": q_np,
-        }
-        uns: dict[str, Any] = {
-            "attention_mode": run.mode,
-            "centres": np.asarray(centres, dtype=np.float32),
-            "feature_genes": np.asarray(prepared.feature_genes, dtype=object),
-        }
-        views: dict[str, Any] = {
-            "umap": "X_umap",
-            "clusters": "attentionae_cluster",
-            "other_clusters": ["attentionae_leiden"],
-            "probabilities": "attentionae_q",
-            "probability_names": cluster_names,
-            "history": "history",
-        }
-        obsp: dict[str, Any] = {}
-        layers: dict[str, Any] = {}
-        if p.attention_top:
-            maps = run.attention_maps()
-            uns["attention"], views["attention"] = {}, {}
-            for name, att in maps.items():
-                ei, alpha = strongest_pairs(att, n_cells, p.attention_top)
-                mean, std = alpha.mean(axis=1), alpha.std(axis=1)
-                # Row = query cell, column = key cell (the cell attended to).
-                shape = (n_cells, n_cells)
-                obsp[f"attentionae_attention_{name}"] = sp.csr_matrix((mean, (ei[1], ei[0])), shape=shape)
-                obsp[f"attentionae_attention_{name}_std"] = sp.csr_matrix((std, (ei[1], ei[0])), shape=shape)
-                uns["attention"][name] = {
-                    "edge_index": ei.astype(np.int32),
-                    "alpha": alpha,
-                    "keys": keys_per_query(att, n_cells),  # for "relative to an even split"
-                }
-                obs[f"attentionae_attention_{name}"] = received_attention(att, n_cells)
-                views["attention"][name] = {
-                    "obsp": f"attentionae_attention_{name}",
-                    "obsp_std": f"attentionae_attention_{name}_std",
-                    "heads": int(alpha.shape[1]),
-                    "kind": "fusion",
-                    "node_obs": f"attentionae_attention_{name}",
-                    "scope": "all cells" if run.mode == "dense" else "graph neighbours",
-                }
-            views["attention_layers"] = list(maps)
-            del maps
-        if p.denoised:
-            layers["attentionae_denoised"] = run.denoised(z, prepared)
-            views["imputed_layer"] = "attentionae_denoised"
-            views["imputed_scale"] = "counts"
-        seconds_export = time.perf_counter() - t0
-
-        restart = run.dec_restart if dec_ran else None
-        abandoned = restart["abandoned"] if restart else None
-        table = history_table(pre, dec_outcome, abandoned)  # written to uns[model]["history"] from ``tables``
-        result_metrics: dict[str, Any] = {
-            **final_scores,
-            "leiden_init": {k: init_scores[k] for k in ("ari", "nmi", "silhouette", "n_clusters")},
-            "attention_mode": run.mode,
-            "n_cells": n_cells,
-            "n_features": run.n_genes,
-            "pretrain_epochs_run": pre.epochs_run,
-            "pretrain_best_epoch": pre.best_epoch,
-            "dec_epochs_run": dec_outcome.epochs_run if dec_outcome else 0,
-            "dec_converged": bool(dec_outcome.converged) if dec_outcome else False,
-            "dec_folded_clusters": folded,
-            "epochs_run": pre.epochs_run + (dec_outcome.epochs_run if dec_outcome else 0),
-            "stopped": bool(pre.stopped or (dec_outcome.stopped if dec_outcome else False)),
-            "seconds_per_epoch": pre.seconds_per_epoch,
+        self._run, self._params, self._prepared = run, p, prepared
+        self._z0, self._z = z0.cpu().numpy(), z
+        self._init_labels, self._labels, self._q, self._centres = init_labels, labels_, q_np, centres
+        self._method, self._dec_ran, self._folded = method, dec_ran, folded
+        self._pre, self._dec_outcome = pre, dec_outcome
+        self._seconds = {
             "seconds_pretrain": seconds_pretrain,
             "seconds_leiden_init": seconds_init,
             "seconds_dec": seconds_dec,
-            "seconds_export": seconds_export,
+        }
+
+    def embed(self) -> Embedding:
+        return Embedding("X_attentionae", self._z.cpu().numpy().astype(np.float32))
+
+    def clusters(self) -> Partition:
+        return Partition(self._labels, self._method, probabilities=self._q, probability_key="attentionae_q")
+
+    def attention(self) -> list[AttentionMap]:
+        p, run = self._params, self._run
+        if not p.attention_top:
+            return []
+        n_cells = run.n_cells
+        out = []
+        maps = run.attention_maps()
+        for name, att in maps.items():
+            ei, alpha = strongest_pairs(att, n_cells, p.attention_top)
+            out.append(
+                AttentionMap(
+                    name,
+                    ei,
+                    alpha,
+                    kind="fusion",
+                    node_values={"": received_attention(att, n_cells)},
+                    uns_extra={"keys": keys_per_query(att, n_cells)},  # for "relative to an even split"
+                    view_extra={"scope": "all cells" if run.mode == "dense" else "graph neighbours"},
+                )
+            )
+        del maps
+        return out
+
+    def impute(self) -> Imputed | None:
+        if not self._params.denoised:
+            return None
+        return Imputed(self._run.denoised(self._z, self._prepared), "attentionae_denoised", "counts")
+
+    def training_metrics(self) -> dict[str, Any]:
+        run, pre, dec = self._run, self._pre, self._dec_outcome
+        return {
+            "attention_mode": run.mode,
+            "n_cells": run.n_cells,
+            "n_features": run.n_genes,
+            "pretrain_epochs_run": pre.epochs_run,
+            "pretrain_best_epoch": pre.best_epoch,
+            "dec_epochs_run": dec.epochs_run if dec else 0,
+            "dec_converged": bool(dec.converged) if dec else False,
+            "dec_folded_clusters": self._folded,
+            "epochs_run": pre.epochs_run + (dec.epochs_run if dec else 0),
+            "stopped": bool(pre.stopped or (dec.stopped if dec else False)),
+            "seconds_per_epoch": pre.seconds_per_epoch,
+            **self._seconds,
             "peak_memory_mb": peak_memory_mb(run.device),
         }
-        n_final = int(q_np.shape[1])
+
+    def history(self) -> pd.DataFrame:
+        restart = self._run.dec_restart if self._dec_ran else None
+        return history_table(self._pre, self._dec_outcome, restart["abandoned"] if restart else None)
+
+    def state_dict(self) -> dict[str, Any]:
+        run = self._run
+        module = run.dec if run.dec is not None else run.net
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    def report(self, analysis: Any) -> Report:
+        """The Leiden start beside DEC's clusters, and notes on what DEC did."""
+        from ... import metrics
+
+        p, run, pre = self._params, self._run, self._pre
+        init_labels = self._init_labels
+        n_init = int(init_labels.max()) + 1
+        init_scores = metrics.clustering_metrics(
+            analysis.truth,
+            init_labels,
+            embedding=self._z0,
+            silhouette_sample=analysis.cluster.silhouette_sample,
+            seed=analysis.seed,
+        )
+        out: dict[str, Any] = {
+            "leiden_init": {k: init_scores[k] for k in ("ari", "nmi", "silhouette", "n_clusters")},
+        }
+        n_final = int(self._q.shape[1])
         notes = []
+        restart = run.dec_restart if self._dec_ran else None
         if restart:
-            result_metrics["dec_restart"] = {k: v for k, v in restart.items() if k != "abandoned"}
+            out["dec_restart"] = {k: v for k, v in restart.items() if k != "abandoned"}
             notes.append(
                 f"DEC raised the ZINB loss by {restart['zinb_rise']:.0%} by epoch {restart['epoch']} (the guard "
                 f"allows {p.dec_guard:.0%}), a sign that it was reshaping the embedding rather than refining "
                 f"clusters; it ran again from the pre-trained model at learning rate {restart['lr']:g}."
             )
-        if dec_ran and n_final * 2 <= n_init:
+        if self._dec_ran and n_final * 2 <= n_init:
             notes.append(merge_note(n_init, n_final, guarded=p.dec_guard > 0))
-        if notes:
-            result_metrics["notes"] = notes
-        if not dec_ran:
-            result_metrics["dec_skipped"] = (
+        if not self._dec_ran:
+            out["dec_skipped"] = (
                 "stopped during pre-training"
                 if pre.stopped
                 else ("the Leiden initialisation found one cluster" if n_init < 2 else "dec_epochs = 0")
             )
-        module = run.dec if run.dec is not None else run.net
-        weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        return Result(
-            model=self.name,
-            embedding_key="X_attentionae",
-            obs=obs,
-            obsm=obsm,
-            obsp=obsp,
-            layers=layers,
-            uns=uns,
-            tables={"history": table},
-            metrics=result_metrics,
-            weights=weights,
-            views=views,
+        start = pd.Categorical([str(v) for v in init_labels], categories=[str(c) for c in range(n_init)])
+        return Report(
+            obs={"attentionae_leiden": start},
+            other_clusters=["attentionae_leiden"],
+            uns={
+                "attention_mode": run.mode,
+                "centres": np.asarray(self._centres, dtype=np.float32),
+                "feature_genes": np.asarray(self._prepared.feature_genes, dtype=object),
+            },
+            metrics=out,
+            notes=notes,
         )
 
 

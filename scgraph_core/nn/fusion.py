@@ -14,7 +14,7 @@ Dropout acts on the queries while training. Two ways to choose the keys of a que
 * ``"graph"`` — the cell itself and its neighbours in the cell graph: α lives on the graph's edges
   ([E + N, K] values), so memory is O(E·K) and time O(E·K·e). The logits are an SDDMM and the weighted
   sums a sparse × dense product on the block-diagonal K-head layout of
-  :mod:`scgraph_core.models.layers`; no [E, K, e] tensor is ever formed.
+  :mod:`scgraph_core.nn.layers`; no [E, K, e] tensor is ever formed.
 
 Both modes give rows that sum to one per head (softmax before dropout; dropout never touches α).
 """
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..memory import check_dense
-from .layers import _BlockAggregate, _HeadBlocks, _SegmentSoftmax, _spmm, graph_structure
+from .sparse import BlockAggregate, HeadBlocks, SegmentSoftmax, graph_structure, spmm
 
 MODES = ("dense", "graph")
 
@@ -48,7 +48,7 @@ class _EdgeDot(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q2d: Tensor, k2d: Tensor, blocks: _HeadBlocks) -> Tensor:  # type: ignore[override]
+    def forward(ctx, q2d: Tensor, k2d: Tensor, blocks: HeadBlocks) -> Tensor:  # type: ignore[override]
         pattern = blocks.matrix(torch.zeros(blocks.nnz, dtype=q2d.dtype, device=q2d.device))
         values = torch.sparse.sampled_addmm(pattern, q2d, k2d.t(), beta=0.0).values()
         ctx.blocks = blocks
@@ -58,10 +58,10 @@ class _EdgeDot(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         q2d, k2d = ctx.saved_tensors
-        blocks: _HeadBlocks = ctx.blocks
+        blocks: HeadBlocks = ctx.blocks
         grad = grad.contiguous()
-        dq = _spmm(blocks.matrix(grad), k2d) if ctx.needs_input_grad[0] else None
-        dk = _spmm(blocks.matrix_t(grad), q2d) if ctx.needs_input_grad[1] else None
+        dq = spmm(blocks.matrix(grad), k2d) if ctx.needs_input_grad[0] else None
+        dk = spmm(blocks.matrix_t(grad), q2d) if ctx.needs_input_grad[1] else None
         return dq, dk, None
 
 
@@ -131,8 +131,8 @@ class FusionAttention(nn.Module):
                 graph = graph_structure(edge_index, n, add_self_loops=True)
                 blocks = graph.blocks(k)
                 logits = _EdgeDot.apply(q.reshape(n * k, e), keys.reshape(n * k, e), blocks) * scale
-                alpha = _SegmentSoftmax.apply(logits, blocks.lengths)
-                mixed = _BlockAggregate.apply(alpha, values.reshape(n * k, e), blocks, None).view(n, k * e)
+                alpha = SegmentSoftmax.apply(logits, blocks.lengths)
+                mixed = BlockAggregate.apply(alpha, values.reshape(n * k, e), blocks, None).view(n, k * e)
                 attention = (graph.edge_index, alpha)
         out = self.w_o(mixed) + kv
         if not return_attention:

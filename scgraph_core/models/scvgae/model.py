@@ -2,7 +2,7 @@
 for imputing scRNA-seq counts (MODELS.md section 4). "Fixed" preset: the paper's intent with the
 published code's bugs fixed (MODELS.md 4.6).
 
-The pure module, tensors in and tensors out. With X the model input (X_ij = √(x_ij / s_i), the raw counts
+The user-facing model (the network is in ``module.py``). With X the model input (X_ij = √(x_ij / s_i), the raw counts
 library-size normalised to the median library size, then square-rooted), Â = D^-½ (A + I) D^-½:
 
     h = Dropout_0.2(ReLU(GraphNorm(Â X W₀ᵀ + b₀)))                       encoder, h ∈ R^{N×128}
@@ -33,205 +33,28 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import ConfigError
-from ..params import param
-from ..train import Stage, StageOutcome, Trainer
-from .base import Model, Result, register
-from .layers import GCNLayer, graph_structure
+from ...errors import ConfigError
+from ...nn.counts import CountTarget
+from ...params import param
+from ...train import Stage, StageOutcome, Trainer
+from ..base import Embedding, Imputed, Model, Report, register
+from .module import ScVGAENet, ScVGAEOutput
 
 if TYPE_CHECKING:
-    import anndata
-
-    from ..data import Prepared
-    from ..graphs import Graph
+    from ...data import Prepared
+    from ...graphs import Graph
 
 LOSSES = ("fixed", "legacy")
 OUTPUTS = ("mean", "zinb_mean", "reconstruction")
-
-
-class _Propagate(torch.autograd.Function):
-    """out = S @ h for a constant sparse S given with its transpose (backward: dh = Sᵀ @ dout)."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, s: Tensor, s_t: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.s_t = s_t
-        with torch.autocast(h.device.type, enabled=False):
-            return torch.sparse.mm(s, h.float())
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        with torch.autocast(grad.device.type, enabled=False):
-            return torch.sparse.mm(ctx.s_t, grad.contiguous()), None, None
-
-
-def propagate(h: Tensor, edge_index: Tensor) -> Tensor:
-    """Â h with Â = D^-½ (A + I) D^-½ (GCN normalisation, self loops added), as a sparse product."""
-    import warnings
-
-    n = h.size(0)
-    crow, col, vals, crow_t, col_t, vals_t = graph_structure(edge_index, n, True).gcn_operator()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        s = torch.sparse_csr_tensor(crow, col, vals.float(), (n, n), check_invariants=False)
-        s_t = torch.sparse_csr_tensor(crow_t, col_t, vals_t.float(), (n, n), check_invariants=False)
-    return _Propagate.apply(h, s, s_t)
-
-
-class CountTarget:
-    """Raw counts as a ZINB target, with the positions of the non-zero entries precomputed.
-
-    :meth:`nll` equals ``counts.zinb_nll(x, μ, θ, pi_logit=…)`` (mean over all N·G entries) but evaluates
-    the lgamma terms only where x > 0: most entries of a count matrix are 0 and their likelihood,
-    log(π + (1 − π)(θ / (θ + μ))^θ), needs none.
-    """
-
-    def __init__(self, counts: Tensor) -> None:
-        flat = counts.reshape(-1)
-        self.shape = tuple(counts.shape)
-        self.nonzero = torch.nonzero(flat > 0.5, as_tuple=True)[0]
-        self.values = flat[self.nonzero]
-        self.is_zero = (flat <= 0.5).reshape(self.shape).to(counts.dtype)
-
-    def nll(self, mu: Tensor, theta: Tensor, pi_logit: Tensor) -> Tensor:
-        from .counts import zinb_log_prob
-
-        with torch.autocast(mu.device.type, enabled=False):
-            mu, theta, pi_logit = mu.float(), theta.float(), pi_logit.float()
-            eps = 1e-8
-            log_p_theta = torch.log(theta + eps) - torch.log(theta + mu + eps)
-            zero = torch.logaddexp(-F.softplus(-pi_logit), -F.softplus(pi_logit) + theta * log_p_theta)
-            idx = self.nonzero
-            nonzero = zinb_log_prob(
-                self.values,
-                mu.reshape(-1)[idx],
-                theta.reshape(-1)[idx],
-                pi_logit=pi_logit.reshape(-1)[idx],
-            )
-            total = -(zero * self.is_zero).sum() - nonzero.sum()
-        return total / float(self.shape[0] * self.shape[1])
-
-
-class GraphNorm(nn.Module):
-    """GraphNorm (Cai et al., ICML 2021) for one graph: per feature, over the N nodes,
-
-        out = γ ⊙ (x − α ⊙ mean(x)) / √(mean((x − α ⊙ mean(x))²) + ε) + β
-
-    with learnable γ (1), β (0) and mean scale α (1). Equal to PyG's ``GraphNorm`` without a batch
-    vector; written here so that training does not import PyTorch Geometric.
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = float(eps)
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.mean_scale = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        centred = x - self.mean_scale * x.mean(dim=0, keepdim=True)
-        std = torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + self.eps)
-        return self.weight * centred / std + self.bias
-
-
-class ScVGAEOutput(NamedTuple):
-    """One forward pass. ``mean`` is M (normalised scale: multiply by the size factors for counts)."""
-
-    embedding: Tensor  # h, [N, hidden]
-    mean: Tensor  # M, [N, G]
-    theta: Tensor  # Θ, [N, G]
-    pi_logit: Tensor  # logit of Π, [N, G]
-    reconstruction: Tensor  # X̂, [N, G]
-
-
-class ScVGAENet(nn.Module):
-    """The scVGAE network (MODELS.md 4.3, fixed).
-
-    Args:
-        n_genes: G, the number of genes (no HVG step: all genes are modelled).
-        n_cells: N; needed by BN_N, the per-cell normalisation skip term.
-        hidden: width of the GCN encoder (128 in the paper).
-        decoder_hidden: width of the expression decoder (1024).
-        dropout: dropout after the encoder (0.2). decoder_dropout: inside the decoder (0.4).
-        max_log: clamp of the log-mean and log-dispersion pre-activations to [−max_log, max_log] (the
-            paper-era heads are unclamped and can overflow).
-        theta_max: largest inverse dispersion (NB → Poisson beyond; keeps lgamma accurate in float32).
-    """
-
-    def __init__(
-        self,
-        n_genes: int,
-        n_cells: int,
-        *,
-        hidden: int = 128,
-        decoder_hidden: int = 1024,
-        dropout: float = 0.2,
-        decoder_dropout: float = 0.4,
-        max_log: float = 15.0,
-        theta_max: float = 1e4,
-    ) -> None:
-        super().__init__()
-        if min(n_genes, n_cells, hidden, decoder_hidden) < 1:
-            raise ConfigError("scVGAE needs at least one gene, one cell and positive layer widths.")
-        self.n_genes, self.n_cells, self.hidden = int(n_genes), int(n_cells), int(hidden)
-        self.dropout = float(dropout)
-        self.max_log = float(max_log)
-        self.log_theta_max = float(np.log(theta_max))
-        self.encoder = GCNLayer(self.n_genes, self.hidden)
-        self.graph_norm = GraphNorm(self.hidden)
-        # The three GCN heads (mean, dispersion, dropout) after one shared propagation: rows [0, G) are
-        # the mean head, [G, 2G) the dispersion head, [2G, 3G) the dropout head.
-        self.heads = nn.Linear(self.hidden, 3 * self.n_genes)
-        self.decoder = nn.Sequential(
-            nn.Linear(self.n_genes, decoder_hidden),
-            nn.BatchNorm1d(decoder_hidden),
-            nn.ReLU(),
-            nn.Dropout(decoder_dropout),
-            nn.Linear(decoder_hidden, self.n_genes),
-            nn.ReLU(),
-        )
-        self.gene_norm = nn.BatchNorm1d(self.n_genes)  # BN_G: each gene across cells
-        self.cell_norm = nn.BatchNorm1d(self.n_cells)  # BN_N: each cell across genes
-
-    def head_slices(self) -> dict[str, slice]:
-        g = self.n_genes
-        return {"mean": slice(0, g), "theta": slice(g, 2 * g), "pi": slice(2 * g, 3 * g)}
-
-    @torch.no_grad()
-    def init_mean_bias(self, gene_log_mean: Tensor) -> None:
-        """Start the mean head at each gene's mean normalised count (log scale), so training learns the
-        cell-to-cell deviations instead of first walking every bias from 0 to log(mean)."""
-        self.heads.bias[self.head_slices()["mean"]] = gene_log_mean.to(self.heads.bias)
-
-    def encode(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """h = Dropout(ReLU(GraphNorm(GCN(x)))), [N, hidden]."""
-        h = self.graph_norm(self.encoder(x, edge_index).float())
-        return F.dropout(F.relu(h), self.dropout, self.training)
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> ScVGAEOutput:
-        if x.shape != (self.n_cells, self.n_genes):
-            raise ConfigError(
-                f"scVGAE was built for {self.n_cells} cells x {self.n_genes} genes; got input {tuple(x.shape)}."
-            )
-        h = self.encode(x, edge_index)
-        raw = self.heads(propagate(h, edge_index)).float()
-        sl = self.head_slices()
-        mean = torch.exp(raw[:, sl["mean"]].clamp(-self.max_log, self.max_log))
-        theta = torch.exp(raw[:, sl["theta"]].clamp(-self.max_log, self.log_theta_max))
-        pi_logit = raw[:, sl["pi"]]
-        # The decoder reads √M: M is on the normalised-count scale, √M on the scale of X (the paper-era
-        # code fitted ZINB to X itself, so its M was on X's scale too).
-        decoded = self.decoder(torch.sqrt(mean)).float()
-        skip = self.gene_norm(x) + self.cell_norm(x.t()).t()
-        return ScVGAEOutput(h, mean, theta, pi_logit, decoded + skip)
 
 
 # =============================================================================================
@@ -250,8 +73,8 @@ class Inputs:
 
 def model_inputs(prepared: Prepared) -> Inputs:
     """Counts, size factors and X = √(x / s) from ``prepared.adata`` (needs a ``counts`` layer)."""
-    from ..errors import DataError
-    from .counts import size_factors
+    from ...errors import DataError
+    from ...nn.counts import size_factors
 
     adata = prepared.adata
     if "counts" not in adata.layers:
@@ -283,7 +106,7 @@ def build_graph(
     ``large_graph = refuse`` raises :class:`~scgraph_core.errors.MemoryGuardError`. Other kinds are built
     as asked, on X (``use = pca``: on its first ``n_pcs`` PCs).
     """
-    from .. import graphs, memory
+    from ... import graphs, memory
 
     n = x.shape[0]
     deviations: list[str] = []
@@ -338,7 +161,7 @@ def _with_nearest(graph: Graph, x: np.ndarray, k: int) -> Graph:
     (Σ_j x_ij² = median library size), so x_i·x_j ranks partners as the cosine does: the k most similar
     cells are the cosine kNN.
     """
-    from .. import graphs
+    from ... import graphs
 
     n = graph.n_nodes
     before = graph.stats()
@@ -357,108 +180,6 @@ def _with_nearest(graph: Graph, x: np.ndarray, k: int) -> Graph:
     }
     edge_index = np.vstack([keys // n, keys % n])
     return graphs.Graph(edge_index, np.ones(keys.size, dtype=np.float32), n, graph.spec, info)
-
-
-# =============================================================================================
-# Input order: the written result keeps every input cell and gene
-# =============================================================================================
-
-
-def _reindex_frame(frame: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
-    out = frame.reindex(index)
-    for col in out.columns:
-        src = frame[col]
-        if src.dtype == bool:
-            out[col] = out[col].eq(True)  # cells/genes added back: False
-        elif isinstance(src.dtype, pd.CategoricalDtype):
-            out[col] = pd.Categorical(out[col], categories=src.cat.categories)
-    return out
-
-
-def _expand_rows(value: Any, rows: np.ndarray, n: int) -> Any:
-    """Rows placed at ``rows`` of an n-row array (NaN elsewhere; sparse matrices: empty rows)."""
-    if sp.issparse(value):
-        value = sp.csr_matrix(value)
-        pick = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n, value.shape[0]))
-        return (pick @ value).tocsr()
-    if isinstance(value, pd.DataFrame):
-        full = value.iloc[:0].reindex(range(n))
-        full.iloc[rows] = value.to_numpy()
-        return full
-    value = np.asarray(value)
-    dtype = value.dtype if np.issubdtype(value.dtype, np.floating) else np.float64
-    full = np.full((n, *value.shape[1:]), np.nan, dtype=dtype)
-    full[rows] = value
-    return full
-
-
-def match_input(out: anndata.AnnData, source: anndata.AnnData, prepared: Prepared) -> anndata.AnnData:
-    """The result on every input cell and gene, in the input's order (the output contract, issue 5).
-
-    ``data.prepare`` drops cells and genes without counts before training. This puts them back:
-    ``layers['counts']`` is the input's raw counts; ``layers['imputed']`` holds the model's values for
-    the modelled entries and the observed counts elsewhere (0 for dropped all-zero cells and genes);
-    X and ``layers['lognorm']`` are log1p(x · target_sum / total) with the totals ``prepare`` used
-    (identical to the prepared values on the modelled entries); obs / var ``scvgae_modelled`` mark what
-    was modelled; embeddings and other per-cell results are NaN (or missing) for cells that were not.
-    """
-    import anndata as ad
-
-    if out.n_obs == source.n_obs and out.n_vars == source.n_vars:
-        out.obs["scvgae_modelled"] = True
-        out.var["scvgae_modelled"] = True
-        return out
-    counts_from = prepared.record.get("counts_source")
-    full_counts = source.layers["counts"] if counts_from == "counts layer" else source.X
-    full_counts = sp.csr_matrix(full_counts, dtype=np.float32)
-    rows = source.obs_names.get_indexer(out.obs_names)
-    cols = source.var_names.get_indexer(out.var_names)
-    if (rows < 0).any() or (cols < 0).any():  # pragma: no cover - prepare keeps the input's names
-        raise RuntimeError("prepared cells or genes are missing from the input")
-    n, g = source.shape
-
-    # Log-normalised values everywhere, with the per-cell totals prepare used on the kept cells.
-    target = float(prepared.record["spec"].get("target_sum", 1e4))
-    totals = np.asarray(full_counts.sum(axis=1)).ravel().astype(np.float64)
-    kept_counts = sp.csr_matrix(out.layers["counts"])
-    totals[rows] = np.asarray(kept_counts.sum(axis=1)).ravel()
-    factor = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
-    lognorm = sp.diags(factor.astype(np.float32)) @ full_counts
-    lognorm = sp.csr_matrix(lognorm, dtype=np.float32)
-    np.log1p(lognorm.data, out=lognorm.data)
-
-    imputed = full_counts.toarray()
-    kept = out.layers["imputed"]
-    imputed[np.ix_(rows, cols)] = kept.toarray() if sp.issparse(kept) else np.asarray(kept)
-
-    obs = _reindex_frame(out.obs, source.obs_names)
-    for col in source.obs.columns:
-        if col not in obs:
-            obs[col] = source.obs[col]
-    obs["scvgae_modelled"] = np.isin(np.arange(n), rows)
-    var = _reindex_frame(out.var, source.var_names)
-    for col in source.var.columns:
-        if col not in var:
-            var[col] = source.var[col]
-    var["scvgae_modelled"] = np.isin(np.arange(g), cols)
-    full = ad.AnnData(
-        X=lognorm.copy(),
-        obs=obs,
-        var=var,
-        layers={"counts": full_counts, "lognorm": lognorm, "imputed": imputed.astype(np.float32)},
-        obsm={k: _expand_rows(v, rows, n) for k, v in out.obsm.items()},
-        varm={k: _expand_rows(v, cols, g) for k, v in out.varm.items()},
-        uns=dict(out.uns),
-    )
-    for key, value in out.layers.items():  # other per-entry results (e.g. the dropout probability): 0 outside
-        if key not in full.layers:
-            layer = np.zeros((n, g), dtype=np.float32)
-            layer[np.ix_(rows, cols)] = value.toarray() if sp.issparse(value) else np.asarray(value)
-            full.layers[key] = layer
-    for key, value in out.obsp.items():
-        m = _expand_rows(value, rows, n)
-        full.obsp[key] = _expand_rows(sp.csr_matrix(m).T, rows, n).T.tocsr()
-    return full
 
 
 # =============================================================================================
@@ -592,7 +313,9 @@ class ScVGAE(Model):
     paper = "Inoue, scVGAE: a ZINB-based variational graph autoencoder for scRNA-seq imputation, 2024"
     Params = ScVGAEParams
     presets = {"paper": FIXED, "legacy": LEGACY, "quick": QUICK}
+    smoke = {"model": {"hidden": 16, "decoder_hidden": 32, "epochs": 5}}
     requires_counts = True
+    keeps_input = True  # the written result holds every input cell and gene (results.match_input)
 
     def __init__(self) -> None:
         self._inputs: tuple[int, Inputs] | None = None
@@ -608,11 +331,6 @@ class ScVGAE(Model):
         names = [str(c) for c in prepared.adata.obs_names]
         return build_graph(self.inputs(prepared).x, config.graph, config.params, cell_names=names)
 
-    def match_input(
-        self, out: anndata.AnnData, source: anndata.AnnData, prepared: Prepared
-    ) -> anndata.AnnData:
-        return match_input(out, source, prepared)
-
     def train_net(self, prepared: Prepared, graph: Graph, params: ScVGAEParams, trainer: Trainer) -> Trained:
         """Build the network and run the training stage.
 
@@ -623,7 +341,7 @@ class ScVGAE(Model):
         evaluations without improvement (preset ``paper``), so training ends before the network starts
         to reproduce the zeros of its input.
         """
-        from .. import memory
+        from ... import memory
 
         p = params
         device = trainer.device
@@ -702,7 +420,7 @@ class ScVGAE(Model):
         return Trained(net, inp, edge_index, outcome, initial_state, val)
 
     @staticmethod
-    def impute(trained: Trained, output: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_out(trained: Trained, output: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(imputed counts [N, G], embedding h [N, hidden], dropout probability Π [N, G]) from an
         eval-mode pass (MODELS.md 4.6) on every observed count (validation entries included)."""
         net = trained.net
@@ -720,27 +438,49 @@ class ScVGAE(Model):
             dropout.float().cpu().numpy(),
         )
 
-    def fit(
+    @classmethod
+    def adapt(cls, config: Any, adata: Any) -> tuple[Any, str | None]:
+        """A number of clusters (k) means k-means, whatever the method says."""
+        if config.cluster.k is None or config.cluster.method == "kmeans":
+            return config, None
+        cluster = dataclasses.replace(config.cluster, method="kmeans")
+        return dataclasses.replace(
+            config, cluster=cluster
+        ), f"k = {config.cluster.k} was given, so k-means clusters."
+
+    def cluster_key(self, method: str) -> str:
+        return f"scvgae_{method}"
+
+    def train(
         self,
         prepared: Prepared,
         graph: Graph,
         params: ScVGAEParams,
         trainer: Trainer,
         *,
-        cluster,
-        label_key=None,
-    ) -> Result:
-        from .. import cluster as clustering
-        from .. import metrics
-
+        cluster: Any = None,
+        labels: Any = None,
+    ) -> None:
         p = params
-        seed = trainer.spec.seed
         trained = self.train_net(prepared, graph, p, trainer)
-        imputed, embedding, dropout = self.impute(trained, p.output)
-        outcome = trained.outcome
-        n_cells, n_genes = imputed.shape
+        imputed, embedding, dropout = self.read_out(trained, p.output)
+        self._trained, self._params, self._graph = trained, p, graph
+        self._imputed, self._embedding, self._dropout = imputed, embedding, dropout
+        # Clustering reads the imputed matrix normalised like raw counts: log1p CP10k -> PCA.
+        self._pcs = lognorm_pcs(imputed, n_pcs=p.n_pcs, seed=trainer.spec.seed)
+
+    def embed(self) -> Embedding:
+        return Embedding("X_scvgae", self._embedding, space=self._pcs, space_key="X_scvgae_pca")
+
+    def impute(self) -> Imputed:
+        extra = {"scvgae_dropout": self._dropout} if self._params.keep_dropout else {}
+        return Imputed(self._imputed, "imputed", "counts", extra_layers=extra)
+
+    def training_metrics(self) -> dict[str, Any]:
+        trained, outcome = self._trained, self._trained.outcome
+        n_cells, n_genes = self._imputed.shape
         validated = [e["validation"] for e in outcome.history if e.get("validation")]
-        result_metrics: dict[str, Any] = {
+        return {
             "epochs_run": outcome.epochs_run,
             "stopped": outcome.stopped,
             "best_epoch": outcome.best_epoch if validated else outcome.epochs_run,
@@ -750,73 +490,11 @@ class ScVGAE(Model):
             "n_cells": n_cells,
             "n_features": n_genes,
             "final_losses": outcome.history[-1]["losses"] if outcome.history else {},
-            "graph_deviations": list(graph.info.get("deviations", [])),
+            "graph_deviations": list(self._graph.info.get("deviations", [])),
         }
-        trainer.emit({"kind": "pipeline", "step": "cluster"})
 
-        # Clustering on the imputed matrix, normalised like raw counts: log1p CP10k -> PCA -> Leiden
-        # (and k-means when k is given); the UMAP is drawn from the same PCs.
-        pcs = lognorm_pcs(imputed, n_pcs=p.n_pcs, seed=seed)
-        umap_xy = clustering.umap_embedding(
-            pcs,
-            n_neighbors=cluster.n_neighbors,
-            min_dist=cluster.umap_min_dist,
-            n_epochs=cluster.umap_n_epochs,
-            seed=seed,
-        )
-        leiden_labels = clustering.leiden(
-            pcs, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed
-        )
-        obs: dict[str, Any] = {"scvgae_leiden": _categorical(leiden_labels)}
-        views: dict[str, Any] = {
-            "umap": "X_umap",
-            "clusters": "scvgae_leiden",
-            "other_clusters": [],
-            "imputed_layer": "imputed",
-            "imputed_scale": "counts",
-            "history": "history",
-        }
-        labels, method = leiden_labels, "leiden"
-        if cluster.k is not None or cluster.method == "kmeans":
-            if cluster.k is None:
-                raise ConfigError("k-means needs the number of clusters: set k.")
-            labels = clustering.kmeans(pcs, cluster.k, seed=seed, n_init=cluster.n_init)
-            method = "kmeans"
-            obs["scvgae_kmeans"] = _categorical(labels)
-            views["clusters"], views["other_clusters"] = "scvgae_kmeans", ["scvgae_leiden"]
-        truth = prepared.adata.obs[label_key].to_numpy() if label_key is not None else None
-        result_metrics.update(metrics.clustering_metrics(truth, labels, embedding=pcs, seed=seed))
-        result_metrics["cluster_method"] = method
-        # The same recipe on the observed counts, always: the app shows both, and how far they agree
-        # (label-free) says what imputation did to the cluster structure.
-        obs_pcs = lognorm_pcs(trained.inputs.counts, n_pcs=p.n_pcs, seed=seed)
-        if method == "kmeans":
-            base_labels = clustering.kmeans(obs_pcs, cluster.k, seed=seed, n_init=cluster.n_init)
-        else:
-            base_labels = clustering.leiden(
-                obs_pcs, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed
-            )
-        observed_key = f"scvgae_observed_{method}"
-        obs[observed_key] = _categorical(base_labels)
-        views["other_clusters"] = [*views["other_clusters"], observed_key]
-        agreement = metrics.clustering_metrics(base_labels, labels)
-        m = metrics.clustering_metrics(truth, base_labels, seed=seed)
-        result_metrics["observed_counts"] = {
-            k: m[k] for k in ("ari", "nmi", "n_clusters") if m.get(k) is not None
-        }
-        result_metrics["agreement_with_observed"] = {"ari": agreement["ari"], "nmi": agreement["nmi"]}
-        note = observed_clusters_note(method, labels, base_labels, agreement["ari"])
-        if note:
-            result_metrics.setdefault("notes", []).append(note)
-        if truth is not None:
-            scores = {"leiden": leiden_labels}
-            if method == "kmeans":
-                scores["kmeans"] = labels
-            for name, lab in scores.items():
-                m = metrics.clustering_metrics(truth, lab, seed=seed)
-                result_metrics[name] = {k: m[k] for k in ("ari", "nmi", "n_clusters")}
-
-        history = pd.DataFrame(
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(
             [
                 {
                     "epoch": e["epoch"],
@@ -824,29 +502,47 @@ class ScVGAE(Model):
                     **e["losses"],
                     "val_log_error": (e.get("validation") or {}).get("val_log_error", np.nan),
                 }
-                for e in outcome.history
+                for e in self._trained.outcome.history
             ]
         )
-        uns = {
-            "history": history,
-            "imputed_output": p.output,
-            "imputed_description": {
-                "mean": "expected counts s_i * M_ij (NB mean; technical dropout zeros removed)",
-                "zinb_mean": "expected counts (1 - pi_ij) * s_i * M_ij (ZINB mean)",
-                "reconstruction": "decoder output X^ squared times s_i (paper-era output)",
-            }[p.output],
-            "cluster_method": method,
-        }
-        return Result(
-            model=self.name,
-            embedding_key="X_scvgae",
-            obs=obs,
-            obsm={"X_scvgae": embedding, "X_scvgae_pca": pcs, "X_umap": umap_xy},
-            layers={"imputed": imputed, **({"scvgae_dropout": dropout} if p.keep_dropout else {})},
-            uns=uns,
-            metrics=result_metrics,
-            weights={k: v.detach().cpu() for k, v in trained.net.state_dict().items()},
-            views=views,
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.detach().cpu() for k, v in self._trained.net.state_dict().items()}
+
+    def report(self, analysis: Any) -> Report:
+        """The same clustering of the observed counts, and how far it agrees with the imputed one."""
+        from ... import cluster as clustering
+        from ... import metrics
+
+        p, cluster, seed = self._params, analysis.cluster, analysis.seed
+        method, labels, truth = analysis.method, analysis.labels, analysis.truth
+        obs_pcs = lognorm_pcs(self._trained.inputs.counts, n_pcs=p.n_pcs, seed=seed)
+        if method == "kmeans":
+            base_labels = clustering.kmeans(obs_pcs, cluster.k, seed=seed, n_init=cluster.n_init)
+        else:
+            base_labels = clustering.leiden(
+                obs_pcs, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed
+            )
+        key = f"scvgae_observed_{method}"
+        agreement = metrics.clustering_metrics(base_labels, labels)
+        m = metrics.clustering_metrics(truth, base_labels, seed=seed)
+        note = observed_clusters_note(method, labels, base_labels, agreement["ari"])
+        return Report(
+            obs={key: _categorical(base_labels)},
+            other_clusters=[key],
+            metrics={
+                "observed_counts": {k: m[k] for k in ("ari", "nmi", "n_clusters") if m.get(k) is not None},
+                "agreement_with_observed": {"ari": agreement["ari"], "nmi": agreement["nmi"]},
+            },
+            notes=[note] if note else [],
+            uns={
+                "imputed_output": p.output,
+                "imputed_description": {
+                    "mean": "expected counts s_i * M_ij (NB mean; technical dropout zeros removed)",
+                    "zinb_mean": "expected counts (1 - pi_ij) * s_i * M_ij (ZINB mean)",
+                    "reconstruction": "decoder output X^ squared times s_i (paper-era output)",
+                }[p.output],
+            },
         )
 
 

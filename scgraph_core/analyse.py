@@ -1,0 +1,295 @@
+"""Everything after training, the same for every model: the drawn UMAP, the clusters, their scores, the
+attention and gene-weight export, imputed layers, predictions and the views manifest.
+
+A model answers questions (:class:`scgraph_core.models.base.Model`: ``embed``, ``clusters``,
+``attention``, ``gene_weights``, ...); :func:`analyse` asks them in one order and builds the
+:class:`~scgraph_core.results.Result` the pipeline writes. What only one model knows comes back from its
+``report`` hook and is added last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import interpret, metrics
+from .params import to_dict
+from .results import Result
+
+if TYPE_CHECKING:
+    from .cluster import ClusterParams
+    from .data import Prepared
+    from .models.base import Embedding, Model
+
+
+@dataclass
+class Analysis:
+    """What the shared analysis found, handed to the model's ``report`` hook."""
+
+    prepared: Prepared
+    cluster: ClusterParams
+    seed: int
+    embedding: Embedding
+    labels: np.ndarray  # the reported clustering, -1 = noise
+    method: str
+    truth: np.ndarray | None
+    umap: np.ndarray
+    obs: dict[str, Any] = field(default_factory=dict)
+    obsm: dict[str, Any] = field(default_factory=dict)
+    obsp: dict[str, Any] = field(default_factory=dict)
+    varm: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, Any] = field(default_factory=dict)
+    uns: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, Any] = field(default_factory=dict)
+
+
+def cluster_categories(labels: np.ndarray) -> pd.Categorical:
+    """Cluster labels as obs categories: '0', '1', ... in numeric order, 'noise' (label -1) last."""
+    labels = np.asarray(labels)
+    found = sorted(int(v) for v in np.unique(labels) if v >= 0)
+    names = [str(v) for v in found] + (["noise"] if (labels < 0).any() else [])
+    return pd.Categorical([("noise" if v < 0 else str(int(v))) for v in labels], categories=names)
+
+
+def analyse(
+    model: Model,
+    prepared: Prepared,
+    cluster: ClusterParams,
+    *,
+    seed: int,
+    label_key: str | None = None,
+    emit: Callable[[dict], None] = lambda event: None,
+) -> Result:
+    """The result of a trained ``model``: layout, clusters, scores, interpretation, views."""
+    from . import cluster as clustering
+
+    started = time.perf_counter()
+    emb = model.embed()
+    space = emb.analysed
+    truth = prepared.adata.obs[label_key].to_numpy() if label_key is not None else None
+    emit({"kind": "pipeline", "step": "cluster"})
+
+    # A 2-D UMAP of what is analysed, to draw.
+    umap_xy = clustering.umap_embedding(
+        space,
+        n_neighbors=cluster.n_neighbors,
+        min_dist=cluster.umap_min_dist,
+        n_epochs=cluster.umap_n_epochs,
+        seed=seed,
+    )
+    own = model.clusters()
+    a = Analysis(
+        prepared=prepared,
+        cluster=cluster,
+        seed=seed,
+        embedding=emb,
+        labels=np.empty(0, dtype=np.int64),
+        method="",
+        truth=truth,
+        umap=umap_xy,
+    )
+    a.metrics.update(model.training_metrics())
+    a.obsm[emb.key] = np.asarray(emb.values, dtype=np.float32)
+    a.obsm.update(emb.extra)
+    if emb.space is not None and emb.space_key:
+        a.obsm[emb.space_key] = emb.space
+    a.obsm["X_umap"] = umap_xy
+    a.views.update(umap="X_umap", other_clusters=[])
+
+    scored_on = space  # where silhouettes are computed
+    others: dict[str, np.ndarray] = {}
+    if own is not None:
+        labels, method = np.asarray(own.labels, dtype=np.int64), own.method
+        if own.probabilities is not None:
+            key = own.probability_key or f"{model.name}_q"
+            a.obsm[key] = own.probabilities
+            a.views["probabilities"] = key
+            a.views["probability_names"] = [str(c) for c in range(own.probabilities.shape[1])]
+    else:
+        # The configured method; HDBSCAN on the drawn UMAP itself when asked for a 2-D UMAP with the
+        # drawing's min_dist (the paper's recipe), else on its own UMAP or on the embedding.
+        on_drawing = cluster.cluster_umap_dims == 2 and cluster.cluster_umap_min_dist == cluster.umap_min_dist
+        found = clustering.cluster_embedding(
+            space,
+            umap_coords=umap_xy if (on_drawing and cluster.method == "hdbscan") else None,
+            umap_label=f"the drawn 2-D UMAP (min_dist {cluster.umap_min_dist:g}, seed {seed})",
+            seed=seed,
+            **to_dict(cluster),
+        )
+        labels, method = np.asarray(found.labels, dtype=np.int64), found.method
+        grid = found.grid
+        if found.coords is not None:
+            scored_on = umap_xy  # silhouettes on the drawn UMAP when HDBSCAN ran on a UMAP (as the paper)
+        a.uns["cluster_method"] = method
+        a.uns["cluster_rule"] = found.info.get("rule", method)
+        a.metrics["cluster_rule"] = a.uns["cluster_rule"]
+        if grid is not None:
+            a.tables["hdbscan_grid"] = pd.DataFrame(grid.runs)
+            a.uns["hdbscan_chosen"] = int(grid.chosen)
+            a.uns["hdbscan_select"] = grid.select
+            # What HDBSCAN clustered (obsm key), so the grid's labelings can be reproduced or redrawn.
+            if found.coords is None:
+                a.uns["cluster_space"] = emb.key
+            else:
+                a.uns["cluster_space"] = "X_umap" if on_drawing else "X_umap_cluster"
+                if not on_drawing:
+                    a.obsm["X_umap_cluster"] = np.asarray(found.coords, dtype=np.float32)
+            a.obsm[f"{model.name}_hdbscan_grid"] = grid.labels.T.astype(np.int32)
+            a.metrics["hdbscan_chosen"] = dict(grid.chosen_run)
+            if truth is not None:
+                best = clustering.best_with_labels(grid, truth)
+                best_scores = metrics.clustering_metrics(
+                    truth, grid.labels[best], embedding=scored_on, seed=seed
+                )
+                # Picked with the labels: reported only next to the label-free choice.
+                a.metrics["hdbscan_best_with_labels"] = {
+                    "ari": best_scores["ari"],
+                    "nmi": best_scores["nmi"],
+                    **grid.runs[best],
+                }
+        if method != "leiden":  # Leiden on the same space, always at hand for comparison
+            others["leiden"] = clustering.leiden(
+                space, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed
+            )
+    a.labels, a.method = labels, method
+    main_key = model.cluster_key(method)
+    a.obs[main_key] = cluster_categories(labels)
+    a.views["clusters"] = main_key
+    for name, other in others.items():
+        key = f"{model.name}_{name}"
+        a.obs[key] = cluster_categories(other)
+        a.views["other_clusters"].append(key)
+    a.metrics.update(
+        metrics.clustering_metrics(
+            truth, labels, embedding=scored_on, silhouette_sample=cluster.silhouette_sample, seed=seed
+        )
+    )
+    a.metrics["cluster_method"] = method
+    if truth is not None:
+        for name, lab in {method: labels, **others}.items():
+            m = metrics.clustering_metrics(truth, lab, embedding=None, seed=seed)
+            a.metrics[name] = {k: m[k] for k in ("ari", "nmi", "n_clusters")}
+
+    emit({"kind": "pipeline", "step": "interpret"})
+    _attention(model, prepared, a)
+    _gene_weights(model, prepared, a)
+    imputed = model.impute()
+    if imputed is not None:
+        a.layers[imputed.layer] = imputed.values
+        a.layers.update(imputed.extra_layers)
+        a.views["imputed_layer"] = imputed.layer
+        a.views["imputed_scale"] = imputed.scale
+    proba = model.predict_proba()
+    if proba is not None:
+        a.obsm[proba.key] = proba.values
+        a.views["probabilities"] = proba.key
+        a.views["probability_names"] = list(proba.classes)
+    history = model.history()
+    if history is not None:
+        a.tables["history"] = history
+        a.views["history"] = "history"
+
+    report = model.report(a)
+    a.obs.update(report.obs)
+    a.obsm.update(report.obsm)
+    a.uns.update(report.uns)
+    a.tables.update(report.tables)
+    a.metrics.update(report.metrics)
+    a.views["other_clusters"] = [*report.other_clusters, *a.views["other_clusters"]]
+    notes = [*report.notes, *a.metrics.get("notes", [])]
+    if notes:
+        a.metrics["notes"] = notes
+    seconds = time.perf_counter() - started
+    a.metrics["seconds_analysis"] = seconds
+    a.metrics["seconds_export"] = seconds  # the name earlier runs used
+    return Result(
+        model=model.name,
+        embedding_key=emb.key,
+        obs=a.obs,
+        obsm=a.obsm,
+        obsp=a.obsp,
+        varm=a.varm,
+        layers=a.layers,
+        uns=a.uns,
+        tables=a.tables,
+        metrics=a.metrics,
+        weights=model.state_dict(),
+        views=a.views,
+    )
+
+
+def _attention(model: Model, prepared: Prepared, a: Analysis) -> None:
+    """Each attention layer as obsp (mean and std over heads; row = target, column = source), per-head
+    values in uns, per-cell overlays in obs and the strongest edges in a table."""
+    maps = model.attention()
+    if not maps:
+        return
+    n = prepared.adata.n_obs
+    names = prepared.adata.obs_names.to_numpy()
+    a.uns["attention"], a.views["attention"] = {}, {}
+    top: list[pd.DataFrame] = []
+    for att in maps:
+        ei = np.asarray(att.edge_index, dtype=np.int64)
+        alpha = np.asarray(att.alpha, dtype=np.float32)
+        if alpha.ndim == 1:
+            alpha = alpha[:, None]
+        mean, std = interpret.head_summary(alpha)
+        key = f"{model.name}_attention_{att.name}"
+        a.obsp[key] = sp.csr_matrix((mean, (ei[1], ei[0])), shape=(n, n))
+        a.obsp[f"{key}_std"] = sp.csr_matrix((std, (ei[1], ei[0])), shape=(n, n))
+        a.uns["attention"][att.name] = {"edge_index": ei.astype(np.int32), "alpha": alpha, **att.uns_extra}
+        for suffix, values in att.node_values.items():
+            a.obs[f"{key}{suffix}"] = values
+        a.views["attention"][att.name] = {
+            "obsp": key,
+            "obsp_std": f"{key}_std",
+            "heads": int(alpha.shape[1]),
+            "kind": att.kind,
+            **({"node_obs": key} if "" in att.node_values else {}),
+            **att.view_extra,
+        }
+        if att.top_edges:
+            edges = interpret.top_edges(ei, alpha, n=att.top_edges)
+            edges.insert(0, "layer", att.name)
+            edges["source_cell"], edges["target_cell"] = names[edges["source"]], names[edges["target"]]
+            top.append(edges)
+    a.views["attention_layers"] = [att.name for att in maps]
+    if top:
+        a.tables["attention_top_edges"] = pd.concat(top, ignore_index=True)
+
+
+def _gene_weights(model: Model, prepared: Prepared, a: Analysis) -> None:
+    """P_mu / P_sigma over all prepared genes (NaN for genes the model did not read), the marker table
+    per cluster, the top genes per latent dimension and how clusters use each dimension."""
+    weights = model.gene_weights()
+    if weights is None:
+        return
+    genes = list(weights.feature_genes)
+    pos = prepared.adata.var_names.get_indexer(genes)
+    latent = weights.p_mu.shape[1]
+    slots = {"P_mu": weights.p_mu, "P_sigma": weights.p_sigma}
+    for key, matrix in slots.items():
+        if matrix is None:
+            continue
+        full = np.full((prepared.adata.n_vars, latent), np.nan, dtype=np.float32)
+        full[pos] = matrix
+        a.varm[key] = full
+    a.views["gene_weights"] = {k: k for k, v in slots.items() if v is not None}
+    emb = a.embedding.values
+    a.tables["marker_genes"] = interpret.top_genes(
+        weights.p_mu, genes, emb, a.labels, n_genes=weights.n_markers
+    )
+    a.tables["top_genes_per_dimension"] = interpret.top_genes_per_dimension(
+        weights.p_mu, genes, n_genes=weights.n_markers
+    )
+    a.tables["latent_participation"] = interpret.latent_participation(emb, a.labels).reset_index()
+    a.uns["feature_genes"] = np.asarray(genes, dtype=object)
+    a.views["marker_table"] = "marker_genes"
