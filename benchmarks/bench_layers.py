@@ -49,12 +49,16 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from cellvgae_baseline import baseline_model, baseline_step  # noqa: E402
 
+from scgraph_core import pipeline  # noqa: E402
 from scgraph_core.models.cellvgae import CellVGAENet  # noqa: E402
 from scgraph_core.nn.losses import edge_reconstruction_loss, kl_divergence  # noqa: E402
 
-PRESET = dict(hidden=(128, 128), heads=(10, 10, 10, 10), attn_dropout=(0.4, 0.4, 0.2, 0.2), latent=50)
-N_GENES = 250
-K_NEIGHBOURS = 5
+# The paper preset, read from the model's own presets (one place for every default).
+_PAPER = pipeline.resolve_config("cellvgae", "paper")
+PRESET = {name: getattr(_PAPER.params, name) for name in ("hidden", "heads", "attn_dropout", "latent")}
+LR = _PAPER.params.lr
+N_GENES = _PAPER.prepare.n_hvg
+K_NEIGHBOURS = _PAPER.graph.k
 IMPLS = ("baseline", "fp32", "bf16")
 
 
@@ -170,13 +174,13 @@ def worker(impl: str, inputs: Path, steps: int, warmup: int, threads: int | None
     n = x.size(0)
     if impl == "baseline":
         model = baseline_model(N_GENES, **PRESET)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
 
         def step() -> float:
             return baseline_step(model, opt, x, edge_index, pos)
     else:
         net = CellVGAENet(N_GENES, conv="gat", **PRESET)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        opt = torch.optim.Adam(net.parameters(), lr=LR)
 
         def step() -> float:
             return lean_step(net, opt, x, edge_index, pos, bf16=impl == "bf16")
@@ -345,7 +349,7 @@ def training_check(epochs: int, threads: int | None) -> dict | None:
     for name, bf16 in (("fp32", False), ("bf16", True)):
         torch.manual_seed(0)
         net = CellVGAENet(N_GENES, conv="gat", **PRESET)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        opt = torch.optim.Adam(net.parameters(), lr=LR)
         gen_train = torch.Generator().manual_seed(1)
         losses = []
         t0 = time.perf_counter()

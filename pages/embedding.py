@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from scgraph_app import cache, state, ui
-from scgraph_core import de, interpret, plots
+from scgraph_core import de, interpret, params, plots, train
 
 ui.header(
     "Embedding",
@@ -406,7 +406,9 @@ with ui.guard("re-clustering"):
                 help="Higher resolution gives more, smaller clusters.",
             )
             options = {"resolution": res}
-        seed = int((run.config.get("train") or {}).get("seed", 0))
+        seed = int(
+            (run.config.get("train") or {}).get("seed", params.info_of(train.TrainSpec, "seed").default)
+        )
         if st.button("Cluster", type="primary", key="rc_go", icon=":material/bubble_chart:"):
             spec = {"method": method, "options": {**options, "seed": seed}}
             found = cache.recluster(path, stamp, method, json.dumps(spec["options"], sort_keys=True))

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from scgraph_app import cache, ui
-from scgraph_core import interpret, plots
+from scgraph_core import imputation, interpret, plots
 
 ui.header(
     "Imputation",
@@ -34,8 +34,7 @@ if layer not in adata.layers:
     )
     st.stop()
 # Compare like with like: expected counts against the raw counts, other scales against X.
-observed_layer = "counts" if scale == "counts" and "counts" in adata.layers else None
-observed_name = "raw counts" if observed_layer else "X (log-normalised)"
+observed_layer, observed_name = imputation.observed_layer(adata, scale)
 label_key = (run.config or {}).get("label_key")
 label_key = label_key if label_key in adata.obs else None
 
@@ -77,23 +76,24 @@ with ui.guard("the gene choice"):
 
 with ui.guard("the observed and imputed plots"):
     coords = cache.layout(run, adata)
-    zeros = observed == 0
+    stats = imputation.imputation_stats(observed, imputed)
     k = st.columns(4)
     k[0].metric(
         "cells at 0 before",
-        f"{zeros.mean():.0%}",
+        f"{stats.zero_fraction:.0%}",
         help=f"Share of cells where the {observed_name} value is 0.",
     )
     k[1].metric(
         "mean imputed at those zeros",
-        f"{imputed[zeros].mean():.3g}" if zeros.any() else "-",
+        f"{stats.mean_at_zeros:.3g}" if np.isfinite(stats.mean_at_zeros) else "-",
         help=f"The model's average value ({scale or 'its scale'}) in the cells where nothing was measured.",
     )
-    k[2].metric("mean imputed elsewhere", f"{imputed[~zeros].mean():.3g}" if (~zeros).any() else "-")
-    r = np.corrcoef(observed, imputed)[0, 1] if observed.std() > 0 and imputed.std() > 0 else float("nan")
+    k[2].metric(
+        "mean imputed elsewhere", f"{stats.mean_elsewhere:.3g}" if np.isfinite(stats.mean_elsewhere) else "-"
+    )
     k[3].metric(
         "correlation",
-        f"{r:.2f}" if np.isfinite(r) else "-",
+        f"{stats.correlation:.2f}" if np.isfinite(stats.correlation) else "-",
         help="Pearson r of observed and imputed values across cells.",
     )
     lo = float(min(show_obs.min(), show_imp.min())) if same else None

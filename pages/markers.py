@@ -8,7 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from scgraph_app import cache, ui
-from scgraph_core import de, interpret, plots
+from scgraph_core import data, de, interpret, params, plots
+from scgraph_core import markers as mk
 
 ui.header(
     "Markers",
@@ -24,6 +25,7 @@ def gene_weight_section() -> None:
     model = views.get("model", "")
     clusters_key = views.get("clusters")
     available = [k for k in ("P_mu", "P_sigma") if interpret.gene_weight_matrix(adata, k) is not None]
+    kept = mk.genes_per_dimension(run.config, model)
 
     with ui.guard("the marker settings"):
         c = st.columns([1, 1, 2])
@@ -38,9 +40,9 @@ def gene_weight_section() -> None:
             "Genes per dimension",
             5,
             100,
-            15,
+            kept,
             key="mk_n",
-            help="Top genes kept per latent dimension (15 in the paper's recipe).",
+            help=f"Top genes kept per latent dimension ({kept} in this run's settings).",
         )
         weights, genes = interpret.gene_weight_matrix(adata, which)
         c[2].caption(
@@ -56,27 +58,13 @@ def gene_weight_section() -> None:
         ]
     )
 
-    stored_name = views.get("marker_table")
-    stored = None
-    if (
-        which == "P_mu"
-        and stored_name
-        and int(n_genes) == int((run.config.get("model_params") or {}).get("marker_genes", 15))
-    ):
-        stored = (adata.uns.get(model, {}) or {}).get(stored_name)
-    markers = (
-        pd.DataFrame(stored)
-        if stored is not None
-        else cache.cluster_markers(path, stamp, which, int(n_genes))
-    )
-    if not markers.empty:
-        markers = markers.assign(cluster=markers["cluster"].astype(str))
+    markers = cache.cluster_markers(run, which, int(n_genes))
 
     with tab_cluster, ui.guard("the marker table"):
         if markers.empty:
             st.info("No cluster drives a latent dimension strongly enough to name markers for it.")
         else:
-            clusters = sorted(markers["cluster"].unique(), key=plots._natural_key)
+            clusters = mk.cluster_order(markers["cluster"])
             sizes = (
                 adata.obs[clusters_key].astype(str).value_counts()
                 if clusters_key in adata.obs
@@ -438,12 +426,15 @@ def gene_search(result: de.DEResult, groupby: str) -> None:
     means, fractions = de.group_expression(adata, groupby, [gene], groups=result.groups)
     st.plotly_chart(plots.dot_plot_figure(means, fractions), width="stretch", key="de_gene_dot")
     if input_genes is not None and gene not in set(input_genes):
+        hvg = params.info_of(data.PrepareSpec, "n_hvg")
         st.info(
             f"**{ui.md(gene)}** is not among the model's {len(input_genes):,} input genes (the highly variable "
             "genes chosen before training), so the model never saw it and it has no gene weights (P_mu). "
             "Its differential expression here uses all genes. To include it in the model, train a new run "
-            "with more highly variable genes: raise **n_hvg** (Model & graph page, data preparation) until "
-            "it is selected, or set it to 0 to use every gene.",
+            f"with more highly variable genes: raise **{ui.md(hvg.label[0].upper() + hvg.label[1:])}** "
+            f"({hvg.name}, command line `{hvg.flag}`; Model & graph page, Cell graph tab) until it is selected, "
+            "or set it to 0 to use "
+            "every gene.",
             icon=":material/info:",
         )
     elif input_genes is not None and views.get("gene_weights"):

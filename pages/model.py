@@ -176,23 +176,6 @@ if resolved is not None:
                 )
 
     with ui.guard("the estimate"):
-        from scgraph_core import train
-
-        device_name = resolved.train.device
-        device = (
-            train.resolve_device(device_name).type
-            if device_name != "auto"
-            else train.resolve_device("auto").type
-        )
-        precision = (
-            "fp32"
-            if resolved.train.precision == "fp32"
-            else (
-                "bf16"
-                if (device == "cuda" or resolved.train.precision == "bf16" or train.cpu_supports_bf16())
-                else "fp32"
-            )
-        )
         calibration = None
         try:
             with st.spinner("Timing a few training steps of this model on this machine..."):
@@ -207,8 +190,6 @@ if resolved is not None:
             n_edges=preview["stats"]["n_edges"] if preview else None,
             graph_seconds=preview["seconds"] if preview else None,
             calibration=calibration,
-            device=device,
-            precision=precision,
         )
         st.subheader("Estimate")
         c = st.columns(4)
@@ -249,7 +230,9 @@ if resolved is not None:
             key="estimate_parts",
         )
         label = ":material/warning: rough estimate" if est.rough else ":material/straighten: measured basis"
-        st.caption(f"{label}: {ui.md(est.basis)} on {est.device} ({precision}). A busy machine is slower.")
+        st.caption(
+            f"{label}: {ui.md(est.basis)} on {est.device} ({est.precision}). A busy machine is slower."
+        )
         for note in est.notes:
             st.caption(f":material/info: {ui.md(note)}")
 

@@ -205,10 +205,9 @@ def rank_genes(
 ) -> pd.DataFrame:
     adata = _load_result(path, stamp)
     interpret.result_views(adata)
-    genes = None
-    if feature_only:
-        found = interpret.gene_weight_matrix(adata, "P_mu")
-        genes = found[1] if found is not None else None
+    from scgraph_core import markers
+
+    genes = markers.reference_genes(adata, feature_only)
     return interpret.rank_genes_markers(adata, groupby, n_genes=n_genes, method=method, genes=genes)
 
 
@@ -222,21 +221,21 @@ def per_dimension(path: str, stamp: float, which: str, n_genes: int) -> pd.DataF
 
 
 @st.cache_data(max_entries=16, show_spinner="Finding marker genes from the gene weights...")
-def cluster_markers(path: str, stamp: float, which: str, n_genes: int) -> pd.DataFrame:
-    """Marker genes per cluster from P_mu or P_sigma (MODELS.md 1.6), on the run's reported clusters."""
-    adata = _load_result(path, stamp)
-    views = interpret.result_views(adata)
-    found = interpret.gene_weight_matrix(adata, which)
-    if found is None or views.get("clusters") not in adata.obs:
-        return pd.DataFrame(columns=["cluster", "gene", "appearances", "score", "dimensions"])
-    labels = adata.obs[views["clusters"]].astype(str).to_numpy()
-    names = sorted(set(labels) - {"noise"}, key=plots._natural_key)
-    code_of = {name: i for i, name in enumerate(names)}
-    codes = np.array([code_of.get(v, -1) for v in labels], dtype=np.int64)
-    emb = np.asarray(adata.obsm[views["embedding"]])
-    table = interpret.top_genes(found[0], found[1], emb, codes, n_genes=n_genes)
-    table["cluster"] = [names[int(c)] for c in table["cluster"]]
-    return table
+def _cluster_markers(path: str, stamp: float, which: str, n_genes: int, config_json: str) -> pd.DataFrame:
+    from scgraph_core import markers
+
+    return markers.cluster_markers(
+        _load_result(path, stamp), which, n_genes, config=json.loads(config_json) or None
+    )
+
+
+def cluster_markers(run: Run, which: str, n_genes: int) -> pd.DataFrame:
+    """Marker genes per cluster from P_mu or P_sigma (``markers.cluster_markers``: the run's stored table
+    when it answers, else computed on the run's reported clusters)."""
+    config = {k: (run.config or {}).get(k) for k in ("model", "model_params")}
+    return _cluster_markers(
+        str(run.path), result_stamp(run), which, int(n_genes), json.dumps(config, sort_keys=True, default=str)
+    )
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

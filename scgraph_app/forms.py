@@ -17,59 +17,10 @@ from scgraph_core import params
 
 from . import state
 
-# Friendlier labels for parameters whose schema gives none (the schema's own label wins).
-LABELS: dict[str, str] = {
-    "lr": "learning rate",
-    "conv": "graph layer",
-    "hidden": "hidden layer sizes",
-    "heads": "attention heads",
-    "attn_dropout": "attention dropout",
-    "feature_dropout": "feature dropout",
-    "latent": "latent dimensions",
-    "regularizer": "prior term",
-    "kl_weight": "KL weight",
-    "variance": "variance reading",
-    "expr_decoder": "expression decoder size",
-    "expr_weight": "expression loss weight",
-    "dec_guard": "DEC guard (largest ZINB rise)",
-    "val_fraction": "validation edges (share)",
-    "test_fraction": "test edges (share)",
-    "attention": "export attention",
-    "marker_genes": "marker genes per dimension",
-    "seed": "random seed",
-    "eval_every": "evaluate every (epochs)",
-    "patience": "early-stop patience",
-    "restore_best": "finish with the best checkpoint",
-    "deterministic": "deterministic algorithms",
-    "threads": "CPU threads",
-    "normalize": "normalisation",
-    "target_sum": "total per cell after normalising",
-    "n_hvg": "model genes (HVG)",
-    "n_graph_genes": "graph genes (KHVG)",
-    "hvg_flavor": "HVG method",
-    "scale": "feature scaling",
-    "max_value": "clip z-scores at",
-    "min_genes_per_cell": "min genes per cell",
-    "min_cells_per_gene": "min cells per gene",
-    "method": "clustering method",
-    "space": "HDBSCAN runs on",
-    "min_samples": "HDBSCAN min samples",
-    "max_noise": "largest noise share",
-    "refine": "split large clusters",
-    "assign_noise": "assign noise cells",
-    "n_neighbors": "neighbours (UMAP, Leiden)",
-    "resolution": "Leiden resolution",
-    "n_init": "k-means restarts",
-}
-SECTION_LABELS: dict[tuple[str, str], str] = {("cluster", "k"): "k-means clusters"}
 
-
-def _label(section: str, info: params.ParamInfo) -> str:
-    if info.label != info.name.replace("_", " "):
-        text = info.label  # the schema named it
-    else:
-        text = SECTION_LABELS.get((section, info.name)) or LABELS.get(info.name) or info.label
-    return text[0].upper() + text[1:]
+def _label(info: params.ParamInfo) -> str:
+    """The parameter's label (``params.describe`` reads the declaration, else ``params.LABELS``)."""
+    return info.label[0].upper() + info.label[1:]
 
 
 def _shown(value: Any) -> str:
@@ -80,7 +31,19 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _help(info: params.ParamInfo, base: Any) -> str:
+def _flag(section: str, info: params.ParamInfo) -> str:
+    """The ``train`` command's flag for this setting (``--graph-seed``, ``--cluster-k``: prefixed where the
+    plain name belongs to another section)."""
+    from scgraph_core.__main__ import flag_of
+    from scgraph_core.errors import ConfigError
+
+    try:
+        return flag_of(state.config_state()["model"], section, info.name)
+    except ConfigError:  # an unknown model in a stale session: the plain flag
+        return info.flag
+
+
+def _help(info: params.ParamInfo, base: Any, flag: str | None = None) -> str:
     parts = [info.help[0].upper() + info.help[1:] if info.help else info.name]
     parts.append(f"Preset value: {_shown(base) or 'empty'}.")
     if info.min is not None or info.max is not None:
@@ -89,7 +52,7 @@ def _help(info: params.ParamInfo, base: Any) -> str:
         parts.append(f"Allowed: {lo}{hi}".strip() + ".")
     if info.optional:
         parts.append("Leave empty for the default behaviour.")
-    parts.append(f"Command line: `{info.flag}`.")
+    parts.append(f"Command line: `{flag or info.flag}`.")
     return " ".join(parts)
 
 
@@ -179,10 +142,10 @@ def _grid(
 def _widget(info: params.ParamInfo, section: str, base: Any, over: dict[str, Any], key: str) -> None:
     current = over.get(info.name, base)
     wkey = f"form:{key}:{section}:{info.name}"
-    label = _label(section, info)
+    label = _label(info)
     kwargs = {
         "key": wkey,
-        "help": _help(info, base),
+        "help": _help(info, base, _flag(section, info)),
         "on_change": _store,
         "args": (section, info.name, wkey, base, info.kind, info.optional),
     }

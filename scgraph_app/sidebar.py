@@ -28,7 +28,7 @@ def device_line() -> str:
     if device.type == "mps":
         return "Apple GPU (MPS)"
     cores = os.cpu_count() or 1
-    bf16 = "bfloat16 available" if train.cpu_supports_bf16() else "float32"
+    bf16 = "bfloat16 available" if train.precision_name("auto", device) == "bf16" else "float32"
     return f"CPU, {cores} core{'s' if cores != 1 else ''} ({bf16}); no GPU found"
 
 

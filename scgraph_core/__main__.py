@@ -7,6 +7,7 @@ traceback is shown unless ``SCGRAPH_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -377,6 +378,23 @@ def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
     w.set_defaults(func=cmd_work)
 
 
+@functools.lru_cache(maxsize=16)
+def train_flags(model: str) -> dict[str, str]:
+    """The train parser's flag of every setting of ``model``: dest (``name`` or ``section.name`` where the
+    section's flag is prefixed, e.g. ``graph.seed`` -> ``--graph-seed``) -> flag."""
+    parser = build_parser(["train", "--model", model])
+    train = next(
+        a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train")
+    )
+    return {a.dest: a.option_strings[0] for a in train._actions if a.option_strings}
+
+
+def flag_of(model: str, section: str, name: str) -> str:
+    """The ``train`` command's flag for ``section``'s parameter ``name`` of ``model``."""
+    flags = train_flags(model)
+    return flags.get(f"{section}.{name}") or flags.get(name) or "--" + name.replace("_", "-")
+
+
 def command_line(record: dict) -> str:
     """The ``python -m scgraph_core train`` command that reproduces a run's configuration (config.json).
 
@@ -388,11 +406,7 @@ def command_line(record: dict) -> str:
     from . import pipeline
 
     model, preset = record["model"], record.get("preset", "paper")
-    parser = build_parser(["train", "--model", model])
-    train = next(
-        a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train")
-    )
-    flags = {a.dest: a.option_strings[0] for a in train._actions if a.option_strings}
+    flags = dict(train_flags(model))
     base = pipeline.resolve_config(model, preset).to_dict()
     source = record.get("input") or {}
     words = ["python", "-m", "scgraph_core", "train", "--model", model, "--preset", preset]
@@ -408,7 +422,7 @@ def command_line(record: dict) -> str:
             if value == base[key].get(name) or value is None:
                 continue
             flag = flags.get(f"{section}.{name}") or flags.get(name)
-            if flag is None or flag in words:  # a shared flag (--seed) is written once
+            if flag is None or flag in words:
                 continue
             if isinstance(value, (list, tuple)):
                 value = ",".join(str(v) for v in value)

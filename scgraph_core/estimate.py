@@ -124,6 +124,7 @@ class Estimate:
     peak_memory_mb: float
     rough: bool
     basis: str
+    precision: str = "fp32"  # what the run computes in: "bf16" or "fp32" (train.precision_name)
     parts: list[StageTime] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -287,8 +288,8 @@ def estimate(
     n_edges: int | None = None,
     graph_seconds: float | None = None,
     calibration: Calibration | None = None,
-    device: str = "cpu",
-    precision: str = "bf16",
+    device: str | None = None,
+    precision: str | None = None,
 ) -> Estimate:
     """Estimate time and memory for ``config`` (a :class:`~scgraph_core.pipeline.RunConfig`) on ``n_cells``.
 
@@ -296,8 +297,17 @@ def estimate(
     calibration, else ``config.prepare.n_hvg`` with 0 meaning all genes); ``n_edges``: the graph's stored
     edges; ``graph_seconds``: the measured build time of the full-size graph (the page's preview);
     ``calibration``: from :func:`calibrate` on the same data and settings. Without a calibration the
-    result is rough.
+    result is rough. ``device`` and ``precision`` (what the run computes in, "bf16" or "fp32") default to
+    what the run will use: :func:`~scgraph_core.train.resolve_device` and
+    :func:`~scgraph_core.train.precision_name` on ``config.train``; a calibration's own win.
     """
+    from . import params
+    from .train import precision_name, resolve_device
+
+    if device is None:
+        device = resolve_device(config.train.device).type
+    if precision is None:
+        precision = precision_name(config.train.precision, device)
     n_cells = max(1, int(n_cells))
     genes = int(n_genes) if n_genes else int(config.prepare.n_hvg or 2000)
     if n_features:
@@ -417,9 +427,11 @@ def estimate(
 
     warnings = []
     if features > MANY_GENES:
+        label = params.info_of(type(config.prepare), "n_hvg").label
+        hvg_label = label[0].upper() + label[1:]
         warnings.append(
             f"The model reads all {features:,} genes (n_hvg = {config.prepare.n_hvg}): every epoch and the "
-            f"memory grow with cells x genes ({n_cells:,} x {features:,}). Setting 'Highly variable genes' "
+            f"memory grow with cells x genes ({n_cells:,} x {features:,}). Setting '{hvg_label}' "
             f"to 2000 on the Cell graph tab makes it about {features / 2000:.0f}x lighter."
         )
     other = sum(p.seconds for p in parts) - train_seconds
@@ -434,6 +446,7 @@ def estimate(
         other_seconds=float(other),
         peak_memory_mb=float(peak),
         rough=rough,
+        precision=precision,
         basis=basis,
         parts=parts,
         notes=notes,

@@ -124,7 +124,13 @@ class GraphSpec:
         "Edge list (csv/tsv, two columns of cell names or 0-based ids) for kind = edgelist",
         label="edge file",
     )
-    seed: int = param(0, "Seed for PCA and the approximate index", min=0, advanced=True)
+    seed: int = param(
+        0,
+        "Seed for PCA and the approximate index (a run's --seed is the training seed)",
+        min=0,
+        advanced=True,
+        label="graph seed",
+    )
 
     def check(self) -> None:
         """Reject combinations of settings that cannot mean what the user wants."""

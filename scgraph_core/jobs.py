@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import resources
 from .errors import DataError, RunError
 from .runs import (
     FINISHED,
@@ -55,8 +55,6 @@ __all__ = [
     "uploads_dir",
     "worker_alive",
 ]
-
-_REPO = Path(__file__).resolve().parents[1]
 
 # The launcher: a tiny process that starts the worker in a new session and exits at once, so the
 # worker is adopted by init (never a zombie of the app) and no signal sent to the app reaches it.
@@ -191,15 +189,14 @@ def finish(run: Run, *, python: str | None = None) -> int:
 def _detached(run: Run, command: list[str], env: dict[str, str] | None) -> int:
     """Start ``command`` in a session of its own (it outlives the app), its output appended to the run's
     worker log; return its pid, or raise RunError with the launcher's own words."""
-    child_env = dict(os.environ if env is None else env)
-    # The process must import this engine even when the app was started from another folder.
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), child_env.get("PYTHONPATH")) if p)
+    # The process must import this engine even when the app was started from another folder; it keeps the
+    # app's working folder, so relative settings (SCGRAPH_HOME, SCGRAPH_DATA_ROOTS) mean the same to it.
+    child_env = resources.child_env(env)
     child_env.setdefault("SCGRAPH_HOME", str(default_home()))
     child_env["PYTHONUNBUFFERED"] = "1"
     out = subprocess.run(
         [command[0], "-c", _LAUNCHER, str(run.file(LOG_FILE)), *command],
         env=child_env,
-        cwd=str(_REPO),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -87,6 +87,71 @@ def _kind_of(annotation: Any) -> tuple[str, bool]:
     raise TypeError(f"unsupported parameter type {annotation!r}")
 
 
+# User-facing labels of the parameters whose declaration names none: the one table the app's forms, the
+# command line's messages and the estimate's advice all read (through :func:`describe`). A declaration's
+# own ``label=`` wins; a name two schemas use for different things is told apart by the schema's name.
+LABELS: dict[str, str] = {
+    "lr": "learning rate",
+    "conv": "graph layer",
+    "hidden": "hidden layer sizes",
+    "heads": "attention heads",
+    "attn_dropout": "attention dropout",
+    "feature_dropout": "feature dropout",
+    "latent": "latent dimensions",
+    "regularizer": "prior term",
+    "kl_weight": "KL weight",
+    "variance": "variance reading",
+    "expr_decoder": "expression decoder size",
+    "expr_weight": "expression loss weight",
+    "dec_guard": "DEC guard (largest ZINB rise)",
+    "val_fraction": "validation edges (share)",
+    "test_fraction": "test edges (share)",
+    "attention": "export attention",
+    "marker_genes": "marker genes per dimension",
+    "seed": "random seed",
+    "eval_every": "evaluate every (epochs)",
+    "patience": "early-stop patience",
+    "restore_best": "finish with the best checkpoint",
+    "deterministic": "deterministic algorithms",
+    "threads": "CPU threads",
+    "normalize": "normalisation",
+    "target_sum": "total per cell after normalising",
+    "n_hvg": "model genes (HVG)",
+    "n_graph_genes": "graph genes (KHVG)",
+    "hvg_flavor": "HVG method",
+    "scale": "feature scaling",
+    "max_value": "clip z-scores at",
+    "min_genes_per_cell": "min genes per cell",
+    "min_cells_per_gene": "min cells per gene",
+    "method": "clustering method",
+    "space": "HDBSCAN runs on",
+    "min_samples": "HDBSCAN min samples",
+    "max_noise": "largest noise share",
+    "refine": "split large clusters",
+    "assign_noise": "assign noise cells",
+    "n_neighbors": "neighbours (UMAP, Leiden)",
+    "resolution": "Leiden resolution",
+    "n_init": "k-means restarts",
+}
+SCHEMA_LABELS: dict[tuple[str, str], str] = {("ClusterParams", "k"): "k-means clusters"}
+
+
+def label_of(schema: type, name: str, declared: str | None = None) -> str:
+    """The user-facing label of ``schema``'s parameter ``name``: its declared label, else the tables above,
+    else the name with spaces."""
+    return (
+        declared or SCHEMA_LABELS.get((schema.__name__, name)) or LABELS.get(name) or name.replace("_", " ")
+    )
+
+
+def info_of(schema: type, name: str) -> ParamInfo:
+    """One parameter of ``schema`` (its default, label, help and allowed values)."""
+    for info in describe(schema):
+        if info.name == name:
+            return info
+    raise KeyError(f"{schema.__name__} has no parameter {name!r}")
+
+
 def describe(schema: type) -> list[ParamInfo]:
     """The parameters of ``schema`` in declaration order."""
     hints = typing.get_type_hints(schema)
@@ -106,7 +171,7 @@ def describe(schema: type) -> list[ParamInfo]:
                 min=m["min"],
                 max=m["max"],
                 choices=m["choices"],
-                label=m["label"] or f.name.replace("_", " "),
+                label=label_of(schema, f.name, m["label"]),
                 advanced=m["advanced"],
             )
         )
@@ -199,8 +264,10 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
-# Parameter names that mean the same thing in every section that declares them: one flag sets them all.
-SHARED_FLAGS = frozenset({"seed"})
+# Parameter names whose plain flag belongs to one section of a run's parser: ``--seed`` is always the
+# training seed (TrainSpec.seed), the same value the Python API's ``train={"seed": ...}`` and the app's
+# training form set. Another section declaring the name gets its prefixed flag (``--graph-seed``).
+FLAG_OWNERS: dict[str, str] = {"seed": "train"}
 
 
 def add_arguments(
@@ -209,15 +276,19 @@ def add_arguments(
     """Add one flag per parameter. Flags default to "not given" so presets can fill the rest.
 
     A name another section already put on the parser gets the section's prefix (``--cluster-k`` beside the
-    graph's ``--k``) when ``section`` is given, so one flag never sets two different things; names in
-    :data:`SHARED_FLAGS` (``--seed``) stay one flag that :func:`given` hands to every schema declaring it.
+    graph's ``--k``) when ``section`` is given, so one flag never sets two different things. A name in
+    :data:`FLAG_OWNERS` keeps its plain flag for its owning section only: every other section gets the
+    prefixed one (``--graph-seed``), whichever section is added first.
     """
     group = parser.add_argument_group(title) if title else parser
     owners: dict[str, list[str | None]] = dict(parser.get_default("_scgraph_owners") or {})
     for info in describe(schema):
         dest, flag = info.name, info.flag
-        if flag in parser._option_string_actions:
-            if info.name in SHARED_FLAGS or section is None:
+        owner = FLAG_OWNERS.get(info.name)
+        if section is not None and owner is not None and section != owner:
+            dest, flag = f"{section}.{info.name}", f"--{section}-{flag[2:]}"
+        elif flag in parser._option_string_actions:
+            if section is None:
                 owners[dest] = [*owners.get(dest, []), section]
                 continue
             dest, flag = f"{section}.{info.name}", f"--{section}-{flag[2:]}"

@@ -9,11 +9,11 @@ own, and the oldest go blank past the limit), so many colourings of the same cel
 figure with subplots (:func:`embedding_panels`), with SVG markers when there are few points in all.
 
 The attention graph (:func:`attention_graph_html`) is built with pyvis and rendered through this
-package's own template (``assets/attention_graph.html``): the vis-network library is inlined from the
-pyvis package (nothing is fetched from the internet), the node and edge data are embedded with
-Jinja's ``tojson`` (which escapes ``<``, ``>``, ``&`` and quotes), the legend is HTML-escaped, and
-vis-network draws labels on a canvas and tooltips with ``innerText``. A cell type called
-``<script>`` therefore appears as text and never runs.
+package's own template (package data, ``scgraph_core/assets/attention_graph.html``): the vis-network
+library is inlined from the pyvis package (nothing is fetched from the internet), the node and edge
+data are embedded with Jinja's ``tojson`` (which escapes ``<``, ``>``, ``&`` and quotes), the legend
+is HTML-escaped, and vis-network draws labels on a canvas and tooltips with ``innerText``. A cell type
+called ``<script>`` therefore appears as text and never runs.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ __all__ = [
     "volcano_figure",
 ]
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# The attention graph's HTML template: package data (scgraph_core/assets), read by resources.asset_text.
+ATTENTION_TEMPLATE = "attention_graph.html"
 NOISE_COLOR = "#c7c7c7"
 MISSING_COLOR = "#e0e0e0"
 # Enough distinct colours for the cell types of a typical dataset (plotly's qualitative sets).
@@ -902,10 +903,12 @@ def _template_env():
     import jinja2
     import pyvis
 
-    # Our template first; the pyvis package's folder so it can inline vis-network (no internet).
+    from .resources import asset_text
+
+    # Our template first (package data); the pyvis package's folder so it can inline vis-network (no internet).
     loader = jinja2.ChoiceLoader(
         [
-            jinja2.FileSystemLoader(str(ASSETS)),
+            jinja2.FunctionLoader(lambda name: asset_text(name) if name == ATTENTION_TEMPLATE else None),
             jinja2.FileSystemLoader(str(Path(pyvis.__file__).resolve().parent / "templates")),
         ]
     )
@@ -985,7 +988,7 @@ def attention_graph_html(
         "nodes": {"shape": "dot", "font": {"size": 12}},
     }
     legend = [{"name": g, "color": palette[g]} for g in present]
-    template = _template_env().get_template("attention_graph.html")
+    template = _template_env().get_template(ATTENTION_TEMPLATE)
     return template.render(
         nodes=net.nodes,
         edges=net.edges,

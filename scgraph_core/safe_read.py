@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import resources
 from .errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ __all__ = ["DEFAULT_MEMORY_SHARE", "DEFAULT_TIMEOUT_S", "read_isolated", "read_l
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MEMORY_SHARE = 0.75
-_REPO = Path(__file__).resolve().parents[1]
 _RESULT = "result.json"
 _DATA = "data.h5ad"
 _LOG = "child.log"
@@ -150,9 +150,8 @@ def _child_command(folder: Path) -> list[str]:
 
 def _run_child(folder: Path, timeout: float) -> int | None:
     """Run the child to its end; its exit status, or None when it was killed at the time limit."""
-    env = dict(os.environ)
     # The child must import this engine even when the caller was started from another folder.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
+    env = resources.child_env()
     # Reading needs no BLAS threads, and glibc's per-thread malloc arenas reserve 64 MB of address
     # space each: both would count against RLIMIT_AS without holding any data.
     env["OPENBLAS_NUM_THREADS"] = "1"

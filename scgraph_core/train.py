@@ -109,6 +109,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None  # MPS: keep float32
 
 
+def precision_name(precision: str, device: torch.device | str) -> str:
+    """What a run with ``precision`` ("auto", "fp32", "bf16") computes in on ``device``: "bf16" or "fp32".
+    The same decision :class:`Trainer` takes (:func:`resolve_precision`), for showing before a run starts."""
+    dtype = resolve_precision(precision, torch.device(device) if isinstance(device, str) else device)
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -233,7 +240,7 @@ class Trainer:
 
     @property
     def precision_name(self) -> str:
-        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"  # as :func:`precision_name` says
 
     def emit(self, event: Event) -> None:
         for cb in self.callbacks:

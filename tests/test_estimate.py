@@ -134,3 +134,46 @@ def test_format_seconds():
     assert estimate.format_seconds(200) == "3 min 20 s"
     assert estimate.format_seconds(7500) == "2 h 05 min"
     assert estimate.format_seconds(None) == "unknown"
+
+
+def test_device_and_precision_default_to_what_the_run_will_use():
+    """The Model page shows the estimate's precision: the trainer's own choice (train.precision_name)."""
+    from scgraph_core import train
+
+    for precision in ("auto", "fp32", "bf16"):
+        config = pipeline.resolve_config(
+            "cellvgae", "quick", {"train": {"device": "cpu", "precision": precision}}
+        )
+        est = estimate.estimate(config, 500, n_genes=2000)
+        assert est.device == "cpu"
+        assert (
+            est.precision
+            == train.precision_name(precision, "cpu")
+            == train.Trainer(config.train).precision_name
+        )
+    cal = hand_made()
+    est = estimate.estimate(pipeline.resolve_config("cellvgae", "quick"), 500, calibration=cal)
+    assert (est.device, est.precision) == (cal.device, cal.precision)  # a measurement says what it ran on
+
+
+def test_the_gene_advice_names_the_setting_by_its_label():
+    from scgraph_core import data, params
+
+    config = pipeline.resolve_config("cellvgae", "quick", {"prepare": {"n_hvg": 0}})
+    est = estimate.estimate(config, 420, n_genes=22_000, calibration=hand_made(n_features=22_000))
+    label = params.info_of(data.PrepareSpec, "n_hvg").label
+    assert label.lower() in est.warnings[0].lower()
+
+
+def test_epochs_come_from_the_resolved_preset_of_every_model():
+    """No preset value is repeated in the estimate: it reads the resolved configuration."""
+    for name, cls in base.available().items():
+        for preset in cls.presets:
+            config = pipeline.resolve_config(name, preset)
+            declared = [
+                v
+                for f, v in dataclasses.asdict(config.params).items()
+                if (f == "epochs" or f.endswith("_epochs")) and "min" not in f and isinstance(v, int)
+            ]
+            est = estimate.estimate(config, 300, n_genes=500)
+            assert est.epochs == max(sum(declared), 1), (name, preset)

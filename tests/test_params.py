@@ -85,17 +85,47 @@ def test_a_name_two_sections_declare_gets_its_own_flag(capsys):
         k: int = params.param(5, "neighbours per cell", min=1)
         seed: int = params.param(0, "seed")
 
+    @dataclass(frozen=True)
+    class Training:
+        seed: int = params.param(0, "seed")
+
     params.add_arguments(parser, WithSeed, section="graph")
+    params.add_arguments(parser, Training, section="train")
     params.add_arguments(parser, Other, section="cluster")
     ns = parser.parse_args(["--k", "9", "--seed", "3"])
-    assert params.given(ns, WithSeed, "graph") == {"k": "9", "seed": "3"}
-    assert params.given(ns, Other, "cluster") == {"seed": "3"}  # --k is the graph's, --seed is shared
-    ns = parser.parse_args(["--cluster-k", "4"])
-    assert params.given(ns, Other, "cluster") == {"k": "4"} and params.given(ns, WithSeed, "graph") == {}
+    # --k is the graph's (first come), --seed is always the training seed (FLAG_OWNERS), whatever the order.
+    assert params.given(ns, WithSeed, "graph") == {"k": "9"}
+    assert params.given(ns, Training, "train") == {"seed": "3"}
+    assert params.given(ns, Other, "cluster") == {}
+    ns = parser.parse_args(["--cluster-k", "4", "--graph-seed", "5", "--cluster-seed", "6"])
+    assert params.given(ns, Other, "cluster") == {"k": "4", "seed": "6"}
+    assert params.given(ns, WithSeed, "graph") == {"seed": "5"} and params.given(ns, Training, "train") == {}
     with pytest.raises(SystemExit):
         main(["train", "--model", "scvgae", "--help"])
     text = capsys.readouterr().out
-    assert "--cluster-k" in text and "--model-n-pcs" in text
+    assert "--cluster-k" in text and "--model-n-pcs" in text and "--graph-seed" in text
+
+
+def test_labels_live_in_one_table_and_declarations_win():
+    from scgraph_core import data, graphs
+    from scgraph_core.cluster import ClusterParams
+    from scgraph_core.train import TrainSpec
+
+    assert params.info_of(data.PrepareSpec, "n_hvg").label == params.LABELS["n_hvg"]
+    assert params.info_of(TrainSpec, "seed").label == "random seed"
+    assert params.info_of(graphs.GraphSpec, "seed").label == "graph seed"  # declared: not the run's seed
+    assert params.info_of(graphs.GraphSpec, "k").label == "neighbours (k)"  # declared in graphs.py
+    assert params.info_of(ClusterParams, "k").label == "k-means clusters"  # SCHEMA_LABELS
+    assert params.info_of(Demo, "cutoff").label == "cutoff"  # no label anywhere: the name
+    with pytest.raises(KeyError):
+        params.info_of(Demo, "nope")
+
+
+def test_the_app_reads_labels_from_the_engine_only():
+    """forms.py keeps no label table of its own (one place: params.LABELS and the declarations)."""
+    import scgraph_app.forms as forms
+
+    assert not hasattr(forms, "LABELS") and not hasattr(forms, "SECTION_LABELS")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", float("nan"), float("inf")])

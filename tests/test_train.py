@@ -38,6 +38,19 @@ def test_device_and_precision_choices():
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
 
 
+def test_precision_name_is_the_trainers_choice():
+    """What the Model page shows before a run is what the Trainer then computes in."""
+    from scgraph_core.train import cpu_supports_bf16, precision_name
+
+    for precision in ("auto", "fp32", "bf16"):
+        shown = precision_name(precision, "cpu")
+        assert shown == Trainer(TrainSpec(device="cpu", precision=precision)).precision_name
+        assert shown == precision_name(precision, torch.device("cpu"))
+    assert precision_name("fp32", "cpu") == "fp32" and precision_name("bf16", "cpu") == "bf16"
+    assert precision_name("auto", "cpu") == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert precision_name("auto", "mps") == "fp32"
+
+
 def test_epoch_events_and_losses():
     events = []
     trainer = Trainer(TrainSpec(device="cpu"), callbacks=[events.append])
