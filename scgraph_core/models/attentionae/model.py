@@ -309,7 +309,8 @@ QUICK = {
 # Not the paper: DEC at a tenth of its learning rate, started from Leiden at resolution 0.5. At 1e-3 the first
 # DEC epochs (a fresh Adam) reshape the embedding and can merge a differentiation trajectory into 2-5
 # clusters (paul15); at 1e-4 DEC refines the start instead. Chosen on the labelled sets in ../shared/data
-# (benchmarks/results/dec_ablation_lr.json, clustering_declr1e-4_start_r05.json), so README reports it apart.
+# (benchmarks/results/history/dec_ablation_lr.json, clustering_declr1e-4_start_r05.json), so it is reported
+# apart, in benchmarks/NOTES.md.
 GENTLE = {
     **FIXED,
     "model": {**FIXED["model"], "dec_lr": 1e-4},
