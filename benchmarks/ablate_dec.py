@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_clustering import DATA, DATASETS, REPO  # noqa: E402  (the same datasets and label keys)
+from bench_clustering import DATA, DATASETS, REPO
 
 VARIANTS: dict[str, dict] = {
     "paper": {},

@@ -190,7 +190,7 @@ def single(
         "method": method,
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.n_vars),
-        "n_hidden": int(len(truth)),
+        "n_hidden": len(truth),
         "mask_seed": seed,
         **scores,
         "seconds": seconds,

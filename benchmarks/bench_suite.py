@@ -85,7 +85,7 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
             "nmi": scores["nmi"],
             "n_clusters": scores["n_clusters"],
             "noise": scores["noise"],
-            "n_types": int(len(set(truth.astype(str)))),
+            "n_types": len(set(truth.astype(str))),
             "clusters_key": views["clusters"],
             "seconds_total": seconds,
             "seconds_model": result.metrics.get("seconds_total"),
@@ -107,7 +107,7 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
     # scanpy on the same cells and the genes the model's recipe chose, log-normalised and unscaled.
     genes = _model_genes(out, model)
     cols = out.var_names.get_indexer(genes)
-    lognorm = out.layers["lognorm"] if "lognorm" in out.layers else out.X
+    lognorm = out.layers.get("lognorm", out.X)
     matrix = lognorm[:, cols] if (cols >= 0).all() else lognorm
     row["n_genes_scanpy"] = int(matrix.shape[1])
     for resolution in (0.5, 1.0):

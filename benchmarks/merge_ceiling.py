@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_clustering import DATA, DATASETS, REPO  # noqa: E402  (the same datasets and label keys)
+from bench_clustering import DATA, DATASETS, REPO
 
 RESOLUTIONS = (0.5, 1.0, 2.0)
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_clustering import DATA, DATASETS, REPO, cpu_model  # noqa: E402  (the same datasets and label keys)
+from bench_clustering import DATA, DATASETS, REPO, cpu_model
 
 
 def trace(name: str, seed: int, epochs: int, no_noise: bool) -> dict:

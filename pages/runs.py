@@ -136,8 +136,10 @@ with ui.guard("the run's actions"):
         )
     elif status["state"] == "failed":
         st.error(ui.md(message), icon=":material/error:")
-        if run.saved_stages() and not run.file("result.h5ad").exists():
-            if st.button(
+        if (
+            run.saved_stages()
+            and not run.file("result.h5ad").exists()
+            and st.button(
                 "Finish from the saved weights",
                 key="run_finish",
                 type="primary",
@@ -145,10 +147,11 @@ with ui.guard("the run's actions"):
                 help="Training finished before the failure and its weights are saved: read the data again, "
                 "cluster, interpret and write the result without training again (runs finish on the command "
                 "line). Fix the cause first (for example free disk space).",
-            ):
-                jobs.finish(run)
-                st.toast("Finishing in the background; the run's status updates here.")
-                st.rerun()
+            )
+        ):
+            jobs.finish(run)
+            st.toast("Finishing in the background; the run's status updates here.")
+            st.rerun()
     elif message:
         st.caption(f"{status['state']}: {ui.md(message)}")
     has_result = run.file("result.h5ad").exists()

@@ -96,7 +96,6 @@ def label_columns(adata, max_values: int = 200) -> list[str]:
             isinstance(col.dtype, pd.CategoricalDtype)
             or col.dtype.kind in "OSUb"
             or (col.dtype.kind in "iu" and col.nunique() <= 50)
-        ):
-            if 1 < col.nunique() <= max_values:
-                out.append(str(name))
+        ) and 1 < col.nunique() <= max_values:
+            out.append(str(name))
     return out

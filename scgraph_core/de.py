@@ -27,8 +27,8 @@ import scipy.sparse as sp
 from .errors import ConfigError, DataError
 
 __all__ = [
-    "DEResult",
     "METHODS",
+    "DEResult",
     "add_annotation",
     "add_de_result",
     "annotation_from_selections",

@@ -682,10 +682,7 @@ def _blockwise_percentile(
                 raise RuntimeError("blockwise percentile lost its bracket")
             j = int(np.searchsorted(cum, i, side="right"))
             v_r = float(u[j])
-            if i + 1 < cum[j]:
-                v_next = v_r
-            else:
-                v_next = float(u[j + 1]) if j + 1 < u.size else above_min
+            v_next = v_r if i + 1 < cum[j] else float(u[j + 1]) if j + 1 < u.size else above_min
             return (v_r + frac * (v_next - v_r) if frac > 0 else v_r), passes
         nb = int(min(bins, (hi - lo) / (2 * spacing)))
         hist = np.zeros(nb, dtype=np.int64)
@@ -735,7 +732,7 @@ def _linear_edges(X: np.ndarray, spec: GraphSpec, info: dict[str, Any], block_ro
     srcs, dsts = [], []
     total = 0
     for a, S in blocks():
-        mask = S > t
+        mask = t < S
         r = np.arange(S.shape[0])
         mask[r, a + r] = False  # self-loops are spec.self_loops' business (every cell or none)
         if spec.max_degree is not None and spec.max_degree < n:

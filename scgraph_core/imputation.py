@@ -50,10 +50,7 @@ def imputation_stats(observed: Any, imputed: Any) -> ImputationStats:
     zeros = obs == 0
     at_zeros = float(imp[zeros].mean()) if zeros.any() else float("nan")
     elsewhere = float(imp[~zeros].mean()) if (~zeros).any() else float("nan")
-    if obs.std() > 0 and imp.std() > 0:
-        r = float(np.corrcoef(obs, imp)[0, 1])
-    else:
-        r = float("nan")
+    r = float(np.corrcoef(obs, imp)[0, 1]) if obs.std() > 0 and imp.std() > 0 else float("nan")
     return ImputationStats(
         zero_fraction=float(zeros.mean()),
         mean_at_zeros=at_zeros,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import params
+from .analyse import analyse
 from .cluster import ClusterParams
 from .data import PrepareSpec
 from .errors import ConfigError, RunError, ScgraphError, TrainingError
@@ -24,7 +25,6 @@ from .labels import LabelSpec
 from .models import base
 from .results import Result, plain
 from .runs import Run, atomic_write_bytes, plain_os_error
-from .analyse import analyse
 from .train import Stage, StageOutcome, StopSignal, Trainer, TrainSpec
 
 SECTIONS: dict[str, type] = {

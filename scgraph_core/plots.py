@@ -33,6 +33,7 @@ from plotly.subplots import make_subplots
 
 __all__ = [
     "ATTENTION_COLORSCALE",
+    "Panel",
     "attention_graph_html",
     "category_colors",
     "category_order",
@@ -49,7 +50,6 @@ __all__ = [
     "loss_figure",
     "obs_colors",
     "qc_figure",
-    "Panel",
     "qc_metrics",
     "selected_cells",
     "validation_figure",
@@ -61,11 +61,38 @@ ATTENTION_TEMPLATE = "attention_graph.html"
 NOISE_COLOR = "#c7c7c7"
 MISSING_COLOR = "#e0e0e0"
 # Enough distinct colours for the cell types of a typical dataset (plotly's qualitative sets).
-_PALETTE = (
-    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
-    "#393b79 #e6550d #31a354 #843c39 #7b4173 #3182bd #fd8d3c #74c476 #ad494a #a55194 "
-    "#6baed6 #fdae6b #a1d99b #d6616b #ce6dbd #9ecae1 #fdd0a2 #c7e9c0 #e7969c #de9ed6"
-).split()
+_PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#e6550d",
+    "#31a354",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+    "#fd8d3c",
+    "#74c476",
+    "#ad494a",
+    "#a55194",
+    "#6baed6",
+    "#fdae6b",
+    "#a1d99b",
+    "#d6616b",
+    "#ce6dbd",
+    "#9ecae1",
+    "#fdd0a2",
+    "#c7e9c0",
+    "#e7969c",
+    "#de9ed6",
+]
 _MAX_LEGEND = 60  # more categories than this are drawn as one trace coloured by code
 _NOISE_NAMES = {"noise", "-1", "nan", "none", ""}
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}}
@@ -367,7 +394,7 @@ def embedding_panels(
         rows = np.flatnonzero(finite)
         rows = rows[np.argsort(vals[rows], kind="stable")].astype(np.int32)
         sub = fig.get_subplot(row, col)
-        x0, x1 = sub.xaxis.domain
+        _x0, x1 = sub.xaxis.domain
         y0, y1 = sub.yaxis.domain
         fig.add_trace(
             trace(
@@ -860,10 +887,7 @@ def gene_gene_figure(
         groups = [(cat, np.flatnonzero(label_arr == cat), palette.get(cat, NOISE_COLOR)) for cat in cats]
     for i, (x, y) in enumerate((before, after), start=1):
         x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-        if label_arr is None:
-            parts = [("cells", np.arange(x.size), _PALETTE[i - 1])]
-        else:
-            parts = groups
+        parts = [("cells", np.arange(x.size), _PALETTE[i - 1])] if label_arr is None else groups
         for cat, rows, colour in parts:
             fig.add_trace(
                 go.Scattergl(

@@ -353,4 +353,4 @@ def test_scanpy_baseline_on_pbmc3k(pbmc3k_path):
     ari = clustering_metrics(adata.obs["celltype"], labels)["ari"]
     print(f"scanpy baseline ARI on pbmc3k: {ari:.4f}")  # 0.874 (MODELS.md 1.8 quotes 0.871)
     assert ari > 0.8
-    assert (adata.X != before).nnz == 0  # the user's data is untouched
+    assert (before != adata.X).nnz == 0  # the user's data is untouched

@@ -154,7 +154,7 @@ def test_read_h5ad_genes_x_cells_transposes(tmp_path):
 
 def test_read_10x_h5_v3_keeps_gene_expression(tmp_path):
     X = counts_matrix(N_CELLS, N_GENES + 1)
-    genes = gene_names(N_GENES) + ["CD3_TotalSeqB"]
+    genes = [*gene_names(N_GENES), "CD3_TotalSeqB"]
     types = ["Gene Expression"] * N_GENES + ["Antibody Capture"]
     path = tmp_path / "filtered_feature_bc_matrix.h5"
     write_10x_h5(path, X, barcodes(N_CELLS), genes, types)
@@ -267,7 +267,7 @@ def test_corrupt_mtx(tmp_path):
 
 
 def _table_text(X: np.ndarray, rows: list[str], cols: list[str], sep: str) -> str:
-    lines = [sep.join([""] + cols)]
+    lines = [sep.join(["", *cols])]
     lines += [sep.join([r] + [f"{v:g}" for v in row]) for r, row in zip(rows, X, strict=True)]
     return "\n".join(lines) + "\n"
 
@@ -342,7 +342,7 @@ def test_read_builtin_path_gives_demo():
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DataError, match="No file or folder.*Check the path"):
+    with pytest.raises(DataError, match=r"No file or folder.*Check the path"):
         read(tmp_path / "nope.h5ad")
 
 
@@ -361,7 +361,7 @@ def test_unsupported_extension_lists_supported(tmp_path):
 def test_text_file_with_hdf5_extension(tmp_path, name):
     path = tmp_path / name
     path.write_text("gene,cell1\nA,1\n")
-    with pytest.raises(DataError, match="not an HDF5 file.*text file"):
+    with pytest.raises(DataError, match=r"not an HDF5 file.*text file"):
         read(path)
 
 
@@ -369,7 +369,7 @@ def test_corrupt_files(tmp_path):
     h5 = tmp_path / "broken.h5"
     with h5py.File(h5, "w") as f:
         f.create_group("matrix")["data"] = np.arange(3)
-    with pytest.raises(DataError, match="Could not read broken.h5.*corrupt"):
+    with pytest.raises(DataError, match=r"Could not read broken.h5.*corrupt"):
         read(h5)
     fake_zip = tmp_path / "fake.zip"
     fake_zip.write_bytes(b"\x00\x01 not a zip")
@@ -404,7 +404,7 @@ def test_non_numeric_cell_names_row_and_column(tmp_path):
     assert "abc" not in str(err.value) and "cellB" not in str(err.value)
     decimal_comma = tmp_path / "comma.tsv"
     decimal_comma.write_text("\tg1\tg2\ncellA\t1,5\t2\n")
-    with pytest.raises(DataError, match="decimal comma .*line 2, field 2") as err:
+    with pytest.raises(DataError, match=r"decimal comma .*line 2, field 2") as err:
         read(decimal_comma)
     assert "1,5" not in str(err.value)
 
@@ -422,7 +422,7 @@ def test_nan_in_h5ad(tmp_path):
     X[2, 3] = np.nan
     path = tmp_path / "nan.h5ad"
     ad.AnnData(X).write_h5ad(path)
-    with pytest.raises(DataError, match="NaN or infinite.*Replace"):
+    with pytest.raises(DataError, match=r"NaN or infinite.*Replace"):
         read(path)
 
 
@@ -522,7 +522,7 @@ def test_prepare_counts_recipe():
     before = adata.X.copy()
     prep = prepare(adata, PrepareSpec(n_hvg=20, n_graph_genes=8))
     out = prep.adata
-    assert (adata.X != before).nnz == 0 and "hvg" not in adata.var  # input untouched
+    assert (before != adata.X).nnz == 0 and "hvg" not in adata.var  # input untouched
     assert prep.features.shape == (80, 20) and prep.features.dtype == np.float32
     assert prep.graph_input.shape == (80, 8) and prep.graph_input.dtype == np.float32
     assert out.var["hvg"].sum() == 20 and out.var["graph_genes"].sum() == 8
@@ -583,9 +583,9 @@ def test_prepare_lognorm_input_and_counts_layer():
     assert prep.record["counts_source"] == "counts layer"
     np.testing.assert_allclose(prep.adata.layers["lognorm"].toarray(), adata.X.toarray())
     assert "counts" in prep.adata.layers and "size_factor" in prep.adata.obs
+    scaled = counts_adata()
+    scaled.X = scaled.X.toarray() - 2.0
     with pytest.raises(DataError, match="already scaled"):
-        scaled = counts_adata()
-        scaled.X = scaled.X.toarray() - 2.0
         prepare(scaled, PrepareSpec(normalize="log1p"))
     log_only = counts_adata()
     log_only.X = adata.X

@@ -92,7 +92,7 @@ def test_estimates_scale_with_cells_and_epochs():
     assert twice.train_seconds == pytest.approx(2 * small.train_seconds)
     assert big.peak_memory_mb > small.peak_memory_mb
     # Far beyond the calibration size the range opens downwards (fixed per-step costs).
-    far = [p for p in big.parts if p.name == "training: dec"][0]
+    far = next(p for p in big.parts if p.name == "training: dec")
     assert far.low / far.seconds < estimate.LOW
 
 

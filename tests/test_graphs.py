@@ -58,7 +58,7 @@ def test_spec_defaults_and_round_trip():
 
 
 @pytest.mark.parametrize(
-    "values, words",
+    ("values", "words"),
     [
         ({"kind": "edgelist"}, "edge_file"),
         ({"kind": "knn", "edge_file": "e.csv"}, "only read when kind = edgelist"),
@@ -249,7 +249,7 @@ def test_linear_kernel_edges_match_dense():
     S = X.astype(np.float64) @ X.astype(np.float64).T
     t = np.percentile(S, 85.0)
     assert g.info["linear"]["threshold"] == pytest.approx(t, rel=1e-12)
-    expected = S > t
+    expected = t < S
     np.fill_diagonal(expected, False)
     assert edge_set(g) == set(zip(*np.nonzero(expected), strict=True))
     assert np.all(g.weight == 1) and g.stats()["is_symmetric"]
@@ -285,7 +285,7 @@ def test_edge_list_by_names_and_ids(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text, words",
+    ("text", "words"),
     [
         ("cellA,cellB\ncellA,cellZ\n", "line 2: 'cellZ' is not a cell name"),
         ("0,1\n2,9\n", "line 2: cell id 9 is out of range"),
@@ -315,7 +315,7 @@ def test_input_errors():
         G.build_graph(np.zeros((5, 3)), spec(k=5))
     X = np.ones((20, 3))
     X[4, 1] = np.nan
-    with pytest.raises(GraphError, match="NaN.*cell 4"):
+    with pytest.raises(GraphError, match=r"NaN.*cell 4"):
         G.build_graph(X, spec(k=3))
     with pytest.raises(GraphError, match="cells x dimensions"):
         G.build_graph(np.zeros(10), spec(k=3))

@@ -37,7 +37,7 @@ def test_coercion_from_strings():
 
 
 @pytest.mark.parametrize(
-    "values, words",
+    ("values", "words"),
     [
         ({"k": 0}, "at least 1"),
         ({"k": "five"}, "whole number"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -235,5 +237,5 @@ def test_attention_colour_scale_rises_monotonically_in_lightness():
     stops = get_colorscale(plots.ATTENTION_COLORSCALE)
     luminance = [_relative_luminance(colour) for _, colour in stops]
     assert len(luminance) >= 5
-    assert all(b > a for a, b in zip(luminance, luminance[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(luminance))
     assert luminance[-1] - luminance[0] > 0.5  # low and high are far apart

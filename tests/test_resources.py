@@ -34,9 +34,13 @@ def _outside_references(tree: ast.AST) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Attribute) and node.attr == "parent":
             if isinstance(node.value, ast.Attribute) and node.value.attr == "parent":
                 found.append((node.lineno, ".parent.parent"))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            if OUTSIDE_TEXT.search(node.value):
-                found.append((node.lineno, repr(node.value)))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and OUTSIDE_TEXT.search(node.value)
+        ):
+            found.append((node.lineno, repr(node.value)))
     return found
 
 

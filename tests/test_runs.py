@@ -123,7 +123,7 @@ def test_a_damaged_run_cannot_be_renamed_but_says_why(tmp_path):
     store = RunStore(tmp_path)
     run = store.create(model="m", name="x")
     run.file("meta.json").write_text('{"name": "x", "created": "yesterday"}')
-    with pytest.raises(RunError, match="cannot be renamed: meta.json: 'created' should be a time"):
+    with pytest.raises(RunError, match=r"cannot be renamed: meta.json: 'created' should be a time"):
         store.rename(run.id, "new")
 
 

@@ -85,12 +85,12 @@ def test_dense_array_mtx_in_a_zip_claiming_3e10_values_is_refused(tmp_path):
 def test_mtx_size_must_match_the_name_files_before_reading(tmp_path, monkeypatch):
     folder = _mtx_folder(tmp_path / "m", "%%MatrixMarket matrix coordinate integer general\n4 5 1\n")
     monkeypatch.setattr(data_io.scipy.io, "mmread", lambda *a, **k: pytest.fail("mmread was called"))
-    with pytest.raises(DataError, match="4 x 5.*3 genes.*5 cells.*do not belong together"):
+    with pytest.raises(DataError, match=r"4 x 5.*3 genes.*5 cells.*do not belong together"):
         read(folder)
 
 
 @pytest.mark.parametrize(
-    "header, problem",
+    ("header", "problem"),
     [
         ("%%MatrixMarket tensor coordinate integer general\n3 5 1\n", "first line is not"),
         ("%%MatrixMarket matrix sparse integer general\n3 5 1\n", "unknown format"),

@@ -242,7 +242,7 @@ def cluster_embedding(
         labels = leiden(X, resolution=params.resolution, n_neighbors=params.n_neighbors, seed=seed)
     else:
         labels = kmeans(X, params.k, seed=seed, n_init=params.n_init)
-    info["n_clusters"] = int(len(np.unique(labels[labels != NOISE])))
+    info["n_clusters"] = len(np.unique(labels[labels != NOISE]))
     info["noise"] = int((labels == NOISE).sum())
     resolved = {**to_dict(params), "seed": seed}
     return ClusterResult(

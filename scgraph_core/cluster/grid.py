@@ -253,7 +253,7 @@ def hdbscan_grid(
         if key not in scores:
             scores[key] = silhouette(pts, labels, sample=silhouette_sample, seed=seed)
         noise = int((labels == NOISE).sum())
-        n_clusters = int(len(np.unique(labels[labels != NOISE])))
+        n_clusters = len(np.unique(labels[labels != NOISE]))
         runs.append(
             {
                 "min_cluster_size": int(size),

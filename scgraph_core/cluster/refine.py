@@ -109,7 +109,7 @@ def refine_clusters(
             rejected.append({"cluster": cid, "size": size, "parts": len(found), "silhouette": score})
             continue
         order = found[np.argsort(-found_sizes, kind="stable")]
-        new_ids = [cid] + list(range(next_id, next_id + len(order) - 1))
+        new_ids = [cid, *list(range(next_id, next_id + len(order) - 1))]
         next_id += len(order) - 1
         for old, new in zip(order.tolist(), new_ids, strict=True):
             out[members[sub == old]] = new
@@ -143,6 +143,6 @@ def refine_clusters(
         "noise_before": noise_before,
         "noise_assigned": assigned,
         "noise": int((out == NOISE).sum()),
-        "n_clusters": int(len(np.unique(out[out != NOISE]))),
+        "n_clusters": len(np.unique(out[out != NOISE])),
     }
     return out, info

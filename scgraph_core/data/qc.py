@@ -175,7 +175,7 @@ def validate(adata: ad.AnnData, *, min_cells: int = 10, require_counts: bool = F
                 "obs_names_make_unique or load the file with scgraph's reader."
             )
     if require_counts:
-        layer = adata.layers["counts"] if "counts" in adata.layers else None
+        layer = adata.layers.get("counts", None)
         if layer is not None:
             layer_kind = detect_x_kind(layer)
             if layer_kind != "counts":

@@ -8,6 +8,7 @@ overlap with the model's top genes, and the genes an imputation view opens on.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ def p_matrix(weights: Sequence[np.ndarray], heads_last: int, latent: int) -> np.
     if not weights:
         raise ValueError("p_matrix needs at least one weight matrix")
     mats = [np.asarray(w, dtype=np.float64) for w in weights]
-    for prev, cur in zip(mats, mats[1:], strict=False):
+    for prev, cur in itertools.pairwise(mats):
         if cur.shape[1] != prev.shape[0]:
             raise ValueError(
                 f"weights do not chain: {prev.shape} then {cur.shape} (PyG orientation [out, in])"

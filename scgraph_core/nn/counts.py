@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["nb_log_prob", "zinb_log_prob", "nb_nll", "zinb_nll", "size_factors"]
+__all__ = ["nb_log_prob", "nb_nll", "size_factors", "zinb_log_prob", "zinb_nll"]
 
 _EPS = 1e-8
 _REDUCTIONS = ("mean", "sum", "none")

@@ -45,14 +45,14 @@ from .sparse import (
 )
 
 __all__ = [
-    "GATLayer",
     "FusedGATLayer",
-    "GCNLayer",
+    "GATLayer",
     "GATv2Layer",
-    "fast_dropout",
+    "GCNLayer",
     "GraphStructure",
-    "graph_structure",
     "clear_graph_cache",
+    "fast_dropout",
+    "graph_structure",
 ]
 
 

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "PARAMETERIZATIONS",
     "edge_reconstruction_loss",
-    "sample_negative_edges",
     "kl_divergence",
     "mmd_loss",
     "reparameterize",
-    "PARAMETERIZATIONS",
+    "sample_negative_edges",
 ]
 
 PARAMETERIZATIONS = ("logvar", "legacy")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
-
 from typing import Any
 
 import numpy as np

@@ -22,6 +22,8 @@ from tests.helpers import toy_counts
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 HOSTILE = '<script>alert("x")</script>'
+
+
 def hostile_toy(n_cells: int = 150, seed: int = 0):
     """Toy counts whose third cell type is called <script>..., and one gene name with HTML in it."""
     adata = toy_counts(n_cells=n_cells, seed=seed)

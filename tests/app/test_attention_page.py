@@ -64,7 +64,7 @@ def test_filters_heads_and_an_empty_result(app_home):
     assert HOSTILE not in set(table["source_label"]) | set(table["target_label"])
     at.toggle(key="att_self").set_value(True).run()
     assert (edge_table(at)["source"] == edge_table(at)["target"]).any()  # α_ii are the largest here
-    lo, hi = at.slider(key="att_range:mu:1").value
+    _lo, hi = at.slider(key="att_range:mu:1").value
     at.slider(key="att_range:mu:1").set_value((hi, hi)).run()
     at.multiselect(key="att_exc:celltype").set_value(["type0", "type1", HOSTILE]).run()
     assert not at.exception

@@ -111,7 +111,7 @@ def _sidebar_alone() -> None:
 
 
 def test_the_sidebar_deletes_a_damaged_active_run(app_home, damaged_runs):
-    victim = [run_id for run_id, name in damaged_runs.items() if name == "meta.json"][0]
+    victim = next(run_id for run_id, name in damaged_runs.items() if name == "meta.json")
     at = open_page("data", active=victim)
     assert_clean(at)
     assert _said(at.sidebar.warning, "This run is damaged", "'created' should be a time")

@@ -141,7 +141,7 @@ def test_training_reduces_the_loss(variance: str) -> None:
 
 def test_negative_sampling_excludes_positives_both_directions_and_self_loops() -> None:
     n = 12
-    both, pos = small_graph(n, 4)
+    _both, pos = small_graph(n, 4)
     loops = torch.arange(n)
     forbidden = torch.cat([pos, pos.flip(0), torch.stack([loops, loops])], dim=1)
     neg = sample_negative_edges(forbidden, n, 5000, generator=torch.Generator().manual_seed(0))

@@ -79,9 +79,7 @@ def test_every_hook_a_model_answers_is_declared_on_the_base_class(name):
     """No model grows a hook the pipeline would have to find by getattr."""
     cls = base.get(name)
     hooks = {
-        n
-        for n, v in vars(base.Model).items()
-        if callable(v) or isinstance(v, (classmethod, staticmethod))
+        n for n, v in vars(base.Model).items() if callable(v) or isinstance(v, (classmethod, staticmethod))
     }
     public = {n for n, v in vars(cls).items() if callable(v) and not n.startswith("_")}
     # Model-specific helpers are fine; but anything named like a pipeline hook must be the base's.

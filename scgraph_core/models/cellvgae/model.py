@@ -18,12 +18,11 @@ import pandas as pd
 import torch
 
 from ...errors import ConfigError
+from ...nn.losses import edge_reconstruction_loss, kl_divergence, mmd_loss
 from ...params import param
 from ...train import Stage, StageOutcome, Trainer
-from ...nn.losses import edge_reconstruction_loss, kl_divergence, mmd_loss
 from ..base import AttentionMap, Embedding, GeneWeights, Model, register
 from .module import CellVGAENet
-
 
 # =============================================================================================
 # The user-facing model: parameter schema, presets, training, clustering, interpretation.
