@@ -148,7 +148,7 @@ with ui.guard("the attention overlay"):
     coords = cache.layout(run, adata)
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(
+        ui.chart(st, 
             plots.embedding_scatter(
                 coords,
                 score,

@@ -205,7 +205,7 @@ if loaded is not None:
                 st.caption("This file has no cell annotations.")
         with right:
             st.markdown("**Quality control**")
-            st.plotly_chart(
+            ui.chart(st, 
                 plots.qc_figure(info["qc"], info["qc_notes"]),
                 width="stretch",
                 key="qc_plot",

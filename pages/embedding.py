@@ -129,7 +129,7 @@ def umap_view() -> None:
             dragmode="lasso",
             height=560,
         )
-        event = st.plotly_chart(
+        event = ui.chart(st, 
             fig,
             width="stretch",
             key=f"umap:{run.id}",
@@ -150,7 +150,7 @@ def umap_view() -> None:
             cols = st.columns(len(groups))
             for col, (key, title) in zip(cols, groups, strict=False):
                 if key and key in adata.obs:
-                    col.plotly_chart(
+                    ui.chart(col, 
                         plots.composition_figure(
                             adata.obs[key].astype(str).to_numpy()[chosen],
                             title=title,
@@ -232,7 +232,7 @@ def selection_de() -> None:
         f"({result.n_cells.get(first, 0):,} cells) against {ui.md(other)} "
         f"({result.n_cells.get(result.uns['params']['reference'], 0):,} cells); adjusted p: Benjamini-Hochberg."
     )
-    st.plotly_chart(
+    ui.chart(st, 
         plots.volcano_figure(table, lfc=float(lfc), title=f"{first} against {other}"),
         width="stretch",
         key="sel_volcano",
@@ -518,7 +518,7 @@ with ui.guard("the comparison"):
             key = shared_label if how == "labels" else v.get("clusters")
             vals = a.obs[key].astype(str).to_numpy() if key in a.obs else None
             col.markdown(f"**{ui.md(r.meta.get('name', r.id))}** ({ui.md(v.get('model', ''))})")
-            col.plotly_chart(
+            ui.chart(col, 
                 plots.embedding_scatter(
                     cache.layout(r, a),
                     vals,

@@ -108,7 +108,7 @@ def gene_weight_section() -> None:
                 table = pd.DataFrame(part).set_index("dimension")
                 table.columns = [str(c) for c in table.columns]
                 with st.expander("Which clusters drive each latent dimension", expanded=False):
-                    st.plotly_chart(
+                    ui.chart(st, 
                         plots.heatmap_figure(
                             table,
                             x_title="cluster",
@@ -181,7 +181,7 @@ def gene_weight_section() -> None:
             st.caption(f"{len(genes):,} genes have {which} weights.")
         else:
             row = weights[genes.index(gene)]
-            st.plotly_chart(
+            ui.chart(st, 
                 plots.gene_weight_figure(row, gene, matrix=which), width="stretch", key="mk_gene_fig"
             )
             in_markers = markers[markers["gene"] == gene] if not markers.empty else markers
@@ -370,13 +370,13 @@ def de_section() -> None:
         )
     means, fractions = de.group_expression(adata, groupby, genes, groups=result.groups)
     with tab_dot:
-        st.plotly_chart(
+        ui.chart(st, 
             plots.dot_plot_figure(means, fractions, title=f"Top {n_top} genes per group"),
             width="stretch",
             key="de_dot",
         )
     with tab_heat:
-        st.plotly_chart(
+        ui.chart(st, 
             plots.group_heatmap_figure(means, title="Mean expression per group, each gene scaled 0-1"),
             width="stretch",
             key="de_heat",
@@ -424,7 +424,7 @@ def gene_search(result: de.DEResult, groupby: str) -> None:
         },
     )
     means, fractions = de.group_expression(adata, groupby, [gene], groups=result.groups)
-    st.plotly_chart(plots.dot_plot_figure(means, fractions), width="stretch", key="de_gene_dot")
+    ui.chart(st, plots.dot_plot_figure(means, fractions), width="stretch", key="de_gene_dot")
     if input_genes is not None and gene not in set(input_genes):
         hvg = params.info_of(data.PrepareSpec, "n_hvg")
         st.info(
@@ -440,7 +440,7 @@ def gene_search(result: de.DEResult, groupby: str) -> None:
     elif input_genes is not None and views.get("gene_weights"):
         found = interpret.gene_weight_matrix(adata, "P_mu")
         if found is not None and gene in found[1]:
-            st.plotly_chart(
+            ui.chart(st, 
                 plots.gene_weight_figure(found[0][found[1].index(gene)], gene, matrix="P_mu"),
                 width="stretch",
                 key="de_gene_pmu",

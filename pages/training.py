@@ -241,11 +241,11 @@ def run_view(run_id: str) -> None:
         )
         if not p.history.empty:
             log_y = st.toggle("Log scale", key=f"logy:{run.id}", help="Show the loss terms on a log scale.")
-            st.plotly_chart(plots.loss_figure(p.history, log_y=log_y), width="stretch", key=f"loss:{run.id}")
+            ui.chart(st, plots.loss_figure(p.history, log_y=log_y), width="stretch", key=f"loss:{run.id}")
             val = plots.validation_figure(p.history)
             if val is not None:
                 st.markdown("**Validation: finding the held-out edges**")
-                st.plotly_chart(val, width="stretch", key=f"val:{run.id}")
+                ui.chart(st, val, width="stretch", key=f"val:{run.id}")
         if p.finished and p.state != "failed":
             metrics = run.read_json("metrics.json", {}) or {}
             words = {

@@ -102,21 +102,24 @@ def schema_form(
     exclude: Iterable[str] = (),
     columns: int = 2,
     advanced: bool = True,
-    advanced_label: str = "More settings",
+    advanced_label: str = "Usually leave alone",
 ) -> None:
     """Draw the widgets of ``schema`` whose values start at ``base`` (the preset) plus the overrides.
 
     ``key`` must change when the preset changes, so the widgets start again from the new preset.
-    Parameters marked ``advanced`` go in a collapsed expander.
+    The settings worth changing come first; the rest (``advanced``) go in a collapsed "Usually leave
+    alone" expander. A parameter whose part is switched off (``shown_if``) is not drawn: its value stays.
     """
     infos = [
         i
         for i in params.describe(schema)
         if (only is None or i.name in set(only)) and i.name not in set(exclude)
     ]
+    over = state.overrides(section)
+    values = {**base, **over}
+    infos = [i for i in infos if i.shown(values)]
     main = [i for i in infos if not i.advanced]
     extra = [i for i in infos if i.advanced] if advanced else []
-    over = state.overrides(section)
     _grid(main, section, base, over, key, columns)
     if extra:
         with st.expander(advanced_label, expanded=False):

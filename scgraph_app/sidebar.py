@@ -87,6 +87,7 @@ def draw() -> None:
                 )
         else:
             st.caption("No runs yet: train one on the Training page.")
+        ui.figure_format_picker()
         st.caption(f":material/memory: {device_line()}")
 
 

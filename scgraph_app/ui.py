@@ -266,3 +266,36 @@ def verdict_box(run: Run, adata: Any = None) -> None:
                 col.page_link(
                     PAGES[page], label=f"Open {labels.get(page, page)}", icon=":material/arrow_forward:"
                 )
+
+
+# Figure downloads: the camera button on every figure's toolbar saves it in the format chosen in the sidebar.
+FIGURE_FORMATS = {"PNG (for slides)": "png", "SVG (for papers; editable)": "svg"}
+_FIGURE_FORMAT_KEY = "figure_format"
+
+
+def chart_config(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plotly toolbar settings: download as PNG (at twice the screen resolution) or SVG, no logo."""
+    fmt = FIGURE_FORMATS.get(st.session_state.get(_FIGURE_FORMAT_KEY, ""), "png")
+    config = {
+        "displaylogo": False,
+        "toImageButtonOptions": {"format": fmt, "filename": "scgraph-figure", "scale": 2 if fmt == "png" else 1},
+    }
+    config.update(extra or {})
+    return config
+
+
+def chart(where: Any, fig: Any, *, config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Draw a plotly figure in ``where`` (st or a column) with the download settings of :func:`chart_config`."""
+    return where.plotly_chart(fig, config=chart_config(config), **kwargs)
+
+
+def figure_format_picker() -> None:
+    """The sidebar choice of the download format of every figure."""
+    st.radio(
+        "Figure downloads",
+        list(FIGURE_FORMATS),
+        key=_FIGURE_FORMAT_KEY,
+        horizontal=True,
+        help="The camera button at the top right of every figure saves it in this format.",
+    )
+

@@ -29,8 +29,12 @@ def param(
     choices: typing.Sequence[Any] | None = None,
     label: str | None = None,
     advanced: bool = False,
+    shown_if: dict[str, Any] | None = None,
 ) -> Any:
-    """Declare one parameter: its default, a one-line help text and its allowed values."""
+    """Declare one parameter: its default, a one-line help text and its allowed values.
+
+    ``shown_if`` names the settings this one depends on: {field: value, tuple of values, or True for "on"};
+    a form hides the parameter while any of them says the part it tunes is switched off."""
     meta = {
         "help": help,
         "min": min,
@@ -38,6 +42,7 @@ def param(
         "choices": tuple(choices) if choices is not None else None,
         "label": label,
         "advanced": advanced,
+        "shown_if": dict(shown_if) if shown_if else None,
     }
     if isinstance(default, list):
         default = tuple(default)
@@ -58,6 +63,21 @@ class ParamInfo:
     choices: tuple[Any, ...] | None
     label: str
     advanced: bool
+    shown_if: dict[str, Any] | None = None
+
+    def shown(self, values: dict[str, Any]) -> bool:
+        """Whether the part this parameter tunes is switched on, given the section's current values."""
+        for field, wanted in (self.shown_if or {}).items():
+            value = values.get(field)
+            if wanted is True:
+                if not value:
+                    return False
+            elif isinstance(wanted, tuple):
+                if value not in wanted:
+                    return False
+            elif value != wanted:
+                return False
+        return True
 
     @property
     def flag(self) -> str:
@@ -135,6 +155,26 @@ LABELS: dict[str, str] = {
 }
 SCHEMA_LABELS: dict[tuple[str, str], str] = {("ClusterParams", "k"): "k-means clusters"}
 
+# The settings a biologist is likely to change, per schema; a form shows them first and keeps the rest under
+# "Usually leave alone" (a parameter declared ``advanced`` is always there). Schemas not listed keep
+# their declarations as they are.
+WORTH_CHANGING: dict[str, frozenset[str]] = {
+    "CellVGAEParams": frozenset({"conv", "latent", "regularizer", "expr_decoder", "lr", "epochs", "recipe"}),
+    "ScVGAEParams": frozenset({"hidden", "output", "lr", "epochs", "val_fraction"}),
+    "AttentionAEParams": frozenset({"latent", "pretrain_epochs", "dec_epochs", "attention_top", "denoised"}),
+    "GraphSpec": frozenset({"kind", "k", "metric", "use", "edge_file"}),
+    "TrainSpec": frozenset({"seed", "device", "precision", "patience"}),
+    "ClusterParams": frozenset(
+        {"method", "hdbscan_select", "min_cluster_sizes", "n_neighbors", "resolution", "k"}
+    ),
+}
+
+
+def worth_changing(schema: type, name: str) -> bool:
+    """Whether ``name`` belongs with the settings worth changing (see :data:`WORTH_CHANGING`)."""
+    chosen = WORTH_CHANGING.get(schema.__name__)
+    return chosen is None or name in chosen
+
 
 def label_of(schema: type, name: str, declared: str | None = None) -> str:
     """The user-facing label of ``schema``'s parameter ``name``: its declared label, else the tables above,
@@ -172,7 +212,8 @@ def describe(schema: type) -> list[ParamInfo]:
                 max=m["max"],
                 choices=m["choices"],
                 label=label_of(schema, f.name, m["label"]),
-                advanced=m["advanced"],
+                advanced=m["advanced"] or not worth_changing(schema, f.name),
+                shown_if=m.get("shown_if"),
             )
         )
     return out

@@ -151,3 +151,25 @@ def test_the_command_line_refuses_nan_before_reading_data(capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "lr must be a finite number" in err and "Traceback" not in err
+
+
+def test_worth_changing_and_shown_if_come_from_the_declarations():
+    from scgraph_core.models import base
+
+    infos = {i.name: i for i in params.describe(base.get("cellvgae").Params)}
+    assert not infos["epochs"].advanced and not infos["latent"].advanced
+    assert infos["variance"].advanced and infos["attn_dropout"].advanced
+    assert infos["expr_weight"].shown({"expr_decoder": 64}) and not infos["expr_weight"].shown({"expr_decoder": 0})
+    assert infos["kl_weight"].shown({"regularizer": "kl"}) and not infos["kl_weight"].shown({"regularizer": "mmd"})
+    assert infos["epochs"].shown({})  # no condition: always shown
+    aae = {i.name: i for i in params.describe(base.get("attentionae").Params)}
+    assert aae["dec_tol"].shown({"dec_epochs": 100}) and not aae["dec_tol"].shown({"dec_epochs": 0})
+    # Every name listed as worth changing exists in its schema (a renamed field must not vanish silently).
+    from scgraph_core import graphs, train
+    from scgraph_core.cluster import ClusterParams
+
+    schemas = {s.__name__: s for s in (graphs.GraphSpec, train.TrainSpec, ClusterParams)}
+    schemas.update({cls.Params.__name__: cls.Params for cls in base.available().values()})
+    for schema_name, names in params.WORTH_CHANGING.items():
+        fields = {i.name for i in params.describe(schemas[schema_name])}
+        assert names <= fields, (schema_name, names - fields)

@@ -81,3 +81,42 @@ def test_a_count_model_on_the_demo_warns_that_raw_counts_are_needed():
     at.radio(key="model_pick").set_value(models[counting[0]].title).run()
     assert not at.exception
     assert any("needs raw counts" in w for w in texts(at.warning))
+
+
+def test_settings_worth_changing_come_first_and_switched_off_parts_are_hidden():
+    at = open_page("model")
+    assert_clean(at)
+    expanders = [e.label for e in at.expander]
+    assert "Usually leave alone" in expanders
+    labels = {w.label for w in [*at.number_input, *at.selectbox, *at.text_input, *at.toggle]}
+    # The quick preset has no expression decoder and uses the KL prior: the decoder's weight is hidden,
+    # the KL weight is shown.
+    assert "Expression weight" not in labels and not any("expr_weight" in str(w.key) for w in at.number_input)
+    assert any(w.key.endswith(":model:kl_weight") for w in at.text_input)
+    decoder = next(n for n in at.number_input if n.key.endswith(":model:expr_decoder"))
+    decoder.set_value(64).run()
+    assert_clean(at)
+    assert any(n.key.endswith(":model:expr_weight") for n in at.number_input)
+    regularizer = next(s for s in at.selectbox if s.key.endswith(":model:regularizer"))
+    regularizer.set_value("mmd").run()
+    assert not any(w.key.endswith(":model:kl_weight") for w in at.text_input)
+
+
+def test_figures_download_in_the_format_chosen_in_the_sidebar():
+    import streamlit as st
+
+    from scgraph_app import ui
+
+    at = open_page("data")
+    assert_clean(at)
+    picker = at.sidebar.radio(key="figure_format")
+    assert set(picker.options) == set(ui.FIGURE_FORMATS)
+    # Every figure on the page carries the download settings (no plotly logo).
+    assert at.get("plotly_chart")
+    # The chosen format reaches the toolbar's download button.
+    st.session_state["figure_format"] = "SVG (for papers; editable)"
+    assert ui.chart_config()["toImageButtonOptions"]["format"] == "svg"
+    st.session_state["figure_format"] = "PNG (for slides)"
+    options = ui.chart_config({"scrollZoom": True})
+    assert options["toImageButtonOptions"] == {"format": "png", "filename": "scgraph-figure", "scale": 2}
+    assert options["scrollZoom"] and options["displaylogo"] is False

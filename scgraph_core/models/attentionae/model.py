@@ -204,18 +204,30 @@ class AttentionAEParams:
         advanced=True,
     )
     dec_epochs: int = param(100, "most DEC fine-tuning epochs", min=0, max=100000)
-    dec_lr: float = param(1e-3, "Adam learning rate of DEC fine-tuning", min=1e-7, max=1.0)
+    dec_lr: float = param(
+        1e-3, "Adam learning rate of DEC fine-tuning", min=1e-7, max=1.0, shown_if={"dec_epochs": True}
+    )
     dec_warmup: int = param(
         0,
         "DEC epochs over which its learning rate rises linearly to dec_lr (0 = none, the paper)",
         min=0,
         advanced=True,
+        shown_if={"dec_epochs": True},
     )
     dec_tol: float = param(
-        0.001, "DEC stops when fewer than this share of cells change cluster in an epoch", min=0.0, max=0.5
+        0.001,
+        "when cluster refinement stops: once fewer than this share of cells change cluster in an epoch "
+        "(0.001 = one cell in a thousand); larger stops sooner, with clusters closer to the Leiden start",
+        min=0.0,
+        max=0.5,
+        shown_if={"dec_epochs": True},
     )
-    dec_min_epochs: int = param(20, "DEC epochs before the stopping rule applies", min=0)
-    dec_zinb_weight: float = param(0.1, "weight of the ZINB term during DEC", min=0.0, advanced=True)
+    dec_min_epochs: int = param(
+        20, "DEC epochs before the stopping rule applies", min=0, shown_if={"dec_epochs": True}
+    )
+    dec_zinb_weight: float = param(
+        0.1, "weight of the ZINB term during DEC", min=0.0, advanced=True, shown_if={"dec_epochs": True}
+    )
     dec_guard: float = param(
         0.0,
         "if the ZINB loss rises more than this share during DEC, DEC starts again from the pre-trained "
@@ -223,26 +235,44 @@ class AttentionAEParams:
         min=0.0,
         max=10.0,
         advanced=True,
+        shown_if={"dec_epochs": True},
     )
-    dec_graph_weight: float = param(0.01, "weight of the graph term during DEC", min=0.0, advanced=True)
+    dec_graph_weight: float = param(
+        0.01, "weight of the graph term during DEC", min=0.0, advanced=True, shown_if={"dec_epochs": True}
+    )
     min_cluster_cells: int = param(
         5,
         "clusters DEC leaves with fewer cells are folded into each cell's next most likely cluster",
         min=1,
         advanced=True,
+        shown_if={"dec_epochs": True},
     )
     dec_kernel: str = param(
         "student_t",
         "DEC soft assignment: Student-t with exponent -(alpha+1)/2 (DEC paper) or the authors' squared kernel",
         choices=KERNELS,
         advanced=True,
+        shown_if={"dec_epochs": True},
     )
-    dec_alpha: float = param(1.0, "Student-t degrees of freedom of the DEC kernel", min=0.01, advanced=True)
+    dec_alpha: float = param(
+        1.0,
+        "Student-t degrees of freedom of the DEC kernel",
+        min=0.01,
+        advanced=True,
+        shown_if={"dec_epochs": True},
+    )
     target_update: int = param(
-        1, "recompute the DEC target distribution P every this many epochs", min=1, advanced=True
+        1,
+        "recompute the DEC target distribution P every this many epochs",
+        min=1,
+        advanced=True,
+        shown_if={"dec_epochs": True},
     )
     detach_target: bool = param(
-        True, "treat P as a fixed target (DEC); the authors' code back-propagates through it", advanced=True
+        True,
+        "treat P as a fixed target (DEC); the authors' code back-propagates through it",
+        advanced=True,
+        shown_if={"dec_epochs": True},
     )
     export_mode: str = param(
         "eval",

@@ -59,17 +59,27 @@ class CellVGAEParams:
         "kl", "prior term: KL divergence (paper default) or maximum mean discrepancy", choices=("kl", "mmd")
     )
     kl_weight: float | None = param(
-        None, "weight of the KL term (empty = 1 / number of cells, as in the paper)", min=0.0
+        None,
+        "how strongly the latent space is pulled towards a plain Gaussian (empty = 1 / number of cells, as in "
+        "the paper); higher gives smoother, less separated clusters",
+        min=0.0,
+        shown_if={"regularizer": "kl"},
     )
     variance: str = param(
         "logvar",
-        "how the sigma layer is read: logvar (KL and sampling agree, fixed) or legacy (the published code's mismatch)",
+        "a technical fix, not a biological choice: logvar reads the encoder's uncertainty the same way in "
+        "sampling and in the KL term; legacy reproduces the published code's mismatch for comparison",
         choices=("logvar", "legacy"),
     )
     expr_decoder: int = param(
         0, "hidden size of the optional expression decoder (0 = no decoder)", min=0, max=8192
     )
-    expr_weight: float = param(10.0, "weight of the expression reconstruction (MSE) term", min=0.0)
+    expr_weight: float = param(
+        10.0,
+        "how much rebuilding each cell's expression counts against rebuilding its neighbours",
+        min=0.0,
+        shown_if={"expr_decoder": True},
+    )
     lr: float = param(1e-4, "Adam learning rate", min=1e-7, max=1.0)
     epochs: int = param(200, "training epochs (full batch)", min=1, max=100000)
     val_fraction: float = param(0.1, "share of edges held out to monitor link prediction", min=0.0, max=0.5)
