@@ -322,7 +322,7 @@ def annotation_saver() -> None:
             key="ann_base",
             help="Give its groups names (e.g. cell types); two groups with the same new name are merged.",
         )
-        groups = sorted(adata.obs[base].astype(str).unique(), key=plots._natural_key)
+        groups = sorted(adata.obs[base].astype(str).unique(), key=plots.natural_key)
         if len(groups) > 60:
             st.caption(f"{ui.md(base)} has {len(groups)} groups: too many to rename here.")
             return
