@@ -148,7 +148,8 @@ with ui.guard("the attention overlay"):
     coords = cache.layout(run, adata)
     left, right = st.columns([3, 2])
     with left:
-        ui.chart(st, 
+        ui.chart(
+            st,
             plots.embedding_scatter(
                 coords,
                 score,
@@ -186,7 +187,7 @@ with ui.guard("the attention overlay"):
 
 with ui.guard("the attention graph"):
     st.subheader("The strongest attention edges as a cell graph")
-    categories = sorted(pd.unique(groups), key=plots._natural_key) if groups is not None else []
+    categories = sorted(pd.unique(groups), key=plots.natural_key) if groups is not None else []
     c = st.columns([2, 2, 1])
     include = c[0].multiselect(
         "Only these cell types",

@@ -205,7 +205,8 @@ if loaded is not None:
                 st.caption("This file has no cell annotations.")
         with right:
             st.markdown("**Quality control**")
-            ui.chart(st, 
+            ui.chart(
+                st,
                 plots.qc_figure(info["qc"], info["qc_notes"]),
                 width="stretch",
                 key="qc_plot",

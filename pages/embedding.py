@@ -129,7 +129,8 @@ def umap_view() -> None:
             dragmode="lasso",
             height=560,
         )
-        event = ui.chart(st, 
+        event = ui.chart(
+            st,
             fig,
             width="stretch",
             key=f"umap:{run.id}",
@@ -150,7 +151,8 @@ def umap_view() -> None:
             cols = st.columns(len(groups))
             for col, (key, title) in zip(cols, groups, strict=False):
                 if key and key in adata.obs:
-                    ui.chart(col, 
+                    ui.chart(
+                        col,
                         plots.composition_figure(
                             adata.obs[key].astype(str).to_numpy()[chosen],
                             title=title,
@@ -232,7 +234,8 @@ def selection_de() -> None:
         f"({result.n_cells.get(first, 0):,} cells) against {ui.md(other)} "
         f"({result.n_cells.get(result.uns['params']['reference'], 0):,} cells); adjusted p: Benjamini-Hochberg."
     )
-    ui.chart(st, 
+    ui.chart(
+        st,
         plots.volcano_figure(table, lfc=float(lfc), title=f"{first} against {other}"),
         width="stretch",
         key="sel_volcano",
@@ -322,7 +325,7 @@ def annotation_saver() -> None:
             key="ann_base",
             help="Give its groups names (e.g. cell types); two groups with the same new name are merged.",
         )
-        groups = sorted(adata.obs[base].astype(str).unique(), key=plots._natural_key)
+        groups = sorted(adata.obs[base].astype(str).unique(), key=plots.natural_key)
         if len(groups) > 60:
             st.caption(f"{ui.md(base)} has {len(groups)} groups: too many to rename here.")
             return
@@ -518,7 +521,8 @@ with ui.guard("the comparison"):
             key = shared_label if how == "labels" else v.get("clusters")
             vals = a.obs[key].astype(str).to_numpy() if key in a.obs else None
             col.markdown(f"**{ui.md(r.meta.get('name', r.id))}** ({ui.md(v.get('model', ''))})")
-            ui.chart(col, 
+            ui.chart(
+                col,
                 plots.embedding_scatter(
                     cache.layout(r, a),
                     vals,

@@ -77,7 +77,8 @@ with ui.guard("the expression plots"):
         for line in captions:
             st.caption(line)
         # One figure for every gene: a browser allows a page only a few WebGL plots.
-        ui.chart(st, 
+        ui.chart(
+            st,
             plots.embedding_panels(coords, panels, columns=2, panel_height=400),
             width="stretch",
             key="ex_panels",

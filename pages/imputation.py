@@ -113,7 +113,8 @@ with ui.guard("the observed and imputed plots"):
         ui.chart(col, fig, width="stretch", key=f"{key}:{gene}")
 
 with ui.guard("the value distribution"):
-    ui.chart(st, 
+    ui.chart(
+        st,
         plots.imputation_histogram(
             show_obs, show_imp, gene=gene, scale=("log1p " if log_view else "") + (scale or "")
         ),
@@ -138,7 +139,8 @@ with ui.guard("the gene-gene plot"):
     tx = (lambda v: np.log1p(np.clip(v, 0, None))) if log_view else (lambda v: v)
     labels = adata.obs[label_key].to_numpy() if label_key else None
     colours = plots.obs_colors(adata, label_key) if label_key else None
-    ui.chart(st, 
+    ui.chart(
+        st,
         plots.gene_gene_figure(
             (
                 tx(cache.expression(adata, gx, observed_layer)),

@@ -108,7 +108,8 @@ def gene_weight_section() -> None:
                 table = pd.DataFrame(part).set_index("dimension")
                 table.columns = [str(c) for c in table.columns]
                 with st.expander("Which clusters drive each latent dimension", expanded=False):
-                    ui.chart(st, 
+                    ui.chart(
+                        st,
                         plots.heatmap_figure(
                             table,
                             x_title="cluster",
@@ -181,8 +182,8 @@ def gene_weight_section() -> None:
             st.caption(f"{len(genes):,} genes have {which} weights.")
         else:
             row = weights[genes.index(gene)]
-            ui.chart(st, 
-                plots.gene_weight_figure(row, gene, matrix=which), width="stretch", key="mk_gene_fig"
+            ui.chart(
+                st, plots.gene_weight_figure(row, gene, matrix=which), width="stretch", key="mk_gene_fig"
             )
             in_markers = markers[markers["gene"] == gene] if not markers.empty else markers
             in_dims = per_dim[per_dim["gene"] == gene]
@@ -370,13 +371,15 @@ def de_section() -> None:
         )
     means, fractions = de.group_expression(adata, groupby, genes, groups=result.groups)
     with tab_dot:
-        ui.chart(st, 
+        ui.chart(
+            st,
             plots.dot_plot_figure(means, fractions, title=f"Top {n_top} genes per group"),
             width="stretch",
             key="de_dot",
         )
     with tab_heat:
-        ui.chart(st, 
+        ui.chart(
+            st,
             plots.group_heatmap_figure(means, title="Mean expression per group, each gene scaled 0-1"),
             width="stretch",
             key="de_heat",
@@ -440,7 +443,8 @@ def gene_search(result: de.DEResult, groupby: str) -> None:
     elif input_genes is not None and views.get("gene_weights"):
         found = interpret.gene_weight_matrix(adata, "P_mu")
         if found is not None and gene in found[1]:
-            ui.chart(st, 
+            ui.chart(
+                st,
                 plots.gene_weight_figure(found[0][found[1].index(gene)], gene, matrix="P_mu"),
                 width="stretch",
                 key="de_gene_pmu",

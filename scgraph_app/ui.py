@@ -278,7 +278,11 @@ def chart_config(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     fmt = FIGURE_FORMATS.get(st.session_state.get(_FIGURE_FORMAT_KEY, ""), "png")
     config = {
         "displaylogo": False,
-        "toImageButtonOptions": {"format": fmt, "filename": "scgraph-figure", "scale": 2 if fmt == "png" else 1},
+        "toImageButtonOptions": {
+            "format": fmt,
+            "filename": "scgraph-figure",
+            "scale": 2 if fmt == "png" else 1,
+        },
     }
     config.update(extra or {})
     return config
@@ -298,4 +302,3 @@ def figure_format_picker() -> None:
         horizontal=True,
         help="The camera button at the top right of every figure saves it in this format.",
     )
-

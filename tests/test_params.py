@@ -159,8 +159,12 @@ def test_worth_changing_and_shown_if_come_from_the_declarations():
     infos = {i.name: i for i in params.describe(base.get("cellvgae").Params)}
     assert not infos["epochs"].advanced and not infos["latent"].advanced
     assert infos["variance"].advanced and infos["attn_dropout"].advanced
-    assert infos["expr_weight"].shown({"expr_decoder": 64}) and not infos["expr_weight"].shown({"expr_decoder": 0})
-    assert infos["kl_weight"].shown({"regularizer": "kl"}) and not infos["kl_weight"].shown({"regularizer": "mmd"})
+    assert infos["expr_weight"].shown({"expr_decoder": 64}) and not infos["expr_weight"].shown(
+        {"expr_decoder": 0}
+    )
+    assert infos["kl_weight"].shown({"regularizer": "kl"}) and not infos["kl_weight"].shown(
+        {"regularizer": "mmd"}
+    )
     assert infos["epochs"].shown({})  # no condition: always shown
     aae = {i.name: i for i in params.describe(base.get("attentionae").Params)}
     assert aae["dec_tol"].shown({"dec_epochs": 100}) and not aae["dec_tol"].shown({"dec_epochs": 0})
