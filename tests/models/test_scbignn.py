@@ -237,3 +237,18 @@ def test_command_line_contract(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["label_key"] is None and config["labels"]["holdout_fraction"] == 0.2
     assert (out / "gene_importance.csv").is_file() and (out / "em_rounds.csv").is_file()
+
+
+def test_the_command_line_of_a_run_keeps_its_labels():
+    import shlex
+
+    from scgraph_core.__main__ import build_parser, command_line
+
+    labels = LabelSpec(key="cell type", holdout_fraction=0.2, unlabelled="?")
+    original = pipeline.resolve_config("scbignn", "quick", {"model": {"k": 7}}, labels=labels)
+    record = {**original.to_dict(), "input": {"path": "cells.h5ad", "orientation": "auto"}}
+    words = shlex.split(command_line(record))
+    args = build_parser(words[3:]).parse_args(words[3:])
+    assert (args.label_key, args.holdout_fraction, args.unlabelled) == ("cell type", 0.2, "?")
+    flag = flag_of("scbignn", "model", "k")
+    assert words[words.index(flag) + 1] == "7"
