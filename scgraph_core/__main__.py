@@ -224,6 +224,10 @@ def _print_metrics(metrics: dict) -> None:
     shown = (
         "ari",
         "nmi",
+        "accuracy",
+        "macro_f1",
+        "q_accuracy",
+        "q_macro_f1",
         "silhouette",
         "n_clusters",
         "noise",
@@ -258,12 +262,33 @@ def _print_verdict(run, store=None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from . import pipeline
+    from .labels import LabelSpec
+    from .models import base
     from .runs import Run, RunStore
 
     sections = pipeline.sections_for(args.model)
     overrides = {name: params.given(args, schema, name) for name, schema in sections.items()}
     config = pipeline.resolve_config(args.model, args.preset, overrides, label_key=args.label_key)
+    if base.get(args.model).uses_labels:
+        # A model that learns from labels trains on --label-key; scoring against the same column (ARI of its
+        # own training labels) would mean nothing, so the held-out share scores it instead.
+        labels = None
+        if args.label_key:
+            labels = LabelSpec(
+                key=args.label_key,
+                unlabelled=args.unlabelled,
+                holdout_fraction=args.holdout_fraction,
+                seed=config.train.seed,
+            )
+            labels.check()
+        config = dataclasses.replace(config, label_key=None, labels=labels)
+    elif args.holdout_fraction or args.unlabelled is not None:
+        raise ScgraphError(
+            f"--holdout-fraction and --unlabelled are for models that learn from labels; {args.model} does not."
+        )
     if args.out:
         _check_writable_folder(Path(args.out).expanduser())  # before minutes of reading, not after
     adata = _read_input(args)
@@ -366,7 +391,25 @@ def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
         "offered) = the authors' code as published, quick = a demo that trains in seconds",
     )
     p.add_argument(
-        "--label-key", default=None, metavar="COL", help="obs column with known cell types, for ARI/NMI"
+        "--label-key",
+        default=None,
+        metavar="COL",
+        help="obs column with known cell types: scores ARI/NMI, or, for a model that learns from labels "
+        "(scBiGNN), the labels it trains on (empty or NaN cells are unlabelled and get predictions)",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="models that learn from labels: hide this stratified, seeded share of the known labels and report "
+        "accuracy and macro-F1 on them (default 0)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        default=None,
+        metavar="VALUE",
+        help="models that learn from labels: a value of the label column that means 'not labelled'",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, schema in pipeline.sections_for(model).items():
@@ -417,6 +460,13 @@ def command_line(record: dict) -> str:
         words += ["--format", source["format"]]
     if record.get("label_key"):
         words += ["--label-key", record["label_key"]]
+    labels = record.get("labels") or {}
+    if labels.get("key"):
+        words += ["--label-key", labels["key"]]
+        if labels.get("holdout_fraction"):
+            words += ["--holdout-fraction", str(labels["holdout_fraction"])]
+        if labels.get("unlabelled") is not None:
+            words += ["--unlabelled", str(labels["unlabelled"])]
     for section, key in pipeline.CONFIG_KEYS.items():
         for name, value in (record.get(key) or {}).items():
             if value == base[key].get(name) or value is None:

@@ -192,6 +192,12 @@ def analyse(
         a.obsm[proba.key] = proba.values
         a.views["probabilities"] = proba.key
         a.views["probability_names"] = list(proba.classes)
+        # A supervised model's predicted type (for every cell) and its probability, next to the clusters.
+        names = np.asarray(proba.classes, dtype=object)
+        predicted = f"{model.name}_prediction"
+        a.obs[predicted] = pd.Categorical(names[proba.values.argmax(1)], categories=list(proba.classes))
+        a.obs[f"{model.name}_confidence"] = proba.values.max(1).astype(np.float32)
+        a.views["predictions"] = predicted
     history = model.history()
     if history is not None:
         a.tables["history"] = history

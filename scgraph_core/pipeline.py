@@ -329,6 +329,7 @@ def fit(
     *,
     preset: str = "paper",
     label_key: str | None = None,
+    labels: LabelSpec | None = None,
     run_dir: str | Path | None = None,
     prepare: dict[str, Any] | None = None,
     graph: dict[str, Any] | None = None,
@@ -340,10 +341,14 @@ def fit(
 
     Each keyword overrides one section of the preset, e.g. ``fit(adata, "cellvgae", preset="quick",
     train={"seed": 1}, graph={"k": 10}, params={"epochs": 100})``. With ``run_dir`` the run folder is
-    written there too.
+    written there too. ``labels`` (a :class:`~scgraph_core.labels.LabelSpec`) is what a model that learns
+    from labels trains on, e.g. ``fit(adata, "scbignn", labels=LabelSpec(key="celltype",
+    holdout_fraction=0.2))``; ``label_key`` only scores the result.
     """
     overrides = {"prepare": prepare, "graph": graph, "model": params, "train": train, "cluster": cluster}
-    config = resolve_config(model, preset, {k: v for k, v in overrides.items() if v}, label_key=label_key)
+    config = resolve_config(
+        model, preset, {k: v for k, v in overrides.items() if v}, label_key=label_key, labels=labels
+    )
     run = None
     if run_dir is not None:
         source = adata.uns.get("scgraph_source", {}).get("path", "")

@@ -16,6 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from scgraph_core import pipeline
+from scgraph_core.labels import LabelSpec
 from scgraph_core.models import base
 from scgraph_core.runs import Run, RunStore
 from tests.helpers import toy_counts
@@ -37,7 +38,11 @@ def hostile_toy(n_cells: int = 150, seed: int = 0):
 def train(store: RunStore, model: str, *, name: str, adata=None, seed: int = 0) -> Run:
     smoke = base.get(model).smoke
     overrides = {**smoke, "train": {**smoke.get("train", {}), "seed": seed}}
-    config = pipeline.resolve_config(model, "quick", overrides, label_key="celltype")
+    # A model that learns from labels trains on them (a held-out share scores it); "celltype" still scores.
+    labels = (
+        LabelSpec(key="celltype", holdout_fraction=0.2, seed=seed) if base.get(model).uses_labels else None
+    )
+    config = pipeline.resolve_config(model, "quick", overrides, label_key="celltype", labels=labels)
     record = config.to_dict()
     record["input"] = {"path": "toy", "orientation": "auto", "format": None}
     run = store.create(model=model, name=name, dataset="toy (hostile labels)", config=record)

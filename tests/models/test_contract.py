@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from scgraph_core import pipeline
+from scgraph_core.labels import LabelSpec
 from scgraph_core.models import base
 from scgraph_core.results import VIEW_KEYS
 from scgraph_core.runs import Run
@@ -34,7 +35,9 @@ def test_every_model_trains_writes_and_reopens_with_its_declared_views(name, toy
     cls = base.get(name)
     smoke = cls.smoke
     assert smoke, f"{name} declares no smoke settings (Model.smoke) for a seconds-long run"
-    config = pipeline.resolve_config(name, "quick", smoke, label_key="celltype")
+    # A model that learns from labels trains on a LabelSpec with a held-out share; "celltype" still scores.
+    labels = LabelSpec(key="celltype", holdout_fraction=0.2) if cls.uses_labels else None
+    config = pipeline.resolve_config(name, "quick", smoke, label_key="celltype", labels=labels)
     run = Run.create_at(tmp_path / name, model=name, config=config.to_dict())
     out, result = pipeline.execute(toy.copy(), config, run=run)
     assert run.state == "done", run.status
