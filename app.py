@@ -42,6 +42,7 @@ pages = {
         st.Page(ui.PAGES["embedding"], title="Embedding", icon=":material/scatter_plot:"),
         st.Page(ui.PAGES["attention"], title="Attention", icon=":material/share:"),
         st.Page(ui.PAGES["markers"], title="Markers", icon=":material/format_list_numbered:"),
+        st.Page(ui.PAGES["annotate"], title="Annotate", icon=":material/label:"),
         st.Page(ui.PAGES["expression"], title="Expression", icon=":material/gradient:"),
         st.Page(
             ui.PAGES["imputation"],

@@ -38,6 +38,7 @@ PAGES = {
     "markers": "pages/markers.py",
     "expression": "pages/expression.py",
     "imputation": "pages/imputation.py",
+    "annotate": "pages/annotate.py",
     "runs": "pages/runs.py",
 }
 

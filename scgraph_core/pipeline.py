@@ -25,7 +25,7 @@ from .labels import LabelSpec
 from .models import base
 from .results import Result, plain
 from .runs import Run, atomic_write_bytes, plain_os_error
-from .train import Stage, StageOutcome, StopSignal, Trainer, TrainSpec
+from .train import Stage, StageOutcome, StopSignal, Trainer, TrainSpec, peak_memory_mb
 
 SECTIONS: dict[str, type] = {
     "prepare": PrepareSpec,
@@ -203,12 +203,16 @@ def execute(
             raise ConfigError(f"{model.title} learns from labels: give the label column (--label-key).")
         prepared = model.preprocess(adata, config.prepare)
         _stage(callbacks, "graph", run)
+        t0 = time.time()
         graph = cell_graph(model, prepared, config)
+        seconds_graph = time.time() - t0
         trainer = Trainer(config.train, callbacks=callbacks, stop=stop)
         if run is not None:
             _keep_stages(run, trainer, replay)
         _stage(callbacks, "train", run, device=str(trainer.device), precision=trainer.precision_name)
+        t0 = time.time()
         model.train(prepared, graph, config.params, trainer, cluster=config.cluster, labels=config.labels)
+        seconds_train = time.time() - t0
         result = analyse(
             model,
             prepared,
@@ -221,6 +225,9 @@ def execute(
             result.metrics["recipe"] = adapted
             result.metrics["notes"] = [adapted, *result.metrics.get("notes", [])]
         result.metrics["graph"] = graph.stats()
+        result.metrics["seconds_graph"] = seconds_graph
+        result.metrics["seconds_train"] = seconds_train
+        result.metrics.setdefault("peak_memory_mb", peak_memory_mb(trainer.device))
         result.metrics["seconds_total"] = time.time() - started
         result.metrics["device"] = str(trainer.device)
         result.metrics["precision"] = trainer.precision_name
@@ -320,7 +327,10 @@ def _save(run: Run, adata: Any, result: Result) -> None:
     for name, table in result.tables.items():
         atomic_write_bytes(run.file(f"{name}.csv"), table.to_csv(index=False).encode())
     run.write_json("metrics.json", result.metrics)
+    started = time.time()
     run.write_result(adata)
+    # Written again with the time the write took (the first copy stands if this one cannot be written).
+    run.write_json("metrics.json", {**result.metrics, "seconds_write": time.time() - started})
 
 
 def fit(

@@ -354,3 +354,24 @@ def test_scanpy_baseline_on_pbmc3k(pbmc3k_path):
     print(f"scanpy baseline ARI on pbmc3k: {ari:.4f}")  # 0.874 (MODELS.md 1.8 quotes 0.871)
     assert ari > 0.8
     assert (before != adata.X).nnz == 0  # the user's data is untouched
+
+
+def test_hdbscan_grid_sizes_grow_with_the_number_of_cells_above_the_reference():
+    from scgraph_core.cluster import ClusterParams, scaled_grid
+
+    p = ClusterParams()
+    assert scaled_grid(p, 5_685) == (p.min_cluster_sizes, p.min_samples, "")  # the suite's sets: unchanged
+    sizes, samples, phrase = scaled_grid(p, 100_000)
+    assert sizes == tuple(10 * v for v in p.min_cluster_sizes) and samples == tuple(
+        10 * v for v in p.min_samples
+    )
+    assert "x10.0" in phrase and "100,000 cells" in phrase
+    never = ClusterParams(grid_reference_cells=None)
+    assert scaled_grid(never, 1_000_000)[0] == p.min_cluster_sizes
+    # The chosen rule names the scaled grid.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 0.2, size=(150, 2)) for c in (0, 5, 10)])
+    found = cluster_embedding(
+        X, space="embedding", min_cluster_sizes=(5, 10), min_samples=(3,), grid_reference_cells=100, seed=0
+    )
+    assert "sizes x4.5" in found.info["rule"] and found.info["n_clusters"] == 3

@@ -27,7 +27,7 @@ stays cheap for the app and the command line. The names below are re-exported he
 from __future__ import annotations
 
 from .common import EXACT_KNN_MAX_CELLS, NOISE
-from .embedding import ClusterParams, ClusterResult, cluster_embedding
+from .embedding import ClusterParams, ClusterResult, cluster_embedding, scaled_grid
 from .grid import SELECT_RULES, GridResult, best_with_labels, consensus_scores, hdbscan_grid, pair_agreement
 from .layout import umap_embedding
 from .partition import kmeans, leiden, scanpy_baseline
@@ -48,6 +48,7 @@ __all__ = [
     "leiden",
     "pair_agreement",
     "refine_clusters",
+    "scaled_grid",
     "scanpy_baseline",
     "umap_embedding",
 ]

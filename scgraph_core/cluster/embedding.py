@@ -64,6 +64,13 @@ class ClusterParams:
         (10, 25, 50, 100), "HDBSCAN grid: smallest cluster sizes to try", min=2, label="min cluster sizes"
     )
     min_samples: tuple[int, ...] = param((5, 10, 25, 50), "HDBSCAN grid: min_samples values to try", min=1)
+    grid_reference_cells: int | None = param(
+        10_000,
+        "HDBSCAN grid sizes are meant for up to this many cells; with more cells both grids grow in "
+        "proportion, so a cluster is as large a share of the data at 100k cells as at 10k (empty: never)",
+        min=100,
+        advanced=True,
+    )
     max_noise: float = param(
         0.05, "Automatic choice: largest share of noise cells a run may have", min=0.0, max=1.0
     )
@@ -203,10 +210,11 @@ def cluster_embedding(
         else:
             points = X.toarray() if sp.issparse(X) else X
             where = "the embedding itself"
+        sizes, samples, scaled = scaled_grid(params, n)
         grid = hdbscan_grid(
             points,
-            min_cluster_sizes=params.min_cluster_sizes,
-            min_samples=params.min_samples,
+            min_cluster_sizes=sizes,
+            min_samples=samples,
             max_noise=params.max_noise,
             silhouette_sample=params.silhouette_sample,
             seed=seed,
@@ -217,7 +225,7 @@ def cluster_embedding(
         layouts = ""
         if params.hdbscan_select == "consensus" and extra:
             layouts = f"; {grid.n_voters} runs voted from {grid.n_layouts} UMAP layouts (seeds {seed}-{seed + len(extra)})"
-        rule = f"HDBSCAN on {where}, {n_points}-point grid; chosen: {grid.rule}{layouts}"
+        rule = f"HDBSCAN on {where}, {n_points}-point grid{scaled}; chosen: {grid.rule}{layouts}"
         info.update(
             runs=grid.runs,
             chosen=grid.chosen,
@@ -248,3 +256,16 @@ def cluster_embedding(
     return ClusterResult(
         labels=labels, method=params.method, params=resolved, info=info, coords=coords, grid=grid
     )
+
+
+def scaled_grid(params: ClusterParams, n_cells: int) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """The HDBSCAN grid for ``n_cells``: as given up to ``grid_reference_cells``, above it both the cluster
+    sizes and min_samples multiplied by n_cells / grid_reference_cells (rounded), and a phrase saying so."""
+    ref = params.grid_reference_cells
+    if ref is None or n_cells <= ref:
+        return tuple(params.min_cluster_sizes), tuple(params.min_samples), ""
+    factor = n_cells / ref
+    sizes = tuple(max(2, round(v * factor)) for v in params.min_cluster_sizes)
+    samples = tuple(max(1, round(v * factor)) for v in params.min_samples)
+    phrase = f" (sizes x{factor:.1f} for {n_cells:,} cells: {', '.join(map(str, sizes))})"
+    return sizes, samples, phrase

@@ -43,9 +43,24 @@ def test_every_model_trains_writes_and_reopens_with_its_declared_views(name, toy
     assert run.state == "done", run.status
     # The run folder holds the contract files; metrics carry the scoring keys.
     metrics = json.loads(run.file("metrics.json").read_text())
-    for key in ("ari", "nmi", "n_clusters", "noise", "seconds_total", "seconds_analysis"):
+    for key in (
+        "ari",
+        "nmi",
+        "n_clusters",
+        "noise",
+        "seconds_total",
+        "seconds_graph",
+        "seconds_train",
+        "seconds_analysis",
+        "seconds_write",
+        "peak_memory_mb",
+    ):
         assert key in metrics, (name, key)
     assert 0.0 <= metrics["nmi"] <= 1.0
+    assert (
+        metrics["seconds_graph"] + metrics["seconds_train"] + metrics["seconds_analysis"]
+        <= metrics["seconds_total"]
+    )
     back = ad.read_h5ad(run.file("result.h5ad"))
     views = back.uns["scgraph"]["views"]
     assert views["model"] == name
