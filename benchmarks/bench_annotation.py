@@ -7,7 +7,8 @@ genes (the T genes scBiGNN reads, those of highest variance of log(1 + 10^6 x / 
   :meth:`ScBiGNN.train` with a LabelSpec whose unlabelled cells are the test cells;
 * ``linear_svc``  LinearSVC on log1p CP10k (the strong baseline of the issue);
 * ``logistic``    logistic regression on log1p CP10k;
-* ``knn_pca``     a 10-nearest-neighbour classifier on 50 principal components of log1p CP10k.
+* ``knn_pca``     a 10-nearest-neighbour classifier (fewer when fewer cells are labelled) on 50 principal
+  components of log1p CP10k.
 
 Splits (``--rates``): ``cv`` is stratified 5-fold cross-validation (the held-out fold is unlabelled in the
 graph, transductive, as in the paper); a number r (0.05, 0.01) labels a stratified share r of the cells (at
@@ -137,7 +138,7 @@ def run_split(prepared, truth, test, *, preset: str, seed: int, overrides: dict,
     for name, clf, inputs in (
         ("linear_svc", LinearSVC(random_state=seed), x),
         ("logistic", LogisticRegression(max_iter=1000), x),
-        ("knn_pca", KNeighborsClassifier(n_neighbors=10), pcs),
+        ("knn_pca", KNeighborsClassifier(n_neighbors=min(10, int(train.sum()))), pcs),
     ):
         t0 = time.perf_counter()
         clf.fit(inputs[train], truth[train])

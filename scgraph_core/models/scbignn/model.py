@@ -76,6 +76,13 @@ class ScBiGNNParams:
     pretrain_epochs: int = param(
         20, "epochs of q_phi pre-training on labelled cells (ours)", min=0, max=10000
     )
+    min_pretrain_steps: int = param(
+        0,
+        "fewest optimisation steps of the pre-training, however few cells are labelled (ours; 0 = epochs only: "
+        "with 27 labelled cells, 20 epochs are 20 steps)",
+        min=0,
+        max=100000,
+    )
     estep_epochs: int = param(10, "epochs of q_phi per E-step (ours)", min=1, max=10000)
     mstep_epochs: int = param(200, "most full-batch epochs of p_theta per M-step (ours)", min=1, max=100000)
     mstep_patience: int = param(
@@ -443,6 +450,8 @@ class ScBiGNN(Model):
 
         # 1. Pre-training of q_φ on the labelled cells.
         steps = len(lab_stream) * p.pretrain_epochs
+        if p.pretrain_epochs:
+            steps = max(steps, p.min_pretrain_steps)
 
         def pretrain_step(step: int) -> dict[str, torch.Tensor]:
             cells = lab_stream.next()
