@@ -44,6 +44,7 @@ class Analysis:
     obsm: dict[str, Any] = field(default_factory=dict)
     obsp: dict[str, Any] = field(default_factory=dict)
     varm: dict[str, Any] = field(default_factory=dict)
+    var: dict[str, Any] = field(default_factory=dict)
     layers: dict[str, Any] = field(default_factory=dict)
     uns: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -206,6 +207,8 @@ def analyse(
     report = model.report(a)
     a.obs.update(report.obs)
     a.obsm.update(report.obsm)
+    for key, values in report.var.items():  # per-gene values on the prepared genes, NaN where absent
+        a.var[key] = pd.Series(values).reindex(prepared.adata.var_names).to_numpy()
     a.uns.update(report.uns)
     a.tables.update(report.tables)
     a.metrics.update(report.metrics)
@@ -223,6 +226,7 @@ def analyse(
         obsm=a.obsm,
         obsp=a.obsp,
         varm=a.varm,
+        var=a.var,
         layers=a.layers,
         uns=a.uns,
         tables=a.tables,

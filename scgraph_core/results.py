@@ -65,6 +65,7 @@ class Result:
     obsm: dict[str, np.ndarray] = field(default_factory=dict)
     obsp: dict[str, Any] = field(default_factory=dict)
     varm: dict[str, np.ndarray] = field(default_factory=dict)
+    var: dict[str, Any] = field(default_factory=dict)  # per-gene columns, aligned with the written genes
     layers: dict[str, Any] = field(default_factory=dict)
     uns: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -93,6 +94,8 @@ class Result:
             adata.obsp[key] = value
         for key, value in result.varm.items():
             adata.varm[key] = value
+        for key, value in result.var.items():
+            adata.var[key] = value
         for key, value in result.layers.items():
             adata.layers[key] = value
         uns = dict(result.uns)
@@ -133,7 +136,7 @@ class Result:
                 return rename(value)
             return value
 
-        slots = {*self.obs, *self.obsm, *self.obsp, *self.varm, *self.layers}
+        slots = {*self.obs, *self.obsm, *self.obsp, *self.varm, *self.var, *self.layers}
         views = {
             k: (v if k in ("model", "probability_names", "imputed_scale") else rename_views(v, slots))
             for k, v in self.views.items()
@@ -145,6 +148,7 @@ class Result:
             obsm={rename(k): v for k, v in self.obsm.items()},
             obsp={rename(k): v for k, v in self.obsp.items()},
             varm={rename(k): v for k, v in self.varm.items()},
+            var={rename(k): v for k, v in self.var.items()},
             layers={rename(k): v for k, v in self.layers.items()},
             uns=dict(self.uns),
             tables=dict(self.tables),

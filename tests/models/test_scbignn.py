@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -237,6 +238,13 @@ def test_command_line_contract(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["label_key"] is None and config["labels"]["holdout_fraction"] == 0.2
     assert (out / "gene_importance.csv").is_file() and (out / "em_rounds.csv").is_file()
+    # Gene importance and read-out weights also sit in var, one value per modelled gene.
+    table = pd.read_csv(out / "gene_importance.csv")
+    importance = back.var["scbignn_importance"]
+    np.testing.assert_allclose(
+        importance.loc[table["gene"].astype(str)].to_numpy(), table["importance"].to_numpy(), rtol=1e-6
+    )
+    assert "scbignn_readout_weight" in back.var
 
 
 def test_the_command_line_of_a_run_keeps_its_labels():

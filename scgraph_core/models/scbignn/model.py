@@ -678,4 +678,9 @@ class ScBiGNN(Model):
         uns["top_genes"] = importance["gene"].head(self._params.top_genes).tolist()
         if self._notes:
             uns["label_notes"] = list(self._notes)
-        return Report(obs=obs, uns=uns, tables=tables, metrics=metrics, notes=list(self._notes))
+        by_gene = importance.set_index("gene")
+        var = {
+            "scbignn_importance": by_gene["importance"].astype(float),
+            "scbignn_readout_weight": by_gene["alpha"].astype(float),
+        }
+        return Report(obs=obs, var=var, uns=uns, tables=tables, metrics=metrics, notes=list(self._notes))
