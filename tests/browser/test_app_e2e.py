@@ -270,6 +270,13 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     _no_exceptions(page)
     _shot(page, "markers")
 
+    # Annotate: the demo's labels counted per type; the CellVGAE run is not a label-learning run, so the
+    # page points to training scBiGNN instead of showing predictions.
+    _visit(page, "Annotate", "text=1. Your labels", "annotate")
+    page.wait_for_selector("text=cells to predict", timeout=60_000)
+    assert page.get_by_role("button", name="Train scBiGNN").is_visible()
+    assert page.get_by_text("Pick a finished scBiGNN run").first.is_visible()
+
     _visit(page, "Expression", ".js-plotly-plot", "expression")
     _visit(page, "Runs", "[data-testid='stDataFrame']", "runs")
     assert not dialogs, f"a page opened a dialog: {dialogs}"
