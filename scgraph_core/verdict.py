@@ -62,7 +62,7 @@ _OTHER_NAMES = {
 class NextStep:
     kind: str  # the rule that chose it (see the module docstring)
     text: str
-    page: str | None = None  # the app page where it is done: "embedding", "model", "runs"
+    page: str | None = None  # the app page where it is done: "embedding", "model", "runs", "annotate"
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,9 @@ def assess(
     prepare = scg.get("prepare") or {}
     model = model or views.get("model") or (scg.get("config") or {}).get("model")
 
+    if views.get("predictions") or metrics.get("labels"):
+        return _predictions(v, metrics)
+
     sizes, noise = None, 0
     clusters_key = views.get("clusters")
     if adata is not None and clusters_key in adata.obs:
@@ -345,6 +348,57 @@ def assess(
                     "runs",
                 )
             )
+    return v
+
+
+# A label-learning run (scBiGNN) is judged on its predictions of the hidden labels, not on clusters.
+GOOD_ACCURACY, FAIR_ACCURACY = 0.9, 0.75
+
+
+def _predictions(v: Verdict, metrics: dict) -> Verdict:
+    """The verdict on a run that predicts cell types: accuracy and macro-F1 on the hidden labels."""
+    summary = metrics.get("labels") or {}
+    n_pred = int(summary.get("n_unlabelled", 0)) + int(summary.get("n_held_out", 0))
+    acc, f1 = _num(metrics.get("accuracy")), _num(metrics.get("macro_f1"))
+    annotate = NextStep(
+        "annotate",
+        "On the Annotate page: the confusion matrix, the cells the model is least sure of, and the genes "
+        "that mark each predicted type.",
+        "annotate",
+    )
+    if acc is None:
+        v.level = "unknown"
+        v.headline = f"Predicted types for {n_pred:,} cells; no labels were hidden, so there is no accuracy."
+        v.next_steps.append(
+            NextStep(
+                "holdout",
+                "Train again hiding a share of the known labels (--holdout-fraction 0.2, or 'Hide to score' on "
+                "the Annotate page) to measure how often the predictions are right.",
+                "annotate",
+            )
+        )
+        v.next_steps.append(annotate)
+        return v
+    v.level = "good" if acc >= GOOD_ACCURACY else ("fair" if acc >= FAIR_ACCURACY else "poor")
+    held = int(summary.get("n_held_out", 0))
+    v.headline = (
+        f"{acc:.0%} of {held:,} hidden labels predicted right (macro-F1 {f1:.2f}); "
+        f"types predicted for {n_pred:,} cells."
+        if f1 is not None
+        else f"{acc:.0%} of {held:,} hidden labels predicted right."
+    )
+    if f1 is not None and acc - f1 > 0.15:
+        v.findings.append(
+            "Macro-F1 is well below accuracy: the common types are right, the rare ones often wrong."
+        )
+        v.next_steps.append(
+            NextStep(
+                "more_labels",
+                "Label more cells of the rare types (the Annotate page lists the labelled cells per type).",
+                "annotate",
+            )
+        )
+    v.next_steps.append(annotate)
     return v
 
 

@@ -196,3 +196,21 @@ def test_assess_run_reads_the_folder_and_compares_runs_of_the_same_data(tmp_path
     assert any(s.kind == "other_model" and "'rival'" in s.text for s in v.next_steps)
     alone = verdict.assess_run(runs["mine"])
     assert "other_model" not in kinds(alone)
+
+
+def test_a_label_learning_run_is_judged_on_its_hidden_labels():
+    from scgraph_core import verdict
+
+    metrics = {
+        "accuracy": 0.93,
+        "macro_f1": 0.71,
+        "labels": {"key": "celltype", "n_train": 500, "n_held_out": 120, "n_unlabelled": 80},
+    }
+    v = verdict.assess(metrics)
+    assert v.level == "good" and "93% of 120 hidden labels" in v.headline and "200 cells" in v.headline
+    assert any("rare" in f for f in v.findings)  # macro-F1 well below accuracy
+    assert [s.kind for s in v.next_steps] == ["more_labels", "annotate"]
+    assert verdict.assess({**metrics, "accuracy": 0.6, "macro_f1": 0.55}).level == "poor"
+    none_hidden = verdict.assess({"labels": {"n_train": 600, "n_held_out": 0, "n_unlabelled": 100}})
+    assert none_hidden.level == "unknown" and "no accuracy" in none_hidden.headline
+    assert none_hidden.next_steps[0].kind == "holdout" and none_hidden.next_steps[0].page == "annotate"
