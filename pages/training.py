@@ -43,7 +43,12 @@ with ui.guard("starting a run"):
             help="A name for the Runs list; leave empty for one made from the model, preset and dataset.",
         )
         blocked = None
-        if cls.requires_counts:
+        if cls.uses_labels:
+            blocked = (
+                f"{cls.title} learns from the cell labels you have: choose the label column, how many labels to "
+                "hide for scoring, and start it on the Annotate page."
+            )
+        elif cls.requires_counts:
             try:
                 has_counts = cache.overview(source)["has_counts"]
             except Exception:  # the Data page explains a file that cannot be read; Start says it again
@@ -65,6 +70,8 @@ with ui.guard("starting a run"):
         )
         if blocked is not None:
             st.warning(ui.md(blocked), icon=":material/block:")
+            if cls.uses_labels:
+                ui.go_button("Go to Annotate", "annotate", key="train_to_annotate", icon=":material/label:")
         if start:
             from scgraph_core import train
 

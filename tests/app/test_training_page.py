@@ -291,3 +291,16 @@ def test_start_is_disabled_with_the_reason_when_the_model_needs_counts_the_data_
     at.radio(key="model_pick").set_value("CellVGAE").run()
     at.switch_page("pages/training.py").run()
     assert not at.button(key="start_training").disabled
+
+
+def test_a_model_that_learns_from_labels_is_started_on_the_annotate_page(app_home):
+    from scgraph_core.models import base
+
+    learning = [cls for cls in base.available().values() if cls.uses_labels]
+    at = open_page("model")
+    at.radio(key="model_pick").set_value(learning[0].title).run()
+    at.switch_page("pages/training.py").run()
+    assert_clean(at)
+    start = at.button(key="start_training")
+    assert start.disabled and "Annotate page" in start.help
+    assert any(b.key == "train_to_annotate" for b in at.button)
