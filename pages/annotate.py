@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from scgraph_app import cache, config, state, ui
-from scgraph_core import annotation, jobs, pipeline, plots
+from scgraph_core import annotation, pipeline, plots
 from scgraph_core.errors import ConfigError
 from scgraph_core.labels import LabelSpec
 
@@ -105,16 +105,7 @@ with ui.guard("starting the training"):
             raise ConfigError("Predicting cell types needs at least two labelled types in the column.")
         resolved = pipeline.resolve_config(MODEL, preset, labels=spec)
         display = name.strip() or f"scBiGNN {preset} on {source.get('name', 'data')} ({key})"[:120]
-        run = jobs.start(
-            resolved,
-            jobs.input_record(source["path"], source.get("orientation", "auto"), source.get("format")),
-            store=state.store(),
-            name=display,
-            dataset=str(source.get("name") or source.get("path")),
-        )
-        state.set_active_run(run.id)
-        st.toast(f"Started {display}", icon=":material/rocket_launch:")
-        st.rerun()
+        ui.start_run(resolved, source, display)
 
 # ---- 2. the predictions of the active run ----------------------------------------------------------
 st.divider()

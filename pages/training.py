@@ -86,16 +86,7 @@ with ui.guard("starting a run"):
                         "on the Data page or choose CellVGAE on the Model & graph page."
                     )
             display = name.strip() or f"{cls.title} {cfg['preset']} on {source.get('name', 'data')}"[:120]
-            run = jobs.start(
-                resolved,
-                jobs.input_record(source["path"], source.get("orientation", "auto"), source.get("format")),
-                store=state.store(),
-                name=display,
-                dataset=str(source.get("name") or source.get("path")),
-            )
-            state.set_active_run(run.id)
-            st.toast(f"Started {display}", icon=":material/rocket_launch:")
-            st.rerun()
+            ui.start_run(resolved, source, display)
     ui.go_button("Change the settings", "model", key="train_settings", primary=False, icon=":material/tune:")
 
 # ---- pick the run to watch ---------------------------------------------------------------------

@@ -303,3 +303,19 @@ def figure_format_picker() -> None:
         horizontal=True,
         help="The camera button at the top right of every figure saves it in this format.",
     )
+
+
+def start_run(resolved: Any, source: dict[str, Any], display: str) -> None:
+    """Start a background run of ``resolved`` on the loaded dataset, make it the active run, rerun the page."""
+    from scgraph_core import jobs
+
+    run = jobs.start(
+        resolved,
+        jobs.input_record(source["path"], source.get("orientation", "auto"), source.get("format")),
+        store=state.store(),
+        name=display,
+        dataset=str(source.get("name") or source.get("path")),
+    )
+    state.set_active_run(run.id)
+    st.toast(f"Started {display}", icon=":material/rocket_launch:")
+    st.rerun()
