@@ -207,6 +207,7 @@ def analyse(
     report = model.report(a)
     a.obs.update(report.obs)
     a.obsm.update(report.obsm)
+    a.obsp.update(report.obsp)
     for key, values in report.var.items():  # per-gene values on the prepared genes, NaN where absent
         a.var[key] = pd.Series(values).reindex(prepared.adata.var_names).to_numpy()
     a.uns.update(report.uns)

@@ -191,6 +191,9 @@ class Stage:
     # Called after each epoch's step with the epoch's event (it may add entries); True ends the stage
     # as converged (for example LabelChangeStop for DEC fine-tuning).
     after_epoch: Callable[[int, Event], bool] | None = None
+    # False: the run folder does not keep this stage's weights, and ``runs finish`` trains it again instead
+    # of loading it (scGNN's per-cluster autoencoders: many short stages whose weights nothing reads later).
+    saved: bool = True
 
 
 @dataclass
@@ -252,12 +255,12 @@ class Trainer:
     def run_stage(self, stage: Stage) -> StageOutcome:
         index = self.stages_run
         self.stages_run += 1
-        if self.replay is not None:
+        if self.replay is not None and stage.saved:
             outcome = self.replay(index, stage)
             stage.module.eval()
             return outcome
         outcome = self._train_stage(stage)
-        if self.keep is not None:
+        if self.keep is not None and stage.saved:
             self.keep(index, stage, outcome)
         return outcome
 

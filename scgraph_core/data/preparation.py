@@ -48,8 +48,9 @@ class PrepareSpec:
     )
     hvg_flavor: str = param(
         "seurat",
-        "scanpy HVG method (seurat_v3 ranks raw counts and needs scikit-misc)",
-        choices=("seurat", "cell_ranger", "seurat_v3"),
+        "how highly variable genes are ranked: scanpy's seurat or cell_ranger on the log values, seurat_v3 "
+        "on raw counts (needs scikit-misc), or count_variance: the variance of the raw counts (scGNN)",
+        choices=("seurat", "cell_ranger", "seurat_v3", "count_variance"),
         advanced=True,
     )
     scale: str = param(
@@ -180,6 +181,8 @@ def _select_hvg(
         if n_top > n_genes:
             notes.append(f"{what}={n_top} asks for more genes than the {n_genes} kept; all genes are used.")
         return np.ones(n_genes, dtype=bool)
+    if flavor == "count_variance":
+        return _top_variance(matrix, n_top)
     import scanpy as sc
 
     tmp = ad.AnnData(
@@ -226,6 +229,19 @@ def _select_hvg(
             f"No highly variable genes were found for {what}={n_top}: the genes barely vary "
             f"across these {n_cells} cells. Set {what}=0 to use all genes."
         )
+    return mask
+
+
+def _top_variance(matrix: Any, n_top: int) -> np.ndarray:
+    """Boolean mask of the ``n_top`` genes of largest variance (ties: the earlier gene first)."""
+    if sp.issparse(matrix):
+        m = sp.csr_matrix(matrix, dtype=np.float64)
+        mean = np.asarray(m.mean(axis=0)).ravel()
+        var = np.asarray(m.multiply(m).mean(axis=0)).ravel() - mean**2
+    else:
+        var = np.asarray(matrix, dtype=np.float64).var(axis=0)
+    mask = np.zeros(var.size, dtype=bool)
+    mask[np.argsort(-var, kind="stable")[:n_top]] = True
     return mask
 
 
@@ -298,9 +314,9 @@ def prepare(adata: ad.AnnData, spec: PrepareSpec | None = None) -> Prepared:
         source, source_name = X, "X"
         if x_kind == "scaled":
             notes.append("X holds scaled values (negatives); it is used as is.")
-    if spec.hvg_flavor == "seurat_v3" and counts is None:
+    if spec.hvg_flavor in ("seurat_v3", "count_variance") and counts is None:
         raise DataError(
-            "hvg_flavor='seurat_v3' ranks genes on raw counts, but this data has none (X is "
+            f"hvg_flavor={spec.hvg_flavor!r} ranks genes on raw counts, but this data has none (X is "
             f"{KIND_WORDS[x_kind]} and there is no `counts` layer). Use hvg_flavor='seurat', "
             "or load a file with raw counts."
         )
@@ -345,7 +361,7 @@ def prepare(adata: ad.AnnData, spec: PrepareSpec | None = None) -> Prepared:
 
     var_names = adata.var_names[genes]
     # 3. Gene selection (scanpy reads its own copy; lognorm is not touched).
-    hvg_input = counts_kept if spec.hvg_flavor == "seurat_v3" else lognorm
+    hvg_input = counts_kept if spec.hvg_flavor in ("seurat_v3", "count_variance") else lognorm
     n_hvg, n_graph_genes = spec.n_hvg, spec.n_graph_genes
     if x_kind == "scaled" and method == "none" and hvg_input is lognorm and _per_gene_scaled(lognorm):
         # Per-gene scaled X: every gene has about unit variance, so a dispersion ranking picks noise.

@@ -139,6 +139,7 @@ class Report:
 
     obs: dict[str, Any] = field(default_factory=dict)
     obsm: dict[str, Any] = field(default_factory=dict)
+    obsp: dict[str, Any] = field(default_factory=dict)
     var: dict[str, pd.Series] = field(default_factory=dict)  # per gene, indexed by gene name (others: NaN)
     uns: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
