@@ -47,8 +47,8 @@ DATASETS = (
     "mouse_bladder_top2000",
     "worm_neuron",
 )
-MODELS = ("cellvgae", "attentionae", "scvgae")
-TITLES = {"cellvgae": "CellVGAE", "attentionae": "AttentionAE-sc", "scvgae": "scVGAE"}
+MODELS = ("cellvgae", "attentionae", "scvgae", "scgnn")
+TITLES = {"cellvgae": "CellVGAE", "attentionae": "AttentionAE-sc", "scvgae": "scVGAE", "scgnn": "scGNN"}
 LABEL = "celltype"
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -70,8 +70,10 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
             **row,
             "skipped": f"{model} needs raw counts; {name} holds {data.detect_x_kind(adata.X)} values",
         }
+    preset = os.environ.get("SCGRAPH_SUITE_PRESET", "paper")
+    row["preset"] = preset
     config = pipeline.resolve_config(
-        model, "paper", {**overrides, "train": {**overrides.get("train", {}), "seed": seed}}, label_key=LABEL
+        model, preset, {**overrides, "train": {**overrides.get("train", {}), "seed": seed}}, label_key=LABEL
     )
     out, result = pipeline.execute(adata, config)
     seconds = time.perf_counter() - started
@@ -120,6 +122,17 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
             "n_clusters": s["n_clusters"],
             "seconds": time.perf_counter() - t0,
         }
+    if model == "scgnn":  # MODELS.md 3.7: k-means on PCA-50 with scGNN's own cluster count
+        from sklearn.decomposition import PCA
+
+        dense = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+        n_pcs = max(1, min(50, min(dense.shape) - 1))
+        pcs = PCA(n_components=n_pcs, random_state=seed).fit_transform(dense)
+        k = max(2, int(scores["n_clusters"]))
+        s = metrics.clustering_metrics(truth, cluster.kmeans(pcs, k, seed=seed))
+        row["kmeans_pca50_same_k"] = {"ari": s["ari"], "nmi": s["nmi"], "n_clusters": s["n_clusters"]}
+        row["rounds"] = result.metrics.get("rounds")
+        row["converged"] = result.metrics.get("converged")
     return row
 
 
@@ -150,10 +163,17 @@ def _done(jsonl: Path) -> list[dict]:
 
 
 def _run_child(
-    name: str, model: str, seed: int, overrides: dict, threads: int, timeout: float, save: str = ""
+    name: str,
+    model: str,
+    seed: int,
+    overrides: dict,
+    threads: int,
+    timeout: float,
+    save: str = "",
+    preset: str = "paper",
 ) -> dict:
     cmd = [sys.executable, __file__, "--single", name, model, str(seed), json.dumps(overrides)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "SCGRAPH_SUITE_PRESET": preset}
     if save:
         env["SCGRAPH_SUITE_SAVE"] = save
     if threads:
@@ -185,6 +205,8 @@ def table(rows: list[dict], tag: str = "") -> str:
     rows = [r for r in rows if r.get("tag", "") == tag and "error" not in r and "skipped" not in r]
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     head = ["dataset", "types"] + [TITLES[m] for m in models] + ["scanpy r0.5", "scanpy r1.0"]
+    if "scgnn" in models:
+        head.append("k-means PCA-50, scGNN's k")
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     for name in DATASETS:
         mine = [r for r in rows if r["dataset"] == name]
@@ -204,6 +226,10 @@ def table(rows: list[dict], tag: str = "") -> str:
             vals = [r[f"scanpy_r{res}"]["ari"] for r in base_rows]
             clusters = statistics.median(r[f"scanpy_r{res}"]["n_clusters"] for r in base_rows)
             cells.append(f"{_mean_range(vals)} [{clusters:g}]")
+        if "scgnn" in models:
+            rs = [r for r in mine if r["model"] == "scgnn" and "kmeans_pca50_same_k" in r]
+            vals = [r["kmeans_pca50_same_k"]["ari"] for r in rs]
+            cells.append(_mean_range(vals) if vals else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -235,6 +261,7 @@ def main() -> None:
         "--set", default="{}", help='JSON overrides by section, e.g. \'{"graph": {"k": 10}}\''
     )
     parser.add_argument("--tag", default="", help="names a variant (--set) so its runs are kept apart")
+    parser.add_argument("--preset", default="paper", help="the models' preset (give a --tag for any other)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (1 on a 2-core machine)")
     parser.add_argument("--threads", type=int, default=0, help="threads per run (0: the engine's default)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before a run is abandoned")
@@ -272,7 +299,7 @@ def main() -> None:
     def one(job: tuple[str, str, int]) -> None:
         name, model, seed = job
         save = str(Path(args.save) / (args.tag or "default")) if args.save else ""
-        row = _run_child(name, model, seed, overrides, args.threads, args.timeout, save)
+        row = _run_child(name, model, seed, overrides, args.threads, args.timeout, save, args.preset)
         row.update(tag=args.tag, overrides=overrides, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         line = json.dumps(row) + "\n"
         with open(jsonl, "a", encoding="utf-8") as fh:  # one write per run: a line is whole or absent
