@@ -1,6 +1,7 @@
 """Imputation: observed against imputed expression (same UMAP), the value distribution, gene-gene plots.
 
-Shown in the page list for runs whose views manifest names an ``imputed_layer`` (scVGAE, AttentionAE-sc).
+Shown in the page list for runs whose views manifest names an ``imputed_layer`` (scVGAE, AttentionAE-sc,
+scGNN).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ run, adata, views = ui.active_result(key="imp")
 ui.need_view(
     views,
     "imputed_layer",
-    "This run has no imputed expression. Models that impute (scVGAE, AttentionAE-sc with its denoised "
+    "This run has no imputed expression. Models that impute (scVGAE, scGNN, AttentionAE-sc with its denoised "
     "output) add this page for their runs.",
     empty_key="imp-none",
 )

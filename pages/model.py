@@ -88,12 +88,29 @@ with tab_model, ui.guard("the model settings"):
     )
     forms.schema_form(models[cfg["model"]].Params, "model", base["model"], key=form_key, columns=3)
 
+own_graph = config.embedding_graph_note(cfg["model"])
 with tab_graph, ui.guard("the graph settings"):
-    st.caption("Which cells are joined to which. The genes: model input (HVG) and graph genes (KHVG).")
-    forms.schema_form(
-        data.PrepareSpec, "prepare", base["prepare"], key=form_key, only=("n_hvg", "n_graph_genes"), columns=2
-    )
-    forms.schema_form(graphs.GraphSpec, "graph", base["graph"], key=form_key, columns=3)
+    if own_graph is not None:
+        # No graph settings to offer: the model's own (neighbours, pruning) are under Model settings.
+        st.info(
+            f"{ui.md(own_graph)} Its neighbours and pruning are under Model settings; the genes it reads "
+            "are set here.",
+            icon=":material/hub:",
+        )
+        forms.schema_form(
+            data.PrepareSpec, "prepare", base["prepare"], key=form_key, only=("n_hvg",), columns=2
+        )
+    else:
+        st.caption("Which cells are joined to which. The genes: model input (HVG) and graph genes (KHVG).")
+        forms.schema_form(
+            data.PrepareSpec,
+            "prepare",
+            base["prepare"],
+            key=form_key,
+            only=("n_hvg", "n_graph_genes"),
+            columns=2,
+        )
+        forms.schema_form(graphs.GraphSpec, "graph", base["graph"], key=form_key, columns=3)
 
 with tab_train, ui.guard("the training settings"):
     from scgraph_app import sidebar
@@ -127,9 +144,11 @@ if resolved is not None:
         n_cells = int(adata.n_obs)
         auto = n_cells <= 30_000
         st.subheader("The cell graph for these settings")
-        if auto or st.button("Build the graph to see its statistics", key="graph_preview_btn"):
-            custom = getattr(models[resolved.model], "build_graph", None)
-            if custom is not None:
+        if own_graph is not None:
+            # Statistics of a kNN graph on the input would describe a graph this model never trains on.
+            st.info(ui.md(own_graph), icon=":material/hub:")
+        elif auto or st.button("Build the graph to see its statistics", key="graph_preview_btn"):
+            if config.builds_own_graph(resolved.model):
                 st.info(
                     f"{ui.md(models[resolved.model].title)} builds its own graph during training; the kNN "
                     "statistics below are for the settings above and may differ from it.",

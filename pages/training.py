@@ -182,6 +182,50 @@ def _request_stop(run_id: str) -> None:
         st.session_state[_STOP_ERROR] = str(exc)
 
 
+def rounds_view(run: Run, p: jobs.Progress) -> None:
+    """The rounds of an iterative model, one point per round: scGNN's refinement loop (ARI with the
+    previous round against its stop threshold, and the cluster count), scBiGNN's EM (held-out scores)."""
+    table = plots.round_table(p.rounds)
+    if table.empty:
+        return
+    loop = str(table["loop"].iloc[-1]) if "loop" in table else ""
+    model_params = run.config.get("model_params") or {}
+    refine = loop == "refine"
+    stop_ari = float(model_params.get("stop_ari", 0.99)) if refine else None
+    fig = plots.rounds_figure(p.rounds, stop_ari=stop_ari)
+    last = int(table["round"].iloc[-1])
+    if refine:
+        st.markdown("**Refinement rounds: do the clusters settle?**")
+        max_rounds = model_params.get("max_rounds")
+        limit = f" or after {int(max_rounds)} refinement rounds" if max_rounds is not None else ""
+        text = (
+            "Round 1 clusters the first autoencoder's embedding; each later round trains the cluster "
+            "autoencoders, retrains the feature autoencoder, rebuilds the cell graph on the embedding and "
+            f"clusters it again. The loop ends when two rounds' clusters agree above ARI {stop_ari:g}{limit}."
+        )
+        plural = "s" if last != 1 else ""
+        if p.finished and p.state != "failed":
+            converged = (run.read_json("metrics.json", {}) or {}).get("converged")
+            if converged is True:
+                text += f" **Settled after {last} round{plural}.**"
+            elif converged is False:
+                text += f" **Still changing after {last} round{plural}**: the last round's clusters are kept."
+        elif not p.finished:
+            most = f" (at most {int(max_rounds) + 1})" if max_rounds is not None else ""
+            text += f" Round {last} done{most}."
+        st.caption(text)
+    else:
+        st.markdown(f"**{ui.md(loop.upper() if loop == 'em' else loop or 'Training')} rounds**")
+        st.caption(
+            f"{last} round{'s' if last != 1 else ''}: what each round recorded (held-out scores where labels "
+            "were hidden for scoring)."
+        )
+    if fig is not None:
+        ui.chart(st, fig, width="stretch", key=f"rounds:{run.id}")
+    with st.expander("What each round recorded"):
+        st.dataframe(table.drop(columns=["loop"], errors="ignore"), hide_index=True)
+
+
 def run_view(run_id: str) -> None:
     """The run's state, progress, device, memory and curves, read from the run folder alone."""
     with ui.guard("the live view"):
@@ -244,6 +288,8 @@ def run_view(run_id: str) -> None:
             if val is not None:
                 st.markdown("**Validation: finding the held-out edges**")
                 ui.chart(st, val, width="stretch", key=f"val:{run.id}")
+        if p.rounds:
+            rounds_view(run, p)
         if p.finished and p.state != "failed":
             metrics = run.read_json("metrics.json", {}) or {}
             words = {
@@ -251,6 +297,7 @@ def run_view(run_id: str) -> None:
                 "nmi": "NMI",
                 "silhouette": "silhouette",
                 "n_clusters": "clusters",
+                "rounds": "rounds",
                 "noise": "noise cells",
                 "val_auc": "validation AUC",
             }

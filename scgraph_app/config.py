@@ -73,6 +73,30 @@ def current(label_key: str | None = None) -> pipeline.RunConfig:
     return pipeline.resolve_config(cfg["model"], cfg["preset"], overrides, label_key=label_key)
 
 
+# Models whose cell graph is rebuilt on their own embedding while they train: the pipeline's graph is empty
+# for them (scGNN's build_graph), so the graph settings and a kNN preview of them would mislead.
+EMBEDDING_GRAPH_MODELS = frozenset({"scgnn"})
+
+
+def builds_own_graph(model: str) -> bool:
+    """Whether the model replaces the pipeline's cell graph with its own (``Model.build_graph``)."""
+    cls = models.get(model)
+    return cls.build_graph is not models.Model.build_graph
+
+
+def embedding_graph_note(model: str) -> str | None:
+    """The plain sentence shown instead of graph settings and statistics for a model that builds its
+    cell graph on its own embedding in every round (scGNN); None for the others."""
+    if model not in EMBEDDING_GRAPH_MODELS:
+        return None
+    values = effective("model")
+    pruned = "not pruned" if values.get("prune") == "none" else "pruned"
+    return (
+        f"{models.get(model).title} builds its cell graph on its own embedding in every round "
+        f"(k = {values.get('knn_k')}, {pruned})."
+    )
+
+
 def label_key_for(adata) -> str | None:
     """The label column: the user's choice, else 'celltype' when the data has it, else none."""
     cfg = state.config_state()

@@ -322,7 +322,8 @@ def estimate(
     parts: list[StageTime] = []
     from .models import base
 
-    custom_graph = getattr(base.get(config.model), "build_graph", None) is not None
+    # A model that overrides Model.build_graph builds its own graph (every model class has the method).
+    custom_graph = base.get(config.model).build_graph is not base.Model.build_graph
 
     if calibration is not None:
         cal = calibration

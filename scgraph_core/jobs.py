@@ -270,7 +270,8 @@ class Progress:
     """What a run's event log says about it, for the Training page.
 
     ``history`` has one row per epoch: stage, epoch, loss, one column per loss term, and the
-    validation scores where they were computed. ``eta_s`` is the time left for the training epochs
+    validation scores where they were computed. ``rounds`` holds the ``round`` events of an iterative
+    model (scGNN's refinement loop, scBiGNN's EM), in order. ``eta_s`` is the time left for the training epochs
     of the current stage (median of the last epochs' seconds times the epochs left); clustering and
     interpretation come after it.
     """
@@ -292,6 +293,7 @@ class Progress:
     stop_requested: bool = False
     stages: list[dict[str, Any]] = field(default_factory=list)
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -355,6 +357,8 @@ def progress(run: Run, *, recent: int = 10) -> Progress:
                 stopped=ev.get("stopped"),
                 best_epoch=ev.get("best_epoch"),
             )
+        elif kind == "round":
+            out.rounds.append(ev)
         elif kind == "error":
             out.error = str(ev.get("message", ""))
     out.history = pd.DataFrame(rows)

@@ -95,6 +95,57 @@ def test_loss_and_validation_figures():
     assert plots.validation_figure(history.drop(columns="val_auc")) is None
 
 
+def test_repeated_stages_share_one_legend_entry_per_family():
+    assert [
+        plots.stage_family(s)
+        for s in ("cluster_r1_0", "cluster_r12_24", "em_r3", "gae_r0", "e_step_2", "feature_ae", "pretrain_q")
+    ] == ["cluster", "cluster", "em", "gae", "e_step", "feature_ae", "pretrain_q"]
+    stages = ["feature_ae"] + [f"cluster_r{r}_{i}" for r in (1, 2) for i in range(25)] + ["em_r1", "em_r2"]
+    history = pd.DataFrame(
+        [{"stage": s, "epoch": e, "loss": 1.0 / e, "mse": 0.5 / e} for s in stages for e in (1, 2, 3)]
+    )
+    fig = plots.loss_figure(history)
+    assert len(fig.data) == 2 * 3  # one line per term and family, not per stage
+    assert [t.name for t in fig.data if t.showlegend] == [
+        "feature_ae",
+        "cluster (50 stages)",
+        "em (2 stages)",
+    ]
+    cluster = next(t for t in fig.data if t.name == "cluster (50 stages)")
+    # Each stage's epochs start again at 1: a gap between stages, never a line drawn back to epoch 1.
+    assert list(cluster.x).count(None) == 49 and len(cluster.x) == 50 * 3 + 49
+    assert cluster.customdata[0] == "cluster_r1_0" and cluster.customdata[-1] == "cluster_r2_24"
+
+
+def test_rounds_figure_draws_the_ari_against_the_stop_threshold():
+    rounds = [
+        {"kind": "round", "loop": "refine", "round": 1, "n_clusters": 9, "ari_previous": None, "loss": 5.0},
+        {"kind": "round", "loop": "refine", "round": 2, "n_clusters": 7, "ari_previous": 0.6, "loss": 2.0},
+        {"kind": "round", "loop": "refine", "round": 3, "n_clusters": 7, "ari_previous": 0.995, "loss": 1.0},
+    ]
+    fig = plots.rounds_figure(rounds, stop_ari=0.97)
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"ARI with the previous round", "clusters"}  # the loss is not a score
+    assert list(by_name["ARI with the previous round"].y) == [None, 0.6, 0.995]
+    assert list(by_name["clusters"].x) == [1, 2, 3] and list(by_name["clusters"].y) == [9, 7, 7]
+    (line,) = fig.layout.shapes
+    assert line.y0 == line.y1 == 0.97
+    assert not plots.rounds_figure(rounds, stop_ari=None).layout.shapes
+    assert plots.rounds_figure([]) is None
+    assert plots.rounds_figure([{"kind": "round", "loop": "em", "round": 1}]) is None
+
+
+def test_rounds_figure_shows_what_em_rounds_hold():
+    rounds = [
+        {"loop": "em", "round": r, "q_accuracy": 0.5 + r / 10, "p_accuracy": 0.7, "mstep_epochs_run": 40}
+        for r in (1, 2)
+    ]
+    fig = plots.rounds_figure(rounds)
+    assert {t.name for t in fig.data} == {"held-out accuracy (q)", "held-out accuracy (p)"}
+    assert list(next(t for t in fig.data if t.name == "held-out accuracy (q)").y) == [0.6, 0.7]
+    assert not fig.layout.shapes  # no ARI, no threshold
+
+
 def test_attention_graph_is_self_contained_and_escapes_every_name():
     edges = pd.DataFrame({"source": [0, 1, 2], "target": [1, 2, 0], "weight": [0.5, 0.25, 0.9]})
     html = plots.attention_graph_html(

@@ -68,5 +68,9 @@ from .tables import (  # noqa: F401
 from .training import (  # noqa: F401
     loss_figure,
     loss_terms,
+    round_series,
+    round_table,
+    rounds_figure,
+    stage_family,
     validation_figure,
 )

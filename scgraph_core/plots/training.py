@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from typing import Any
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -24,25 +28,61 @@ def loss_terms(history: pd.DataFrame) -> list[str]:
     ]
 
 
+# A stage repeated per round or per cluster: scGNN's cluster_r2_14 and em_r2, scBiGNN's e_step_3.
+_REPEAT = re.compile(r"(_r\d+(_\d+)?|_\d+)$")
+
+
+def stage_family(stage: object) -> str:
+    """The family of a training stage: its name without the round / cluster suffix (``cluster_r1_0`` ->
+    ``cluster``, ``em_r3`` -> ``em``, ``e_step_2`` -> ``e_step``; ``feature_ae`` stays)."""
+    name = str(stage)
+    family = _REPEAT.sub("", name)
+    return family or name
+
+
 def loss_figure(history: pd.DataFrame, *, log_y: bool = False, height: int = 320) -> go.Figure:
-    """One small panel per loss term against the epoch (terms have very different scales)."""
+    """One small panel per loss term against the epoch (terms have very different scales).
+
+    Stages of one family (the per-round and per-cluster stages of scGNN, the E- and M-steps of scBiGNN)
+    share one colour, one legend entry and one line per term, broken between stages; hovering a point
+    names its stage."""
     terms = loss_terms(history) if not history.empty else []
     n = max(1, len(terms))
     fig = make_subplots(rows=1, cols=n, subplot_titles=terms or ["loss"], horizontal_spacing=0.06)
-    stages = list(dict.fromkeys(history["stage"])) if "stage" in history else [None]
+    stages = list(dict.fromkeys(history["stage"].astype(str))) if "stage" in history else []
+    families: dict[str, list[str]] = {}
+    for stage in stages:
+        families.setdefault(stage_family(stage), []).append(stage)
     for i, term in enumerate(terms, start=1):
-        for j, stage in enumerate(stages):
-            part = history if stage is None else history[history["stage"] == stage]
-            part = part[part[term].notna()]
+        for j, (family, members) in enumerate(families.items() or [(term, [])]):
+            xs: list = []
+            ys: list = []
+            names: list = []
+            for stage in members or [None]:
+                part = history if stage is None else history[history["stage"].astype(str) == stage]
+                part = part[part[term].notna()]
+                if part.empty:
+                    continue
+                if xs:  # a gap: the next stage's epochs start again at 1
+                    xs.append(None)
+                    ys.append(None)
+                    names.append("")
+                xs.extend(part["epoch"].tolist())
+                ys.extend(part[term].tolist())
+                names.extend([stage or term] * len(part))
+            label = family if len(members) <= 1 else f"{family} ({len(members)} stages)"
             fig.add_trace(
                 go.Scatter(
-                    x=part["epoch"],
-                    y=part[term],
+                    x=xs,
+                    y=ys,
                     mode="lines",
-                    line={"color": PALETTE[j % len(PALETTE)], "width": 2},
-                    name=str(stage or term),
-                    legendgroup=str(stage),
-                    showlegend=i == 1 and len(stages) > 1,
+                    connectgaps=False,
+                    line={"color": PALETTE[j % len(PALETTE)], "width": 2 if len(members) <= 1 else 1.5},
+                    name=label,
+                    legendgroup=family,
+                    customdata=names,
+                    hovertemplate="%{customdata}<br>epoch %{x}<br>%{y:.4g}<extra></extra>",
+                    showlegend=i == 1 and len(families) > 1,
                 ),
                 row=1,
                 col=i,
@@ -77,4 +117,126 @@ def validation_figure(history: pd.DataFrame, *, height: int = 300) -> go.Figure 
         yaxis={"title": "score on held-out edges"},
         xaxis={"title": "epoch"},
     )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Rounds of an iterative model (scGNN's refinement loop, scBiGNN's EM)
+# ------------------------------------------------------------------------------------------------
+
+# Numbers of a round record drawn as scores (0 to 1) and as counts; the rest (losses, edges) stay in tables.
+_SCORE = re.compile(r"(^|_)(accuracy|f1|ari|nmi|auc|homophily)(_|$)", re.IGNORECASE)
+_COUNTS = ("n_clusters", "leiden_communities")
+ROUND_WORDS = {
+    "ari_previous": "ARI with the previous round",
+    "n_clusters": "clusters",
+    "leiden_communities": "Leiden communities",
+    "q_accuracy": "held-out accuracy (q)",
+    "p_accuracy": "held-out accuracy (p)",
+    "q_macro_f1": "held-out macro-F1 (q)",
+    "p_macro_f1": "held-out macro-F1 (p)",
+    "homophily_h": "graph homophily",
+}
+
+
+def round_table(rounds: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The round records of one loop (the last one named in ``rounds``), one row per round, in order;
+    a round recorded twice keeps its last record."""
+    records = [r for r in rounds if isinstance(r, dict) and isinstance(r.get("round"), (int, float))]
+    if not records:
+        return pd.DataFrame()
+    loop = records[-1].get("loop")
+    records = [r for r in records if r.get("loop") == loop]
+    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("kind", "time")} for r in records])
+    return table.drop_duplicates("round", keep="last").sort_values("round").reset_index(drop=True)
+
+
+def _numeric(column: pd.Series) -> pd.Series | None:
+    if column.dtype == bool:
+        return None
+    values = pd.to_numeric(column, errors="coerce")
+    return values if values.notna().any() else None
+
+
+def round_series(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The score columns (ARI with the previous round first, then accuracies, F1, homophily: numbers in
+    [-1, 1]) and the count columns (clusters, Leiden communities) of a :func:`round_table`."""
+    scores, counts = [], []
+    ordered = ["ari_previous"] + [c for c in table.columns if c != "ari_previous"]
+    for col in ordered:
+        if col not in table.columns or col in ("round", "loop"):
+            continue
+        values = _numeric(table[col])
+        if values is None:
+            continue
+        if col in _COUNTS:
+            counts.append(col)
+        elif _SCORE.search(str(col)) and "loss" not in str(col) and values.dropna().abs().le(1).all():
+            scores.append(col)
+    return scores, [c for c in _COUNTS if c in counts]
+
+
+def rounds_figure(
+    rounds: Sequence[dict[str, Any]], *, stop_ari: float | None = 0.99, height: int = 380
+) -> go.Figure | None:
+    """Convergence of an iterative model, one point per round: the scores of each round on top (for
+    scGNN the ARI between this round's clusters and the previous round's, with the stop threshold
+    ``stop_ari`` as a dashed line; for scBiGNN the held-out accuracies), the cluster count below.
+    ``rounds`` are the run's ``round`` events (or the rows of its rounds table). None when no round
+    holds a number to draw."""
+    table = round_table(rounds)
+    if table.empty:
+        return None
+    scores, counts = round_series(table)
+    panels = [p for p in (("score", scores), ("count", counts)) if p[1]]
+    if not panels:
+        return None
+    fig = make_subplots(
+        rows=len(panels),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        row_heights=[0.62, 0.38] if len(panels) == 2 else [1.0],
+    )
+    x = table["round"].astype(int).tolist()
+    colour = 0
+    for row, (kind, cols) in enumerate(panels, start=1):
+        for col in cols:
+            y = [None if pd.isna(v) else float(v) for v in pd.to_numeric(table[col], errors="coerce")]
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines+markers",
+                    connectgaps=False,
+                    name=ROUND_WORDS.get(col, col.replace("_", " ")),
+                    line={
+                        "color": PALETTE[colour % len(PALETTE)],
+                        "dash": "dot" if col == "leiden_communities" else "solid",
+                    },
+                    hovertemplate="round %{x}<br>%{y:.4g}<extra>" + ROUND_WORDS.get(col, col) + "</extra>",
+                ),
+                row=row,
+                col=1,
+            )
+            colour += 1
+        if kind == "score":
+            values = pd.concat([pd.to_numeric(table[c], errors="coerce") for c in cols]).dropna()
+            low = min(0.0, float(values.min())) if not values.empty else 0.0
+            title = "ARI" if cols == ["ari_previous"] else "score"
+            fig.update_yaxes(title_text=title, range=[low - 0.03, 1.05], row=row, col=1)
+            if "ari_previous" in cols and stop_ari is not None:
+                fig.add_hline(
+                    y=float(stop_ari),
+                    line={"dash": "dash", "color": "#7f7f7f", "width": 1.5},
+                    annotation_text=f"stops above {float(stop_ari):g}",
+                    annotation_position="bottom right",
+                    row=row,
+                    col=1,
+                )
+        else:
+            fig.update_yaxes(title_text="clusters", rangemode="tozero", row=row, col=1)
+    fig.update_xaxes(dtick=1, row=len(panels), col=1, title_text="round")
+    fig.update_xaxes(dtick=1)
+    fig.update_layout(**LAYOUT, height=height, legend={"orientation": "h", "y": -0.2})
     return fig
