@@ -313,7 +313,10 @@ def run_view(run_id: str) -> None:
             if run.file("result.h5ad").exists():
                 with ui.guard("the verdict on this run"):
                     ui.verdict_box(run)
-                cols = st.columns(3)
+                from scgraph_app import sidebar
+
+                imputes = sidebar.run_has(run, "imputed_layer")
+                cols = st.columns(4 if imputes else 3)
                 cols[0].page_link(
                     ui.PAGES["embedding"], label="Explore the embedding", icon=":material/scatter_plot:"
                 )
@@ -321,6 +324,10 @@ def run_view(run_id: str) -> None:
                 cols[2].page_link(
                     ui.PAGES["markers"], label="Marker genes", icon=":material/format_list_numbered:"
                 )
+                if imputes:  # scVGAE, scGNN, AttentionAE-sc: the values filled in for the zeros
+                    cols[3].page_link(
+                        ui.PAGES["imputation"], label="Imputation", icon=":material/auto_fix_high:"
+                    )
         # Once the run ends, redraw the whole app once so the sidebar and page list catch up.
         seen = st.session_state.setdefault("_seen_state", {})
         if seen.get(run.id) not in (None, p.state) and p.finished:

@@ -96,7 +96,11 @@ def active_run_has(view: str) -> bool:
     run_id = state.active_run_id()
     if run_id is None:
         return False
-    run = Run(state.store().root / run_id)
+    return run_has(Run(state.store().root / run_id), view)
+
+
+def run_has(run: Run, view: str) -> bool:
+    """Whether ``run``'s result lists ``view`` in its manifest (read from the file's header)."""
     path = run.file("result.h5ad")
     if not path.exists():
         return False

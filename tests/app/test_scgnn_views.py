@@ -49,6 +49,7 @@ def test_a_finished_scgnn_run_shows_its_rounds_against_the_stop_threshold(app_ho
     caption = " ".join(texts(at.caption))
     word = "Settled after" if metrics["converged"] else "Still changing after"
     assert f"{word} {n} round" in caption
+    assert "Imputation" in {p.proto.label for p in at.get("page_link")}  # scGNN imputes
     # The dozens of per-cluster stages are one legend entry per family, not one per stage.
     loss = next(f for f in plotly_figures(at) if any(t.get("name") == "feature_ae" for t in f["data"]))
     legend = {t["name"] for t in loss["data"] if t.get("showlegend")}
@@ -130,6 +131,7 @@ def test_a_run_without_rounds_has_no_rounds_chart(app_home):
     at = open_page("training", active=app_home.runs["cellvgae"])
     assert_clean(at)
     assert not any("Refinement rounds" in m for m in texts(at.markdown))
+    assert "Imputation" not in {p.proto.label for p in at.get("page_link")}  # CellVGAE does not impute
     assert not any(
         t.get("name") == "ARI with the previous round" for f in plotly_figures(at) for t in f["data"]
     )
