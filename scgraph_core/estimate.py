@@ -349,6 +349,10 @@ def estimate(
                     "measured on the full data",
                 )
             )
+        elif custom_graph and cal.n_edges == 0:  # scGNN: its graphs are built in every training round
+            parts.append(
+                _scaled("cell graph", cal.graph_seconds * ratio, ratio, "built while training (in its time)")
+            )
         elif custom_graph:
             g = cal.graph_seconds * ratio**2
             parts.append(

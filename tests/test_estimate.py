@@ -106,6 +106,21 @@ def test_a_dense_kernel_graph_grows_with_cells_squared():
     assert graph.seconds == pytest.approx(0.05 * 10**2)
 
 
+def test_only_a_model_that_builds_its_own_graph_is_scaled_as_a_dense_kernel():
+    # Every model class has build_graph (the base returns None): CellVGAE's kNN graph scales with the cells.
+    config = pipeline.resolve_config("cellvgae", "quick")
+    est = estimate.estimate(config, 1_000, n_genes=2000, n_edges=10_000, calibration=hand_made())
+    graph = next(p for p in est.parts if p.name == "cell graph")
+    assert graph.seconds == pytest.approx(0.05 * 10) and "cells²" not in graph.detail
+    if "scgnn" not in base.available():
+        return
+    # scGNN's pipeline graph is empty: its graphs are built in every round, inside the training time.
+    cal = hand_made(model="scgnn", n_edges=0, stages=(("feature_ae", 100, 0.01, 0.0, 0.0, 0.0),))
+    est = estimate.estimate(pipeline.resolve_config("scgnn", "quick"), 1_000, n_genes=2000, calibration=cal)
+    graph = next(p for p in est.parts if p.name == "cell graph")
+    assert "built while training" in graph.detail and graph.seconds == pytest.approx(0.05 * 10)
+
+
 def test_a_model_reading_all_genes_is_warned_about():
     config = pipeline.resolve_config("cellvgae", "quick", {"prepare": {"n_hvg": 0}})
     est = estimate.estimate(config, 420, n_genes=22_000, calibration=hand_made(n_features=22_000))
