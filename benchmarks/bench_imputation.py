@@ -22,6 +22,9 @@ imports included, is its own):
 * ``scvgae``         the engine's scVGAE, ``paper`` (fixed) preset, through ``pipeline.execute``; its
                      ``layers['imputed']`` (expected counts, input order) is scored as ``L(ŷ)``.
 * ``scvgae_legacy``  the ``legacy`` preset (the published code's MSE-only training, decoder output).
+* ``scgnn``, ``scgnn_quick``  the engine's scGNN, ``paper`` or ``quick`` preset; ``layers['imputed']``
+                     (expected counts) scored as ``L(ŷ)``. It models the 2,000 genes of largest count variance
+                     and returns the observed value (here 0) elsewhere; ``modelled_only`` scores its genes alone.
 
 For the scVGAE rows the script also reports k-means ARI (k = number of labels, 10 restarts) on the first
 50 PCs of log1p CP10k of the imputed counts (normalised by their own totals, like raw counts) against the
@@ -181,6 +184,30 @@ def single(
         extra["graph_same_type_fraction"] = same_type_fraction(adata, config)
         extra["kmeans_ari_imputed"] = kmeans_ari(np.asarray(imputed), adata.obs["celltype"])
         extra["kmeans_ari_input"] = kmeans_ari(adata.X.toarray(), adata.obs["celltype"])
+    elif method in ("scgnn", "scgnn_quick"):
+        from scgraph_core import pipeline
+
+        preset = "paper" if method == "scgnn" else "quick"
+        config = pipeline.resolve_config("scgnn", preset, {"train": {"seed": 0}}, label_key="celltype")
+        out, result = pipeline.execute(adata, config)
+        assert out.obs_names.equals(adata.obs_names) and out.var_names.equals(adata.var_names)
+        imputed = np.asarray(out.layers["imputed"])
+        pred = log_cp10k(imputed[rows, cols], totals[rows])
+        elapsed = time.perf_counter() - start
+        # scGNN models its 2,000 genes of largest count variance; elsewhere it returns the observed value (0 here).
+        modelled = out.var["scgnn_modelled"].to_numpy(dtype=bool)[cols]
+        m = result.metrics
+        extra.update(
+            preset=preset,
+            modelled_share=float(modelled.mean()),
+            modelled_only=metrics.imputation_errors(truth[modelled], pred[modelled]),
+            rounds=m.get("rounds"),
+            converged=m.get("converged"),
+            clusters_ari=m.get("ari"),
+            n_clusters=m.get("n_clusters"),
+        )
+        extra["kmeans_ari_imputed"] = kmeans_ari(imputed, adata.obs["celltype"])
+        extra["kmeans_ari_input"] = kmeans_ari(adata.X.toarray(), adata.obs["celltype"])
     else:
         raise SystemExit(f"unknown method {method}")
     seconds = elapsed if elapsed is not None else time.perf_counter() - start
@@ -242,6 +269,9 @@ def main() -> None:
     parser.add_argument("--graph", default="{}", help="JSON overrides of scVGAE's graph parameters")
     parser.add_argument("--tag", default="", help="results go to imputation_<tag>.json")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--jsonl", default=None, help="resumable: one line per finished run; runs already there are skipped"
+    )
     parser.add_argument("--single", nargs=2, metavar=("DATASET", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     model, graph = json.loads(args.model), json.loads(args.graph)
@@ -255,9 +285,23 @@ def main() -> None:
         sys.exit(f"{', '.join(missing)} absent from {SHARED}: this benchmark needs ../shared/data.")
     info = machine()
     rows = []
+    jsonl = Path(args.jsonl) if args.jsonl else None
+    done: dict[tuple, dict] = {}
+    if jsonl is not None and jsonl.exists():
+        for line in jsonl.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a torn line: that run is redone
+            if "error" not in r:
+                done[(r["dataset"], r["method"], str(r.get("k", "")), r.get("mask_seed"))] = r
     for ds in args.datasets.split(","):
         for method in args.methods.split(","):
             for k in args.knn_k.split(",") if method == "knn" else [args.knn_k.split(",")[0]]:
+                key = (ds, method, k if method == "knn" else "", args.mask_seed)
+                if key in done:
+                    rows.append(done[key])
+                    continue
                 cmd = [sys.executable, __file__, "--single", ds, method, "--fraction", str(args.fraction)]
                 cmd += ["--mask-seed", str(args.mask_seed), "--knn-k", k, "--model", args.model]
                 cmd += ["--graph", args.graph]
@@ -270,8 +314,12 @@ def main() -> None:
                     row = json.loads(proc.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
+                if jsonl is not None:
+                    jsonl.parent.mkdir(parents=True, exist_ok=True)
+                    with open(jsonl, "a", encoding="utf-8") as fh:  # one write per run
+                        fh.write(json.dumps(row) + "\n")
     for row in rows:
-        if row.get("method") != "scvgae" or "error" in row:
+        if row.get("method") not in ("scvgae", "scgnn", "scgnn_quick") or "error" in row:
             continue
         same = [r for r in rows if r["dataset"] == row["dataset"] and "error" not in r]
         row["beats"] = {

@@ -137,6 +137,7 @@ def _train(toy, monkeypatch, **model):
                 id(net),
                 int(inputs.shape[0]),
                 {k: v.detach().clone() for k, v in net.state_dict().items()},
+                kw.get("l1"),
             )
         )
         return real(name, net, optimizer, inputs, epochs, p, **kw)
@@ -166,6 +167,16 @@ def test_cluster_autoencoders_learn_their_own_cells_from_the_current_feature_mod
         assert all(torch.equal(first[k], c[3][k]) for k in first)
     em = next(c for c in calls if c[0] == "em_r1")
     assert em[1] == feature[1]  # the feature model goes on learning, on the cluster models' output
+
+
+def test_scaled_cluster_penalty_follows_the_share_of_cells(toy, monkeypatch):
+    calls, out, _ = _train(toy, monkeypatch, cluster_l1="scaled", l1_weight=2.0)
+    clusters = [c for c in calls if c[0].startswith("cluster_r1_")]
+    assert clusters
+    for c in clusters:
+        assert c[4] == pytest.approx(2.0 * c[2] / out.n_obs)
+    full, _, _ = _train(toy, monkeypatch, l1_weight=2.0)
+    assert all(c[4] == 2.0 for c in full if c[0].startswith("cluster_r1_"))
 
 
 def test_legacy_loader_bug_reproduces_the_published_behaviour(toy, monkeypatch):

@@ -67,6 +67,13 @@ class ScGNNParams:
     l1_weight: float = param(
         1.0, "weight of the L1 penalty on every weight (the code's 1.0; its help text says 0.001)", min=0.0
     )
+    cluster_l1: str = param(
+        "full",
+        "L1 penalty of each cluster's autoencoder: scaled = l1_weight times the cluster's share of the cells, so "
+        "the balance of fit and penalty is the whole-data autoencoder's (with the full penalty a small "
+        "cluster's model is mostly penalty); full = l1_weight as is (the code)",
+        choices=("scaled", "full"),
+    )
     hidden: int = param(512, "width of the autoencoders' hidden layers", min=2, max=16384)
     latent: int = param(128, "size of the autoencoder embedding Z", min=2, max=4096)
     output: str = param(
@@ -497,11 +504,21 @@ class ScGNN(Model):
                         rebuilt[rows] = self._read_t(net, recon_t)[1][: members.size]
                     else:
                         inputs = recon_t[rows]
-                        fit(f"cluster_r{r}_{i}", net, opt, inputs, p.cluster_epochs, saved=False)
+                        share = members.size / n if p.cluster_l1 == "scaled" else 1.0
+                        fit(
+                            f"cluster_r{r}_{i}",
+                            net,
+                            opt,
+                            inputs,
+                            p.cluster_epochs,
+                            saved=False,
+                            l1=share * p.l1_weight,
+                        )
                         rebuilt[rows] = self._read_t(net, inputs)[1]
+                # The published code's retraining reads its original loader (X), and so does its new Z.
                 em_input = x if p.legacy_loader_bug else rebuilt
                 fit(f"em_r{r}", feature, optimizer, em_input, p.em_epochs)
-                z, recon = self._read(feature, rebuilt)
+                z, recon = self._read(feature, em_input)
             cell_graph = knn_graph(z, p.knn_k, p.prune, seed=seed)
             embedding = z
             if p.gae:
@@ -570,6 +587,7 @@ class ScGNN(Model):
         row_weight: torch.Tensor | None = None,
         mse: float | None = None,
         ltmg: float = 0.0,
+        l1: float | None = None,
         saved: bool = True,
     ) -> Stage:
         """One autoencoder stage: ``epochs`` passes over ``inputs`` in batches of ``batch_size`` cells in
@@ -580,6 +598,7 @@ class ScGNN(Model):
         n = inputs.shape[0]
         batches = max(1, math.ceil(n / p.batch_size))
         mse = p.mse_weight if mse is None else mse
+        l1 = p.l1_weight if l1 is None else l1
 
         def step(i: int) -> dict[str, torch.Tensor]:
             b = (i - 1) % batches
@@ -594,8 +613,8 @@ class ScGNN(Model):
                 terms["ltmg"] = ltmg * (sq * trs[rows]).sum()
             if row_weight is not None:
                 terms["regularisers"] = (sq.sum(dim=1) * row_weight[rows]).sum()
-            if p.l1_weight:
-                terms["l1"] = p.l1_weight * net.l1()
+            if l1:
+                terms["l1"] = l1 * net.l1()
             loss = sum(terms.values())
             return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
 
