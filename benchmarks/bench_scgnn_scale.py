@@ -1,0 +1,139 @@
+"""scGNN time and memory against the number of cells (issue #24: 2k, 20k, 100k cells on the 2-core CPU).
+
+Cells are synthesised from ``../shared/data/pbmc4k_top2000.h5ad`` (raw counts, 2,000 genes) as
+``../shared/data/README.md`` describes (:func:`scgraph_core.synthetic.synthesize_adata`); every run is the
+engine's ``pipeline.execute`` in its own fresh process, so its peak memory (``ru_maxrss``, data and imports
+included) is its own. Per run: wall seconds, seconds per stage family (feature AE, cluster AEs, per-round
+retraining, graph AE, imputation), rounds, peak RSS.
+
+Resumable: one JSON line per finished run in ``--jsonl``; a rerun skips the (cells, preset) already there.
+
+    python benchmarks/bench_scgnn_scale.py --sizes 2000,20000 --preset quick
+    python benchmarks/bench_scgnn_scale.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("SCGRAPH_SHARED_DATA", REPO.parent / "shared" / "data"))
+SOURCE = "pbmc4k_top2000"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def single(n_cells: int, preset: str) -> dict:
+    import anndata as ad
+
+    from scgraph_core import pipeline, synthetic
+
+    real = ad.read_h5ad(DATA / f"{SOURCE}.h5ad")
+    adata = real if n_cells == real.n_obs else synthetic.synthesize_adata(real, n_cells, seed=0)
+    stages: dict[str, float] = defaultdict(float)
+
+    def on_event(event: dict) -> None:
+        if event.get("kind") == "epoch":
+            family = event["stage"].split("_r")[0] if "_r" in event["stage"] else event["stage"]
+            stages[family] += float(event["seconds"])
+
+    config = pipeline.resolve_config("scgnn", preset, {"train": {"seed": 0}})
+    started = time.perf_counter()
+    _, result = pipeline.execute(adata, config, callbacks=[on_event])
+    m = result.metrics
+    return {
+        "n_cells": n_cells,
+        "preset": preset,
+        "n_genes": int(m.get("n_features", 0)),
+        "seconds_total": time.perf_counter() - started,
+        "seconds_train": m.get("seconds_train"),
+        "seconds_analysis": m.get("seconds_analysis"),
+        "stage_seconds": dict(stages),
+        "rounds": m.get("rounds"),
+        "n_clusters": m.get("n_clusters"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average": os.getloadavg(),
+    }
+
+
+def _done(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| cells | preset | wall min | feature AE s | cluster AEs s | retraining s | graph AE s | imputation s | rounds | peak GB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted((r for r in rows if "error" not in r), key=lambda r: (r["preset"], r["n_cells"])):
+        s = r["stage_seconds"]
+        lines.append(
+            f"| {r['n_cells']:,} | {r['preset']} | {r['seconds_total'] / 60:.1f} | {s.get('feature_ae', 0):.0f} | "
+            f"{s.get('cluster', 0):.0f} | {s.get('em', 0):.0f} | {s.get('gae', 0):.0f} | {s.get('imputation_ae', 0):.0f} | "
+            f"{r['rounds']} | {r['peak_rss_mb'] / 1024:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="2000,20000")
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--jsonl", default=str(RESULTS / "scgnn_scale.jsonl"))
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--single", nargs=2, metavar=("CELLS", "PRESET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(single(int(args.single[0]), args.single[1])))
+        return
+    path = Path(args.jsonl)
+    if args.table:
+        print(table(_done(path)))
+        return
+    done = {(r["n_cells"], r["preset"]) for r in _done(path) if "error" not in r}
+    for size in (int(s) for s in args.sizes.split(",")):
+        if (size, args.preset) in done:
+            continue
+        cmd = [sys.executable, __file__, "--single", str(size), args.preset]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            row = (
+                json.loads(proc.stdout.strip().splitlines()[-1])
+                if proc.returncode == 0
+                else {"n_cells": size, "preset": args.preset, "error": proc.stderr.strip()[-800:]}
+            )
+        except subprocess.TimeoutExpired:
+            row = {
+                "n_cells": size,
+                "preset": args.preset,
+                "error": f"did not finish within {args.timeout:.0f} s",
+            }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    print(table(_done(path)))
+
+
+if __name__ == "__main__":
+    main()
