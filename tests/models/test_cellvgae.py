@@ -204,7 +204,13 @@ def test_nan_loss_fails_the_run_with_a_message(tmp_path, monkeypatch):
 def test_deterministic_runs_repeat_exactly_and_paper_clustering_uses_the_drawn_umap():
     # Two seeded runs with deterministic=True give the same embedding bit for bit, hence the same UMAP
     # and clusters. The paper's clustering recipe (2-D UMAP, best silhouette) clusters the drawn UMAP.
-    paper = {"cluster_umap_dims": 2, "cluster_umap_min_dist": 0.1, "hdbscan_select": "silhouette"}
+    # The quick preset draws with min_dist 0.5 (#21); the paper's recipe draws and clusters at 0.1.
+    paper = {
+        "cluster_umap_dims": 2,
+        "cluster_umap_min_dist": 0.1,
+        "umap_min_dist": 0.1,
+        "hdbscan_select": "silhouette",
+    }
     try:
         outs = [
             pipeline.fit(
@@ -321,3 +327,16 @@ def test_cli_round_trip(tmp_path):
         cwd=REPO,
     )
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_quick_graph_is_built_on_pcs_of_the_demo():
+    """The quick preset's graph (#21) is valid on the built-in demo as it ships: k = 10 neighbours on 50 PCs
+    of the graph genes, every cell with at least k partners, no setting capped."""
+    config = pipeline.resolve_config("cellvgae", "quick")
+    prepared = data.prepare(data.load_demo(), config.prepare)
+    matrix = graphs.graph_matrix(prepared, config.graph)
+    assert matrix.shape == (700, config.graph.n_pcs)
+    graph = graphs.build_graph(matrix, config.graph)
+    assert graph.info["deviations"] == []
+    degrees = np.bincount(graph.edge_index[0], minlength=700)
+    assert degrees.min() >= config.graph.k

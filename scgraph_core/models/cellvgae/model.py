@@ -210,19 +210,28 @@ def link_scores(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[s
     return {"auc": float(roc_auc_score(truth, logits)), "ap": float(average_precision_score(truth, logits))}
 
 
+# The quick preset (#21, benchmarks/NOTES.md 2026-12-05). With the paper's KL weight (1 / cells) a short run
+# squeezes the latent into a few directions, each cell population along one line (the median cell's 15 latent
+# neighbours vary 54 % along one direction, PCs of the genes 16 %), which the UMAP draws as strings. A KL weight
+# of 3 (β-VAE) keeps the populations round; a graph on 50 PCs of the graph genes with k = 10 (the paper
+# recipe's graph for large inputs) and scanpy's drawing min_dist (0.5) do the rest. Cells drawn on strings fell
+# from 41 % to 16 % (demo), 19 % to 2 % (pbmc3k_seurat250), 38 % to 12 % (scvgae_sample); ARI 0.48 -> 0.52 (scanpy
+# Leiden 0.52), 0.87 -> 0.86 (0.86-0.87), 0.63 -> 0.75 (0.74-0.79). Training stays a few seconds on the demo.
 QUICK = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax"},
-    "graph": {"kind": "knn", "k": 5, "metric": "euclidean", "use": "graph_genes"},
+    "graph": {"kind": "knn", "k": 10, "metric": "euclidean", "use": "pca", "n_pcs": 50},
     "model": {
         "hidden": (64, 64),
         "heads": (3,),
         "attn_dropout": (0.2,),
         "feature_dropout": 0.2,
         "latent": 16,
+        "kl_weight": 3.0,
         "lr": 5e-3,
         "epochs": 60,
     },
     "train": {"eval_every": 10},
+    "cluster": {"umap_min_dist": 0.5},
 }
 PAPER = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax", "normalize": "auto"},
