@@ -127,3 +127,30 @@ def test_cpu_runs_use_deterministic_algorithms_and_the_flag_does_not_leak():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_a_stage_not_saved_is_neither_kept_nor_replayed():
+    """Stage(saved=False) (scGNN's per-cluster autoencoders): the run folder does not keep its weights, and
+    ``runs finish`` (replay) trains it again instead of loading it; saved stages keep their indices."""
+    kept, replayed = [], []
+    trainer = Trainer(TrainSpec(eval_every=0))
+    trainer.keep = lambda index, stage, outcome: kept.append((index, stage.name))
+    first, second, third = _toy_stage(3), _toy_stage(3), _toy_stage(3)
+    second.saved = False
+    for stage in (first, second, third):
+        trainer.run_stage(stage)
+    assert kept == [(0, "toy"), (2, "toy")]
+
+    replay = Trainer(TrainSpec(eval_every=0))
+
+    def load(index, stage):
+        replayed.append(index)
+        return trainer_outcome
+
+    trainer_outcome = trainer.run_stage(_toy_stage(1))
+    replay.replay = load
+    a, b = _toy_stage(3), _toy_stage(3)
+    b.saved = False
+    out_a, out_b = replay.run_stage(a), replay.run_stage(b)
+    assert replayed == [0]  # the unsaved stage was trained, not loaded
+    assert out_a is trainer_outcome and out_b.epochs_run == 3

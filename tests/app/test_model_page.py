@@ -43,9 +43,10 @@ def test_changing_k_rebuilds_the_graph_statistics():
     at = open_page("model")
     before = int(metric(at, "edges").replace(",", ""))
     k = next(n for n in at.number_input if n.label == "Neighbours (k)")
-    k.set_value(15).run()
+    assert k.value == 10  # the quick preset's graph
+    k.set_value(30).run()
     assert_clean(at)
-    assert at.session_state["config"]["overrides"]["graph"] == {"k": 15}
+    assert at.session_state["config"]["overrides"]["graph"] == {"k": 30}
     assert int(metric(at, "edges").replace(",", "")) > 2 * before
 
 
