@@ -105,7 +105,9 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
             embedding=out.obsm[views["embedding"]].astype(np.float32),
             truth=truth.astype(str),
             clusters=pred,
-            umap=np.asarray(out.obsm["X_umap"], dtype=np.float32) if "X_umap" in out.obsm else np.zeros((0, 2)),
+            umap=np.asarray(out.obsm["X_umap"], dtype=np.float32)
+            if "X_umap" in out.obsm
+            else np.zeros((0, 2)),
         )
     # scanpy on the same cells and the genes the model's recipe chose, log-normalised and unscaled.
     genes = _model_genes(out, model)

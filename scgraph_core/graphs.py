@@ -390,6 +390,9 @@ def _search_torch(X: np.ndarray, k1: int, metric: str) -> np.ndarray:
 
 
 def _search_pynndescent(X: np.ndarray, k1: int, metric: str, seed: int) -> np.ndarray:
+    from .numba_cache import import_umap
+
+    import_umap()
     from pynndescent import NNDescent
 
     nnd_metric = {"euclidean": "euclidean", "cosine": "dot", "manhattan": "manhattan"}[metric]

@@ -51,7 +51,8 @@ def umap_embedding(
     (``seed=None`` lets it use all cores, unseeded). ``n_epochs=None`` keeps umap-learn's default (500
     epochs up to 10,000 cells, 200 above); fewer (e.g. 100-200) trade a little layout quality for
     proportionally less time. Measured on 2 shared CPU cores (50-d input): 3k cells 3-4 s, 20k cells
-    16-18 s (12 s with 100 epochs); the first call in a process adds 5-10 s of numba compilation.
+    16-18 s (12 s with 100 epochs); the first call on a machine adds 5-10 s of numba compilation, kept on
+    disk for later processes (:mod:`scgraph_core.numba_cache`).
 
     Up to 50,000 cells (metrics euclidean, manhattan, cosine, chebyshev) the neighbours are found
     exactly with scikit-learn and handed to umap-learn; above 4,096 cells umap-learn would otherwise
@@ -63,6 +64,9 @@ def umap_embedding(
     when seeded (the eigenproblem is degenerate), so "auto" takes "pca" there. The check needs the exact
     neighbours, so above 50,000 cells or with other metrics "auto" means "spectral".
     """
+    from ..numba_cache import import_umap
+
+    import_umap()  # compiled once per machine, not once per process
     import umap
 
     X = matrix(X, "The embedding")

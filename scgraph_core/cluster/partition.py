@@ -41,6 +41,9 @@ def leiden(
     import pandas as pd
     import scanpy as sc
 
+    from ..numba_cache import import_umap
+
+    import_umap()  # scanpy's neighbours import umap-learn: load its compiled code from the disk cache
     if resolution <= 0:
         raise ConfigError(f"The Leiden resolution must be positive; got {resolution}.")
     as_graph = _is_graph(X_or_graph) if graph is None else graph

@@ -83,6 +83,13 @@ class ScBiGNNParams:
         min=0,
         max=100000,
     )
+    pretrain_patience: int = param(
+        0,
+        "evaluations of q_phi's accuracy on the validation labels without improvement before the pre-training "
+        "stops, keeping its best weights (ours; 0 = run every epoch). Makes pretrain_epochs a ceiling",
+        min=0,
+        max=10000,
+    )
     estep_epochs: int = param(10, "epochs of q_phi per E-step (ours)", min=1, max=10000)
     mstep_epochs: int = param(200, "most full-batch epochs of p_theta per M-step (ours)", min=1, max=100000)
     mstep_patience: int = param(
@@ -457,8 +464,32 @@ class ScBiGNN(Model):
             cells = lab_stream.next()
             return {"labelled": F.cross_entropy(q_logits(cells), y_t[cells])}
 
+        def q_validation() -> dict[str, float]:
+            q.eval()
+            with torch.no_grad():
+                right = sum(
+                    int((q_logits(val_cells[i : i + 512]).argmax(-1) == y_t[val_cells[i : i + 512]]).sum())
+                    for i in range(0, val_cells.size, 512)
+                )
+            q.train()
+            return {"val_accuracy": right / val_cells.size}
+
         if steps:
-            record("pretrain", trainer.run_stage(Stage("pretrain_q", q, q_opt, pretrain_step, steps)))
+            early = p.pretrain_patience > 0 and val_cells.size > 0
+            stage = Stage(
+                "pretrain_q",
+                q,
+                q_opt,
+                pretrain_step,
+                steps,
+                evaluate=q_validation if early else None,
+                score="val_accuracy" if early else None,
+                patience=p.pretrain_patience if early else 0,
+                restore_best=early,
+            )
+            outcome = trainer.run_stage(stage)
+            record("pretrain", outcome)
+            self._pretrain_steps = outcome.epochs_run
         q_probs, h = q_outputs()
         rounds_extra: list[dict[str, Any]] = []
         first = {"round": 0, **self._held_scores(truth, held_cells, q_probs, None, classes)}

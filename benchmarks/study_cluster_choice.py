@@ -1,0 +1,202 @@
+"""CellVGAE's label-free cluster choice, compared on saved embeddings (issue #21, section 2).
+
+Reads the ``.npz`` files ``bench_suite.py --save DIR`` writes (the 50-D latent, the labels, the engine's
+clusters) and, for each, reruns the engine's clustering recipe and some alternatives on the same latent:
+
+* ``engine``: HDBSCAN (excess of mass) on a 10-D UMAP (min_dist 0), 16-point grid, consensus over 3 layouts
+  (the default; must reproduce the saved clusters);
+* ``leaf``: the same grid with HDBSCAN's leaf selection (the finest clusters of the tree instead of the most
+  persistent ones), consensus over its own 3 layouts;
+* ``both``: candidates and voters from both grids;
+* ``engine_refine``: the default followed by the small-cluster post-processing (split clusters above 25 %);
+* ``silhouette``: the paper's rule (best silhouette) on the excess-of-mass grid;
+* ``best_eom`` / ``best_leaf``: the best grid run chosen **with the labels** (a ceiling, never a method).
+
+One JSON line per (file, method) in ``--jsonl``; a rerun skips what is done. ``--table`` prints mean ARI per
+dataset and method with scanpy's better resolution from the suite's JSONL beside it.
+
+    python benchmarks/study_cluster_choice.py --saved /work/emb/default --jsonl benchmarks/results/cluster_choice.jsonl
+    python benchmarks/study_cluster_choice.py --table --jsonl benchmarks/results/cluster_choice.jsonl \
+        --suite benchmarks/results/suite_cpu.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZES = (10, 25, 50, 100)
+SAMPLES = (5, 10, 25, 50)
+METHODS = ("engine", "leaf", "both", "engine_refine", "silhouette", "best_eom", "best_leaf")
+
+
+def _grid(points: np.ndarray, how: str) -> np.ndarray:
+    import hdbscan
+
+    rows = []
+    for size in SIZES:
+        for ms in SAMPLES:
+            model = hdbscan.HDBSCAN(min_cluster_size=size, min_samples=ms, cluster_selection_method=how)
+            rows.append(model.fit_predict(points))
+    return np.asarray(rows)
+
+
+def _eligible(labels: np.ndarray, max_noise: float = 0.05) -> list[int]:
+    out = []
+    for r, row in enumerate(labels):
+        k = len(np.unique(row[row >= 0]))
+        if (row < 0).mean() <= max_noise and k >= 2:
+            out.append(r)
+    return out
+
+
+def _consensus(cands: list[np.ndarray], voters: list[np.ndarray]) -> np.ndarray:
+    from scgraph_core.cluster.grid import consensus_scores
+
+    if not cands:
+        return np.asarray([])
+    # each candidate is also a voter: drop exactly itself by identity
+    index = []
+    for c in cands:
+        index.append(next(j for j, v in enumerate(voters) if v is c))
+    return consensus_scores(np.asarray(cands), voters, self_index=index)
+
+
+def _pick(grids: list[list[np.ndarray]], first_only: bool = True) -> np.ndarray | None:
+    """Consensus among the eligible runs of the first layout of each grid, voters = eligible runs of all."""
+    cands, voters = [], []
+    for layouts in grids:
+        for li, labels in enumerate(layouts):
+            ok = [labels[i] for i in _eligible(labels)]
+            voters.extend(ok)
+            if li == 0 or not first_only:
+                cands.extend(ok)
+    if not cands:
+        return None
+    scores = _consensus(cands, voters)
+    return cands[int(np.argmax(scores))]
+
+
+def study(path: Path) -> list[dict]:
+    from scgraph_core import metrics
+    from scgraph_core.cluster import embedding as emb
+    from scgraph_core.cluster.refine import refine_clusters
+    from scgraph_core.metrics import silhouette
+
+    z = np.load(path, allow_pickle=False)
+    latent, truth = z["embedding"], z["truth"]
+    m = re.match(r".*?_(?P<name>.+)_cellvgae_(?P<seed>\d+)\.npz$", path.name)
+    name, seed = m["name"], int(m["seed"])
+    layouts = [
+        emb.umap_embedding(latent, n_neighbors=15, min_dist=0.0, n_components=10, seed=seed + r)
+        for r in range(3)
+    ]
+    eom = [_grid(p, "eom") for p in layouts]
+    leaf = [_grid(p, "leaf") for p in layouts]
+
+    def score(labels: np.ndarray | None) -> dict:
+        if labels is None:
+            return {"ari": None}
+        lab = np.where(labels < 0, "noise", labels.astype(str))
+        s = metrics.clustering_metrics(truth, lab, noise_label="noise")
+        return {"ari": s["ari"], "nmi": s["nmi"], "n_clusters": s["n_clusters"], "noise": s["noise"]}
+
+    picked = {
+        "engine": _pick([eom]),
+        "leaf": _pick([leaf]),
+        "both": _pick([eom, leaf]),
+    }
+    base = picked["engine"]
+    if base is not None:
+        picked["engine_refine"], _ = refine_clusters(
+            layouts[0], base, large_fraction=0.25, min_cluster_size=10
+        )
+    ok = _eligible(eom[0])
+    if ok:
+        sils = [silhouette(layouts[0], eom[0][i], sample=5000, seed=seed) for i in ok]
+        picked["silhouette"] = eom[0][ok[int(np.nanargmax([-np.inf if s is None else s for s in sils]))]]
+    rows = []
+    for method in METHODS:
+        if method.startswith("best_"):
+            grid = eom[0] if method == "best_eom" else leaf[0]
+            scored = [score(g) for g in grid]
+            best = max(scored, key=lambda s: -1 if s["ari"] is None else s["ari"])
+            rows.append({"dataset": name, "seed": seed, "method": method, **best})
+        else:
+            rows.append({"dataset": name, "seed": seed, "method": method, **score(picked.get(method))})
+    saved = z["clusters"]
+    same = base is not None and metrics.clustering_metrics(saved, base.astype(str))["ari"]
+    for r in rows:
+        r["engine_reproduced_ari"] = same
+    return rows
+
+
+def _done(jsonl: Path) -> list[dict]:
+    if not jsonl.exists():
+        return []
+    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+
+
+def table(rows: list[dict], suite: list[dict]) -> str:
+    sets = sorted({r["dataset"] for r in rows})
+    head = "| dataset | seeds | " + " | ".join(METHODS) + " | scanpy better |"
+    out = [head, "|" + "---|" * (len(METHODS) + 3)]
+    for name in sets:
+        seeds = sorted({r["seed"] for r in rows if r["dataset"] == name})
+        cells = []
+        for method in METHODS:
+            v = [r for r in rows if r["dataset"] == name and r["method"] == method and r["ari"] is not None]
+            cells.append(
+                f"{np.mean([r['ari'] for r in v]):.2f} [{np.median([r['n_clusters'] for r in v]):g}]"
+                if v
+                else "-"
+            )
+        sc = [
+            max(r["scanpy_r0.5"]["ari"], r["scanpy_r1.0"]["ari"])
+            for r in suite
+            if r.get("dataset") == name
+            and r.get("model") == "cellvgae"
+            and r.get("seed") in seeds
+            and "ari" in r
+        ]
+        cells.append(f"{np.mean(sc):.2f}" if sc else "-")
+        out.append(f"| {name} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--saved", default="/work/emb/default", help="folder of bench_suite --save files")
+    parser.add_argument("--jsonl", default="benchmarks/results/cluster_choice.jsonl")
+    parser.add_argument("--suite", default="benchmarks/results/suite_cpu.jsonl")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    jsonl = Path(args.jsonl)
+    if args.table:
+        print(table(_done(jsonl), _done(Path(args.suite))))
+        return
+    done = {(r["dataset"], r["seed"]) for r in _done(jsonl)}
+    for path in sorted(Path(args.saved).parent.glob(Path(args.saved).name + "_*_cellvgae_*.npz")):
+        m = re.match(r".*?_(?P<name>.+)_cellvgae_(?P<seed>\d+)\.npz$", path.name)
+        if (m["name"], int(m["seed"])) in done:
+            continue
+        t0 = time.perf_counter()
+        rows = study(path)
+        with open(jsonl, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps({**r, "seconds": time.perf_counter() - t0}) + "\n" for r in rows))
+        brief = ", ".join(f"{r['method']} {r['ari']:.3f}" for r in rows if r["ari"] is not None)
+        print(f"{path.name}: {brief}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

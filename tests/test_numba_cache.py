@@ -1,0 +1,62 @@
+"""UMAP's compiled code is kept on disk: a second process loads it instead of compiling, same layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIMISER = "layouts._optimize_layout_euclidean_single_epoch"  # umap-learn does not cache it itself
+
+LAYOUT = """
+import json, sys
+import numpy as np
+from scgraph_core.cluster import umap_embedding
+x = np.random.default_rng(0).normal(size=(120, 8)).astype(np.float32)
+y = umap_embedding(x, n_components=2, seed=0, n_epochs=30)
+print(json.dumps({"sum": float(np.abs(y).sum()), "first": y[0].tolist()}))
+"""
+
+
+def _run(env_extra: dict[str, str]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    out = subprocess.run(
+        [sys.executable, "-c", LAYOUT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _index_files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*.nbi")}
+
+
+def test_compiled_code_is_written_once_and_reused_with_the_same_layout(tmp_path):
+    cache = tmp_path / "numba"
+    first = _run({"NUMBA_CACHE_DIR": str(cache)})
+    written = _index_files(cache)
+    # pynndescent's distances (compiled eagerly at import) and umap's layout optimiser are both cached.
+    assert any("pynndescent" in f and "distances" in f for f in written), sorted(written)[:20]
+    assert any(OPTIMISER in f for f in written), sorted(written)[:20]
+    data_files = {p: p.stat().st_mtime_ns for p in cache.rglob("*.nbc")}
+    second = _run({"NUMBA_CACHE_DIR": str(cache)})
+    assert second == first  # loaded machine code gives the same layout
+    # Nothing was compiled again: no data file was added or rewritten.
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.nbc")} == data_files
+
+
+def test_switched_off_it_writes_nothing_and_the_layout_is_unchanged(tmp_path):
+    cache = tmp_path / "numba"
+    plain = _run({"NUMBA_CACHE_DIR": str(cache), "SCGRAPH_NUMBA_CACHE": "0"})
+    # Only the few functions the packages themselves mark for caching may be written.
+    assert not any(OPTIMISER in f for f in _index_files(cache))
+    cached = _run({"NUMBA_CACHE_DIR": str(tmp_path / "other")})
+    assert cached == plain
