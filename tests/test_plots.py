@@ -95,6 +95,22 @@ def test_loss_and_validation_figures():
     assert plots.validation_figure(history.drop(columns="val_auc")) is None
 
 
+def test_a_loss_of_one_epoch_is_drawn_as_a_dot():
+    """A line needs two points: the first epoch of a live run, or a run stopped after one epoch, would
+    leave its panels empty."""
+    one = pd.DataFrame({"stage": "train", "epoch": [1], "loss": [3.7], "kl": [0.2]})
+    for trace in plots.loss_figure(one).data:
+        assert "markers" in trace.mode and list(trace.marker.size) == [6]
+    # Longer curves stay plain lines; a one-epoch stage among them gets its dot.
+    three = pd.DataFrame({"stage": "train", "epoch": [1, 2, 3], "loss": [3.0, 2.0, 1.5]})
+    assert [t.mode for t in plots.loss_figure(three).data] == ["lines"]
+    mixed = pd.DataFrame(
+        {"stage": ["gae_r0", "gae_r0", "gae_r1"], "epoch": [1, 2, 1], "loss": [3.0, 2.0, 1.0]}
+    )
+    (trace,) = plots.loss_figure(mixed).data
+    assert trace.mode == "lines+markers" and list(trace.marker.size) == [0, 0, 0, 6]
+
+
 def test_repeated_stages_share_one_legend_entry_per_family():
     assert [
         plots.stage_family(s)

@@ -58,6 +58,7 @@ def loss_figure(history: pd.DataFrame, *, log_y: bool = False, height: int = 320
             xs: list = []
             ys: list = []
             names: list = []
+            sizes: list = []
             for stage in members or [None]:
                 part = history if stage is None else history[history["stage"].astype(str) == stage]
                 part = part[part[term].notna()]
@@ -67,17 +68,24 @@ def loss_figure(history: pd.DataFrame, *, log_y: bool = False, height: int = 320
                     xs.append(None)
                     ys.append(None)
                     names.append("")
+                    sizes.append(0)
                 xs.extend(part["epoch"].tolist())
                 ys.extend(part[term].tolist())
                 names.extend([stage or term] * len(part))
+                # A stage of one epoch (the first epoch of a live run, a run stopped at once) has no line
+                # to draw: its point is shown as a dot, or the panel would look empty.
+                sizes.extend([6 if len(part) == 1 else 0] * len(part))
             label = family if len(members) <= 1 else f"{family} ({len(members)} stages)"
+            colour = PALETTE[j % len(PALETTE)]
+            lone = any(sizes)
             fig.add_trace(
                 go.Scatter(
                     x=xs,
                     y=ys,
-                    mode="lines",
+                    mode="lines+markers" if lone else "lines",
+                    marker={"size": sizes, "color": colour} if lone else None,
                     connectgaps=False,
-                    line={"color": PALETTE[j % len(PALETTE)], "width": 2 if len(members) <= 1 else 1.5},
+                    line={"color": colour, "width": 2 if len(members) <= 1 else 1.5},
                     name=label,
                     legendgroup=family,
                     customdata=names,

@@ -11,7 +11,7 @@ import pytest
 
 from scgraph_core import jobs
 from scgraph_core.models import base
-from tests.app.conftest import assert_clean, open_page, texts
+from tests.app.conftest import assert_clean, open_page, plotly_array, plotly_figures, texts
 from tests.helpers import toy_counts
 
 
@@ -225,6 +225,36 @@ def test_one_click_on_stop_writes_the_request_and_says_so(fake_running):
     assert any("Stop requested" in w for w in texts(at.warning))
     button = at.button(key=f"stop:{fake_running.id}")
     assert button.label == "Stopping..." and button.disabled
+
+
+def test_a_run_stopped_after_one_epoch_shows_its_loss(tmp_path, monkeypatch):
+    """One click on Stop right after the first epoch leaves one point per loss term: drawn as a dot (a
+    line of one point is invisible, and the panels looked empty in the browser)."""
+    from scgraph_core.runs import RunStore
+
+    monkeypatch.setenv("SCGRAPH_HOME", str(tmp_path))
+    run = RunStore(tmp_path / "runs").create(model="cellvgae", name="stopped at once", dataset="toy")
+    run.append_event({"kind": "stage_start", "stage": "train", "epochs": 5000})
+    run.append_event(
+        {
+            "kind": "epoch",
+            "stage": "train",
+            "epoch": 1,
+            "epochs": 5000,
+            "loss": 3.7,
+            "losses": {"reconstruction": 3.5, "kl": 0.2},
+            "seconds": 2.0,
+        }
+    )
+    run.append_event({"kind": "stage_end", "stage": "train", "epochs_run": 1, "stopped": True})
+    run.set_status("stopped", "stopped by request; results are from the best checkpoint")
+    at = open_page("training", active=run.id)
+    assert_clean(at)
+    assert any("Stopped:" in w for w in texts(at.warning))
+    (loss,) = plotly_figures(at)  # the loss terms (no validation scores were recorded)
+    assert len(loss["data"]) == 3  # loss, reconstruction, kl
+    for trace in loss["data"]:
+        assert "markers" in trace["mode"] and plotly_array(trace["marker"]["size"]).tolist() == [6]
 
 
 def step_lines(at) -> list[str]:

@@ -1,17 +1,23 @@
 """The app in a real browser: headless Chromium (Debian's package) driven by Playwright.
 
-Starts ``streamlit run app.py`` on a free port with its own SCGRAPH_HOME, loads the built-in demo,
-trains the quick preset through the Training page (the real background worker), and checks that the
-UMAP, the attention graph and the marker table appear. A second test loads a raw-count file by its path and
-trains scVGAE and AttentionAE-sc the same way, for the Imputation page and the fusion attention. Screenshots of every page go to
-``$SCGRAPH_SCREENSHOTS`` (README.md's are in ``docs/screenshots/``). Skips with the reason when Chromium or Playwright is
-missing (``.ci/run`` installs both); Playwright never downloads a browser here.
+Starts ``streamlit run app.py`` on a free port with its own SCGRAPH_HOME. The first test loads the
+built-in demo, trains the quick preset through the Training page (the real background worker), reads
+the verdict, selects cells on the UMAP, compares them with the other cells (volcano) and saves them
+into the run (an obs column and a rank_genes_groups table in result.h5ad), finds the label column's
+marker genes (dot plot), draws six genes on the Expression page, stops a second run with one click,
+and reloads the page (the dataset, model and active run come back from the address). A second test
+loads a raw-count file by its path and trains scVGAE and AttentionAE-sc the same way, for the
+Imputation page and the fusion attention, and reloads with that file and model. Screenshots of every
+page go to ``$SCGRAPH_SCREENSHOTS`` (README.md's are in ``docs/screenshots/``). Skips with the reason
+when Chromium or Playwright is missing (``.ci/run`` installs both); Playwright never downloads a
+browser here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,9 +26,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from scgraph_core.runs import Run
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.browser
@@ -181,6 +189,57 @@ def _visit(page, title: str, selector: str, shot: str) -> None:
     _shot(page, shot)
 
 
+def _choose(page, label: str, option: str | re.Pattern) -> None:
+    """Pick an option in the select box labelled ``label``: the first that starts with ``option``
+    (or matches the pattern)."""
+    box = page.locator("[data-testid='stSelectbox']").filter(has_text=label).first
+    box.click()
+    if isinstance(option, str):
+        option = re.compile("^" + re.escape(option))
+    page.locator("[role='option']").filter(has_text=option).first.click()
+    _settle(page)
+
+
+def _add_genes(page, label: str, genes: list[str]) -> None:
+    """Type each gene into the multiselect labelled ``label`` and take it with Enter."""
+    field = page.locator("[data-testid='stMultiSelect']").filter(has_text=label).first.locator("input")
+    for gene in genes:
+        field.click()
+        field.fill(gene)
+        page.locator("[role='option']").filter(has_text=re.compile(f"^{re.escape(gene)}$")).first.click()
+        _settle(page)
+    page.keyboard.press("Escape")
+
+
+def _keyed(key: str) -> str:
+    """The CSS class Streamlit gives the element made with ``key=key``."""
+    return ".st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", key.strip())
+
+
+def _query(page) -> dict[str, str]:
+    """The page address's query parameters (the dataset, model, preset and active run: scgraph_app.url)."""
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def _run_state(run: Path) -> str:
+    try:
+        return json.loads((run / "status.json").read_text()).get("state", "")
+    except (OSError, ValueError):  # caught while the worker rewrites it
+        return "unreadable"
+
+
+def _saved_result(run: Path, until, timeout_s: float = 30):
+    """The run's result.h5ad read back once ``until(adata)`` holds (the app writes it atomically)."""
+    import anndata as ad
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        adata = ad.read_h5ad(run / "result.h5ad")
+        if until(adata) or time.monotonic() > deadline:
+            return adata
+        time.sleep(0.5)
+
+
 def test_demo_trains_and_every_view_appears(browser, app_url):
     url, home = app_url
     page = browser.new_page(viewport={"width": 1440, "height": VIEW_HEIGHT})
@@ -216,7 +275,40 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     _no_exceptions(page)
     runs = list((home / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "result.h5ad").exists()
+    run = runs[0]
     _shot(page, "training-done")
+    # The verdict on the finished run: how good it is, under the curves.
+    verdict = page.locator(_keyed(f"verdict:{run.name}"))
+    verdict.wait_for(timeout=60_000)
+    assert verdict.get_by_text("How good is it?").is_visible()
+    verdict.scroll_into_view_if_needed()
+    _shot(page, "verdict")
+
+    # Stop on the first click: a second run, stopped with one click while its live view redraws. Its
+    # epochs are raised so that it cannot end by itself before the click, however fast the machine.
+    _go(page, "Model & graph")
+    epochs = page.locator("[class*='-model-epochs']").get_by_role("spinbutton")
+    epochs.fill("5000")
+    epochs.press("Enter")
+    _settle(page)
+    _go(page, "Training")
+    assert page.get_by_text("(1 setting(s) changed)").first.is_visible()
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_selector("text=/Epoch \\d+ of 5000/", timeout=180_000)
+    (stopped,) = set((home / "runs").iterdir()) - {run}
+    page.locator(_keyed(f"stop:{stopped.name}")).get_by_role("button").click()
+    clicked = time.time()
+    page.wait_for_selector("text=/Stop requested\\.|Stopped:/", timeout=10_000)
+    assert (stopped / "STOP").exists()
+    deadline = clicked + 10
+    while not Run(stopped).events("stage_end") and time.time() < deadline:
+        time.sleep(0.3)
+    ended = Run(stopped).events("stage_end")
+    assert ended and ended[-1]["stopped"] and ended[-1]["epochs_run"] < 5000, "the trainer did not stop"
+    _no_exceptions(page)
+    # The run now clusters the best checkpoint's embedding in the background (its state says "stopped"
+    # once the results are written: checked after the reload below). The first run is explored meanwhile.
+    _choose(page, "Active run", re.compile(r"· done$"))
 
     # Embedding: the WebGL UMAP of the new run.
     _go(page, "Embedding")
@@ -236,8 +328,35 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     page.wait_for_selector("text=/[0-9,]+ cells selected/", timeout=60_000)
     _settle(page)
     assert page.get_by_text("Download the selected cells (CSV)").first.is_visible()
+    selected = page.get_by_text(re.compile(r"[0-9,]+ cells selected")).first.inner_text()
+    n_selected = int(selected.split()[0].replace(",", ""))
     _no_exceptions(page)
     _shot(page, "embedding-selection")
+    # Keep the selection, compare it with the other cells over all genes, save it into the run.
+    page.get_by_role("button", name="Keep this selection").click()
+    page.wait_for_selector(f"text=selection 1: {n_selected:,} cells", timeout=60_000)
+    _settle(page)
+    page.locator(_keyed("sel_go")).get_by_role("button").click()
+    volcano = page.locator(f"{_keyed('sel_volcano')} .js-plotly-plot")
+    volcano.wait_for(timeout=120_000)
+    _settle(page)
+    genes = set(_saved_result(run, lambda a: True).var_names)
+    named = [t.strip() for t in volcano.locator(".annotation-text").all_text_contents()]
+    assert named and set(named) <= genes, f"the volcano names {named}, not genes of the result"
+    assert page.get_by_text("Higher in selection 1").first.is_visible()
+    _no_exceptions(page)
+    _shot(page, "selection-de")
+    page.locator(_keyed("sel_save")).get_by_role("button").click()
+    _settle(page)
+    saved = _saved_result(run, lambda a: "rank_genes_groups_selection_1" in a.uns)
+    _no_exceptions(page)
+    # The contract: an annotation is an obs column, its genes an uns table in rank_genes_groups' layout.
+    assert (saved.obs["selection_1"].astype(str) == "selection 1").sum() == n_selected
+    rgg = saved.uns["rank_genes_groups_selection_1"]
+    assert rgg["params"]["groupby"] == "selection_1"
+    assert list(rgg["names"].dtype.names) == ["selection 1"]
+    assert set(map(str, rgg["names"]["selection 1"])) == genes
+    assert {"scores", "logfoldchanges", "pvals", "pvals_adj"} <= set(rgg)
 
     # Attention: the pyvis graph draws nodes inside its iframe.
     _go(page, "Attention")
@@ -269,6 +388,26 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     assert page.get_by_text("Marker genes (CSV)").first.is_visible()
     _no_exceptions(page)
     _shot(page, "markers")
+    # Markers of the label column (the demo's cell types, a copy of bulk_labels) over all genes, drawn
+    # as a dot plot (groups x top genes).
+    label_key = Run(run).config["label_key"]
+    _choose(page, "Group cells by", f"{label_key} (known cell types)")
+    page.locator(_keyed("de_go")).get_by_role("button").click()
+    page.get_by_role("tab", name="Dot plot").wait_for(timeout=120_000)
+    page.get_by_role("tab", name="Dot plot").click()
+    dots = page.locator(f"{_keyed('de_dot')} .js-plotly-plot")
+    dots.wait_for(timeout=60_000)
+    _settle(page)
+    labels = set(saved.obs[label_key].astype(str))
+    drawn = dots.evaluate("(el) => ({genes: Array.from(el.data[0].x), groups: Array.from(el.data[0].y)})")
+    rows = {t.strip() for t in dots.locator(".yaxislayer-above .ytick text").all_text_contents()}
+    assert rows and rows == set(drawn["groups"]) <= labels, (
+        f"the dot plot's rows {rows} are not {label_key}'s"
+    )
+    n_dots = len(set(drawn["groups"])) * len(set(drawn["genes"]))
+    assert dots.locator(".scatterlayer .point").count() == n_dots > len(rows)  # one dot per group and gene
+    _no_exceptions(page)
+    _shot(page, "markers-dotplot")
 
     # Annotate: the demo's labels counted per type; the CellVGAE run is not a label-learning run, so the
     # page points to training scBiGNN instead of showing predictions.
@@ -278,7 +417,74 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     assert page.get_by_text("Pick a finished scBiGNN run").first.is_visible()
 
     _visit(page, "Expression", ".js-plotly-plot", "expression")
+    # Six genes in the one figure: an observed and a learnt panel each, every panel drawn with every cell.
+    from scgraph_core import interpret
+
+    model_genes = interpret.gene_weight_matrix(saved, "P_mu")[1]
+    shown = set(page.locator("[data-testid='stMultiSelect']").first.inner_text().split())
+    more = [
+        g
+        for g in ("CD79A", "FCGR3A", "GNLY", "PPBP", "CD3D", "MS4A1", "S100A8", "HLA-DRA")
+        if g in model_genes
+    ]
+    more = [g for g in more + list(model_genes) if g not in shown][: 6 - len(shown & set(model_genes))]
+    _add_genes(page, "Genes (type to search)", more)
+    figure = page.locator(f"{_keyed('ex_panels')} .js-plotly-plot")
+    page.wait_for_function(
+        "(n) => document.querySelectorAll('.st-key-ex_panels .cartesianlayer .subplot').length === n", arg=12
+    )
+    _settle(page)
+    points = figure.evaluate(
+        "(el) => Array.from(el.querySelectorAll('.cartesianlayer .subplot'))"
+        ".map((s) => s.querySelectorAll('.scatterlayer .point').length)"
+    )
+    assert points == [saved.n_obs] * 12, f"points drawn per panel: {points}"
+    assert figure.locator(".colorbar").count() == 12
+    assert page.get_by_text(re.compile("Correlation of learnt and observed|does not vary here")).count() == 6
+    _no_exceptions(page)
+    _shot(page, "expression-6genes")
     _visit(page, "Runs", "[data-testid='stDataFrame']", "runs")
+
+    # Reload: the dataset, model and active run come back from the page's address. The first run is
+    # active, so a session that forgot it would open the newer, stopped run instead.
+    _go(page, "Training")
+    deadline = time.monotonic() + 20
+    while _query(page).get("run") != run.name and time.monotonic() < deadline:
+        time.sleep(0.3)
+    address = _query(page)
+    assert address.get("run") == run.name and address.get("model") == "cellvgae", address
+    page.reload()
+    page.wait_for_selector("h1:has-text('Training')", timeout=90_000)
+    _settle(page, 120)
+    assert _query(page) == address
+    sidebar = page.locator("[data-testid='stSidebar']")
+    assert sidebar.get_by_text("PBMC 68k reduced (built-in demo)").first.is_visible()
+    active = sidebar.get_by_role("combobox", name="Active run").input_value()
+    assert active.endswith("· done"), f"the reloaded page's active run is {active!r}"
+    ready = page.locator("p", has_text="Ready to train:").first.inner_text()
+    assert "CellVGAE, quick preset, on PBMC 68k reduced (built-in demo)" in ready, ready
+    page.locator("[data-testid='stAlertContentSuccess']", has_text="Finished").wait_for(timeout=60_000)
+    _no_exceptions(page)
+    _shot(page, "reloaded")
+
+    # The stopped run: its state on disk and on the Training page.
+    while _run_state(stopped) not in ("done", "failed", "stopped") and time.time() < clicked + 120:
+        time.sleep(0.5)
+    assert _run_state(stopped) == "stopped", f"one click on Stop left the run {_run_state(stopped)!r}"
+    _choose(page, "Active run", re.compile(r"· stopped$"))
+    page.locator("[data-testid='stAlertContentWarning']", has_text="Stopped:").wait_for(timeout=30_000)
+    # Its loss curves may hold a single epoch: every panel still shows it (a dot where no line can be drawn).
+    curves = page.locator(f"{_keyed(f'loss:{stopped.name}')} .js-plotly-plot")
+    curves.wait_for(timeout=30_000)
+    drawn = curves.evaluate(
+        "(el) => Array.from(el.querySelectorAll('.cartesianlayer .subplot')).map((s) =>"
+        " s.querySelectorAll('.scatterlayer .point').length > 0 ||"
+        " Array.from(s.querySelectorAll('.scatterlayer path.js-line')).some((p) => /L/.test(p.getAttribute('d') || '')))"
+    )
+    assert drawn and all(drawn), f"loss panels drawn: {drawn}"
+    _no_exceptions(page)
+    page.locator("h1").first.hover()  # no tooltip over the page
+    _shot(page, "training-stopped")
     assert not dialogs, f"a page opened a dialog: {dialogs}"
     page.close()
 
@@ -373,4 +579,17 @@ def test_count_models_train_and_their_views_appear(browser, app_url, tmp_path):
     _no_exceptions(page)
     time.sleep(2)  # the graph layout settles
     _shot(page, "attention-attentionae")
+
+    # Reload: the typed path and the chosen model (neither is the default) come back from the address.
+    _go(page, "Training")
+    address = _query(page)
+    assert address.get("data") == f"path:{counts}" and address.get("model") == "attentionae", address
+    page.reload()
+    page.wait_for_selector("h1:has-text('Training')", timeout=90_000)
+    _settle(page, 120)
+    assert _query(page) == address
+    assert page.locator("[data-testid='stSidebar']").get_by_text(counts.name).first.is_visible()
+    ready = page.locator("p", has_text="Ready to train:").first.inner_text()
+    assert f"AttentionAE-sc, quick preset, on {counts.name}" in ready, ready
+    _no_exceptions(page)
     page.close()
