@@ -1,4 +1,4 @@
-"""CellVGAE training speed and memory on the CPU: scgraph against a plain float32 PyG baseline.
+"""CellVGAE training speed and memory: scgraph against a plain float32 PyG baseline, on one device.
 
 For each dataset size (PBMC3k itself, then 20k / 50k / 100k synthetic cells made from it as
 ``../shared/data/README.md`` describes, kNN k = 5) and preset (paper, quick), every variant trains in
@@ -9,7 +9,10 @@ its own fresh process, so its peak memory (``ru_maxrss``: whole process, data in
 * ``baseline``     the obvious PyG model (GATConv layers + VGAE, float32; benchmarks/cellvgae_baseline.py)
 
 Seconds per epoch are the median over the timed epochs (the first epoch is a warm-up and is not
-counted); evaluation is off for all variants so the same work is timed.
+counted); evaluation is off for all variants so the same work is timed. ``--device cuda`` runs every
+variant, the baseline included, on the GPU (synchronised around each timed step) and adds the GPU's peak
+memory (``torch.cuda.max_memory_allocated``) beside the process RSS; ``--device cpu`` (the default) and
+``auto`` as the engine reads them.
 
     python benchmarks/bench_cellvgae.py                         # everything (about 20 minutes)
     python benchmarks/bench_cellvgae.py --sizes 2638 --presets paper
@@ -47,7 +50,7 @@ def _dataset(n_cells: int):
     return synthetic.synthesize_adata(real, n_cells, seed=0)
 
 
-def single(n_cells: int, preset: str, impl: str, epochs: int) -> dict:
+def single(n_cells: int, preset: str, impl: str, epochs: int, device: str = "cpu") -> dict:
     """Train one variant in this process and return its measurements."""
     import numpy as np
     import torch
@@ -61,7 +64,10 @@ def single(n_cells: int, preset: str, impl: str, epochs: int) -> dict:
     config = pipeline.resolve_config(
         "cellvgae",
         preset,
-        {"model": {"epochs": epochs, "attention": False}, "train": {"precision": precision, "eval_every": 0}},
+        {
+            "model": {"epochs": epochs, "attention": False},
+            "train": {"precision": precision, "eval_every": 0, "device": device},
+        },
     )
     prepared = data.prepare(adata, config.prepare)
     graph = graphs.build_graph(graphs.graph_matrix(prepared, config.graph), config.graph)
@@ -71,24 +77,30 @@ def single(n_cells: int, preset: str, impl: str, epochs: int) -> dict:
         from cellvgae_baseline import baseline_model, baseline_step
 
         from scgraph_core.models.cellvgae import split_edges
+        from scgraph_core.train import resolve_device
 
         p = config.params
+        dev = resolve_device(device)
         torch.manual_seed(0)
         split = split_edges(graph.edge_index, adata.n_obs, val=p.val_fraction, test=p.test_fraction, seed=0)
-        x = torch.from_numpy(np.ascontiguousarray(prepared.features))
+        x = torch.from_numpy(np.ascontiguousarray(prepared.features)).to(dev)
         model = baseline_model(
             x.shape[1], hidden=p.hidden, heads=p.heads, attn_dropout=p.attn_dropout, latent=p.latent
-        )
+        ).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=p.lr)
+        message, positives = split.message.to(dev), split.train_pos.to(dev)
         for _ in range(epochs):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
             start = time.perf_counter()
-            baseline_step(model, opt, x, split.message, split.train_pos)
+            baseline_step(model, opt, x, message, positives)  # .item() inside waits for the GPU
             seconds.append(time.perf_counter() - start)
         precision_used = "fp32"
     else:
         trainer = Trainer(config.train)
+        dev = trainer.device
         outcome = CellVGAE().train_net(prepared, graph, config.params, trainer).outcome
-        seconds = [e["seconds"] for e in outcome.history]
+        seconds = [e["seconds"] for e in outcome.history]  # the trainer synchronises on a GPU
         precision_used = trainer.precision_name
     timed = seconds[1:] if len(seconds) > 1 else seconds
     return {
@@ -102,6 +114,9 @@ def single(n_cells: int, preset: str, impl: str, epochs: int) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_data_mb": rss_data,
         "n_edges": int(graph.edge_index.shape[1]),
+        "device": str(dev),
+        "gpu_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
     }
 
 
@@ -114,13 +129,14 @@ def main() -> None:
     parser.add_argument("--impls", default="scgraph,scgraph-fp32,baseline")
     parser.add_argument("--baseline-max", type=int, default=20000, help="largest size the baseline runs at")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cellvgae.json"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto: every variant runs there")
     parser.add_argument(
-        "--single", nargs=4, metavar=("N", "PRESET", "IMPL", "EPOCHS"), help=argparse.SUPPRESS
+        "--single", nargs=5, metavar=("N", "PRESET", "IMPL", "EPOCHS", "DEVICE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.single:
-        n, preset, impl, epochs = args.single
-        print(json.dumps(single(int(n), preset, impl, int(epochs))))
+        n, preset, impl, epochs, device = args.single
+        print(json.dumps(single(int(n), preset, impl, int(epochs), device)))
         return
     if not PBMC3K.exists():
         sys.exit(f"{PBMC3K} is absent: this benchmark needs ../shared/data beside the repository.")
@@ -130,7 +146,16 @@ def main() -> None:
             for impl in args.impls.split(","):
                 if impl == "baseline" and n > args.baseline_max:
                     continue
-                cmd = [sys.executable, __file__, "--single", str(n), preset, impl, str(EPOCHS.get(n, 3))]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--single",
+                    str(n),
+                    preset,
+                    impl,
+                    str(EPOCHS.get(n, 3)),
+                    args.device,
+                ]
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
                 )
@@ -164,21 +189,25 @@ def main() -> None:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": args.device,
         },
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print("| cells | preset | variant | precision | s/epoch | vs baseline | peak memory |")
-    print("|---:|---|---|---|---:|---:|---:|")
+    print(
+        "| cells | preset | variant | device | precision | s/epoch | vs baseline | peak memory (RSS) | GPU peak |"
+    )
+    print("|---:|---|---|---|---|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['n_cells']:,} | {r['preset']} | {r['impl']} | | failed | | |")
+            print(f"| {r['n_cells']:,} | {r['preset']} | {r['impl']} | | | failed | | | |")
             continue
         ratio = f"{r['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in r else ""
+        gpu = f"{r['gpu_peak_mb'] / 1024:.2f} GB" if r.get("gpu_peak_mb") is not None else ""
         print(
-            f"| {r['n_cells']:,} | {r['preset']} | {r['impl']} | {r['precision']} | "
-            f"{r['seconds_per_epoch']:.3f} | {ratio} | {r['peak_rss_mb'] / 1024:.2f} GB |"
+            f"| {r['n_cells']:,} | {r['preset']} | {r['impl']} | {r.get('device', 'cpu')} | {r['precision']} | "
+            f"{r['seconds_per_epoch']:.3f} | {ratio} | {r['peak_rss_mb'] / 1024:.2f} GB | {gpu} |"
         )
 
 

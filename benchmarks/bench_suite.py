@@ -203,6 +203,23 @@ def _mean_range(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def _merged(spec: str) -> list[dict]:
+    """Rows of FILE[:TAG[:SET+SET]],... as one untagged variant; a (dataset, model, seed) seen is skipped."""
+    seen, out = set(), []
+    for item in spec.split(","):
+        path, tag, only = ([*item.split(":"), "", ""])[:3]
+        for r in _done(Path(path)):
+            if r.get("tag", "") != tag or "error" in r or "skipped" in r:
+                continue
+            if only and r["dataset"] not in only.split("+"):
+                continue
+            key = (r["dataset"], r["model"], int(r["seed"]))
+            if key not in seen:
+                seen.add(key)
+                out.append({**r, "tag": "", "source": item})
+    return out
+
+
 def table(rows: list[dict], tag: str = "") -> str:
     """Rows = datasets, columns = methods: mean ARI over seeds with the seed range, median clusters."""
     rows = [r for r in rows if r.get("tag", "") == tag and "error" not in r and "skipped" not in r]
@@ -264,6 +281,13 @@ def main() -> None:
         "--set", default="{}", help='JSON overrides by section, e.g. \'{"graph": {"k": 10}}\''
     )
     parser.add_argument("--tag", default="", help="names a variant (--set) so its runs are kept apart")
+    parser.add_argument(
+        "--merge",
+        default="",
+        help="with --table: FILE[:TAG[:SET+SET...]],... rows of one variant measured in several files (only "
+        "the sets named, if any; the first file's row wins for a dataset, model and seed), e.g. seeds run on "
+        "different machines",
+    )
     parser.add_argument("--preset", default="paper", help="the models' preset (give a --tag for any other)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (1 on a 2-core machine)")
     parser.add_argument("--threads", type=int, default=0, help="threads per run (0: the engine's default)")
@@ -280,8 +304,8 @@ def main() -> None:
         return
     jsonl = Path(args.jsonl)
     if args.table:
-        rows = _done(jsonl)
-        print(table(rows, args.tag))
+        rows = _done(jsonl) if not args.merge else _merged(args.merge)
+        print(table(rows, "" if args.merge else args.tag))
         print()
         print(cost_table(rows, args.tag))
         return

@@ -91,7 +91,7 @@ def study(path: Path) -> list[dict]:
     from scgraph_core.cluster.refine import refine_clusters
     from scgraph_core.metrics import silhouette
 
-    z = np.load(path, allow_pickle=False)
+    z = np.load(path, allow_pickle=True)  # our own file: the clusters are strings
     latent, truth = z["embedding"], z["truth"]
     m = re.match(r".*?_(?P<name>.+)_cellvgae_(?P<seed>\d+)\.npz$", path.name)
     name, seed = m["name"], int(m["seed"])
@@ -133,7 +133,7 @@ def study(path: Path) -> list[dict]:
         else:
             rows.append({"dataset": name, "seed": seed, "method": method, **score(picked.get(method))})
     saved = z["clusters"]
-    same = base is not None and metrics.clustering_metrics(saved, base.astype(str))["ari"]
+    same = None if base is None else metrics.clustering_metrics(saved.astype(str), base.astype(str))["ari"]
     for r in rows:
         r["engine_reproduced_ari"] = same
     return rows

@@ -96,6 +96,21 @@ def test_gene_sequences_pad_truncate_and_give_an_empty_cell_one_token():
     assert genes[2, 0] == 0 and mask[2].tolist() == [True, False]
 
 
+def test_a_long_cell_keeps_its_markers_over_genes_every_cell_expresses():
+    # Genes 0 and 1 are high in every cell (housekeeping); gene 2 is a marker of cell 0 only, at a lower value.
+    dense = np.array([[6.0, 5.0, 2.0, 0.0], [6.0, 5.0, 0.0, 1.0], [6.2, 4.8, 0.0, 0.0], [5.8, 5.2, 0.0, 0.0]])
+    m = sp.csr_matrix(dense.astype(np.float32))
+    highest = GeneSequences(m, max_tokens=2, keep="highest").batch(np.array([0]))[0]
+    distinctive = GeneSequences(m, max_tokens=2, keep="distinctive").batch(np.array([0]))[0]
+    assert highest[0].tolist() == [0, 1]  # the marker is lost
+    assert 2 in distinctive[0].tolist()  # the marker is kept, in gene order with the other survivor
+    assert distinctive[0].tolist() == sorted(distinctive[0].tolist())
+    # A cell within the limit is read whole either way.
+    assert GeneSequences(m, max_tokens=3, keep="distinctive").batch(np.array([0]))[0][0].tolist() == [0, 1, 2]
+    with pytest.raises(ConfigError, match="keep must be"):
+        GeneSequences(m, max_tokens=2, keep="random")
+
+
 def test_forward_shapes_of_both_networks():
     q = GeneNet(20, 4)
     logits, h = q(torch.randint(0, 20, (5, 7)), torch.rand(5, 7), torch.ones(5, 7, dtype=torch.bool))
@@ -166,6 +181,26 @@ def test_em_on_well_separated_types_beats_chance_and_records_each_round():
     assert {"mstep_epochs_run", "homophily_h"} <= set(last)
     stages = set(net.history()["stage"])
     assert {"pretrain", "m_step_1", "e_step_1", "m_step_2", "e_step_2"} <= stages
+
+
+def test_patience_stops_q_phi_once_its_validation_accuracy_stops_rising():
+    adata = toy_counts(n_cells=240, n_genes=60, seed=1)
+    labels = LabelSpec(key="celltype", holdout_fraction=0.3, seed=0)
+    common = {"pretrain_epochs": 100, "estep_epochs": 40, "lr": 1e-2, "em_rounds": 1, "val_fraction": 0.2}
+    fixed = _train(adata.copy(), labels, **common)
+    early = _train(adata.copy(), labels, **common, pretrain_patience=10, estep_patience=10)
+    steps = (
+        {name: (fixed.history()["stage"] == name).sum() for name in ("pretrain", "e_step_1")},
+        {name: (early.history()["stage"] == name).sum() for name in ("pretrain", "e_step_1")},
+    )
+    # Without patience every step runs (100 and 40 epochs of mini-batches); with it, separable types reach
+    # their best validation accuracy long before.
+    assert steps[0]["pretrain"] % 100 == 0 and steps[0]["e_step_1"] % 40 == 0, steps
+    assert steps[1]["pretrain"] < steps[0]["pretrain"] / 2 and steps[1]["e_step_1"] < steps[0]["e_step_1"], (
+        steps
+    )
+    assert early._pretrain_steps == steps[1]["pretrain"]
+    assert early._rounds[-1]["q_accuracy"] > 0.8 and early._rounds[-1]["p_accuracy"] > 0.8
 
 
 def test_messages_for_labels_a_classifier_cannot_learn_from():

@@ -56,6 +56,14 @@ class ScBiGNNParams:
         min=1,
         advanced=True,
     )
+    keep_tokens: str = param(
+        "highest",
+        "which genes a cell keeps when it expresses more than max_tokens: its highest values, or its most "
+        "distinctive (expression relative to the gene's mean and spread over cells, so housekeeping genes give "
+        "way to markers; it lowered q_phi on one of two benchmark sets). Ours: the paper reads every expressed gene",
+        choices=("highest", "distinctive"),
+        advanced=True,
+    )
     width: int = param(32, "width of gene tokens and cell embeddings h (paper: 32)", min=2, max=1024)
     gene_layers: int = param(2, "gene-level attention layers (paper: 2, or 1 on BaronMouse)", min=1, max=8)
     heads: int = param(
@@ -89,8 +97,17 @@ class ScBiGNNParams:
         "stops, keeping its best weights (ours; 0 = run every epoch). Makes pretrain_epochs a ceiling",
         min=0,
         max=10000,
+        advanced=True,
     )
     estep_epochs: int = param(10, "epochs of q_phi per E-step (ours)", min=1, max=10000)
+    estep_patience: int = param(
+        0,
+        "evaluations of q_phi's validation accuracy without improvement before an E-step stops, keeping its "
+        "best weights (ours; 0 = run every epoch)",
+        min=0,
+        max=10000,
+        advanced=True,
+    )
     mstep_epochs: int = param(200, "most full-batch epochs of p_theta per M-step (ours)", min=1, max=100000)
     mstep_patience: int = param(
         5, "evaluations without a better validation accuracy before an M-step stops (ours)", min=1, max=1000
@@ -154,16 +171,27 @@ PAPER = {
 class GeneSequences:
     """Each cell's expressed genes among the T model genes, as padded mini-batches (MODELS.md 2.2).
 
-    ``matrix`` is cells x T (log values). A cell expressing more than ``max_tokens`` genes keeps its highest
-    values; a cell expressing none gets one "no expressed gene" token (index T, value 0), so no sequence is
+    ``matrix`` is cells x T (log values). A cell expressing more than ``max_tokens`` genes keeps those with
+    the highest ``keep`` score: "highest" the value itself, "distinctive" the value standardised per gene
+    ((x_ij - mean_j) / sd_j over all cells, zeros included), so a marker outranks a gene every cell expresses; a cell expressing none gets one "no expressed gene" token (index T, value 0), so no sequence is
     empty. A batch is padded to its own longest cell, so memory depends on the batch, not on N.
     """
 
-    def __init__(self, matrix: sp.csr_matrix, max_tokens: int) -> None:
+    def __init__(self, matrix: sp.csr_matrix, max_tokens: int, keep: str = "highest") -> None:
         m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
         m.eliminate_zeros()
         m.sort_indices()
         self.n_genes = m.shape[1]
+        if keep not in ("highest", "distinctive"):
+            raise ConfigError(f"keep must be 'highest' or 'distinctive'; got {keep!r}.")
+        rank = m.data
+        if keep == "distinctive":
+            n = max(m.shape[0], 1)
+            mean = np.asarray(m.sum(axis=0), dtype=np.float64).ravel() / n
+            sq = np.asarray(m.multiply(m).sum(axis=0), dtype=np.float64).ravel() / n
+            sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
+            sd[sd == 0] = 1.0
+            rank = ((m.data - mean[m.indices]) / sd[m.indices]).astype(np.float32)
         lengths = np.diff(m.indptr)
         self.truncated = int((lengths > max_tokens).sum())
         if self.truncated:
@@ -172,8 +200,8 @@ class GeneSequences:
                 s, e = m.indptr[i], m.indptr[i + 1]
                 idx, v = m.indices[s:e], m.data[s:e]
                 if e - s > max_tokens:
-                    keep = np.sort(np.argsort(-v, kind="stable")[:max_tokens])
-                    idx, v = idx[keep], v[keep]
+                    kept = np.sort(np.argsort(-rank[s:e], kind="stable")[:max_tokens])
+                    idx, v = idx[kept], v[kept]
                 rows.append(np.full(idx.size, i))
                 cols.append(idx)
                 vals.append(v)
@@ -389,13 +417,17 @@ class ScBiGNN(Model):
         hvg = prepared.adata.var["hvg"].to_numpy(dtype=bool) if "hvg" in prepared.adata.var else None
         gene_idx = select_genes(lognorm, p.n_genes, p.gene_ranking, hvg)
         model_matrix = sp.csr_matrix(lognorm, dtype=np.float32)[:, gene_idx]
-        seqs = GeneSequences(model_matrix, p.max_tokens)
+        seqs = GeneSequences(model_matrix, p.max_tokens, p.keep_tokens)
         x = torch.from_numpy(np.asarray(model_matrix.todense(), dtype=np.float32)).to(device)
         n_genes = gene_idx.size
         if seqs.truncated:
             notes.append(
                 f"{seqs.truncated} cell(s) express more than max_tokens = {p.max_tokens} of the model's genes; "
-                "each kept its highest values."
+                + (
+                    "each kept its most distinctive ones."
+                    if p.keep_tokens == "distinctive"
+                    else "each kept its highest values."
+                )
             )
 
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -564,7 +596,19 @@ class ScBiGNN(Model):
                     terms["labelled"] = p.beta * F.cross_entropy(q_logits(cells), y_t[cells])
                 return terms
 
-            record(f"e_step_{r + 1}", trainer.run_stage(Stage(f"e_step_{r + 1}", q, q_opt, step, n_steps)))
+            early = p.estep_patience > 0 and val_cells.size > 0
+            stage = Stage(
+                f"e_step_{r + 1}",
+                q,
+                q_opt,
+                step,
+                n_steps,
+                evaluate=q_validation if early else None,
+                score="val_accuracy" if early else None,
+                patience=p.estep_patience if early else 0,
+                restore_best=early,
+            )
+            record(stage.name, trainer.run_stage(stage))
             return q_outputs()
 
         def score(r: int, q_out: tuple[np.ndarray, np.ndarray], p_out: np.ndarray) -> dict[str, Any]:

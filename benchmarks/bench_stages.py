@@ -1,0 +1,116 @@
+"""Where a whole run's time goes, with and without numba's disk cache (issue #25, section 1).
+
+Each repeat is ``python -m scgraph_core train`` in a fresh process (as the app's worker and the command line
+run it), on one input and preset, and reads ``metrics.json``: seconds for the graph, training, analysis
+(layout, clusters, interpretation) and writing, and the process's wall time from start to exit (imports
+included). Modes:
+
+* ``cold``: ``SCGRAPH_NUMBA_CACHE=0`` and an empty ``NUMBA_CACHE_DIR``: umap-learn and pynndescent compile in
+  every process, as before the cache;
+* ``warm``: the cache on, in a folder a first, untimed run filled (what every run after the first on a machine
+  sees).
+
+One JSON line per finished repeat in ``--jsonl`` (a rerun skips what is done); ``--summary`` prints medians.
+
+    python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --repeats 3
+    python benchmarks/bench_stages.py --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("seconds_graph", "seconds_train", "seconds_analysis", "seconds_write", "seconds_total")
+
+
+def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
+    cmd = [sys.executable, "-m", "scgraph_core", "train", "--model", args.model, "--input", args.input]
+    cmd += ["--preset", args.preset, "--seed", "0", "--out", str(out)]
+    if args.label_key:
+        cmd += ["--label-key", args.label_key]
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"wall_seconds": wall, **{k: metrics.get(k) for k in STAGES}, "ari": metrics.get("ari")}
+
+
+def summary(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((Path(r["input"]).stem, r["model"], r["preset"], r["mode"]), []).append(r)
+    head = "| input | model | preset | numba cache | runs | wall | graph | train | analysis | write |"
+    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (name, model, preset, mode), rs in sorted(groups.items()):
+        med = {
+            k: float(np.median([r[k] for r in rs if r.get(k) is not None])) for k in ("wall_seconds", *STAGES)
+        }
+        lines.append(
+            f"| {name} | {model} | {preset} | {mode} | {len(rs)} | {med['wall_seconds']:.1f} | "
+            f"{med['seconds_graph']:.1f} | {med['seconds_train']:.1f} | {med['seconds_analysis']:.1f} | "
+            f"{med['seconds_write']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--input", default=str(REPO.parent / "shared" / "data" / "pbmc3k_seurat250.h5ad"))
+    parser.add_argument("--model", default="cellvgae")
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--label-key", default="celltype")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default="cold,warm")
+    parser.add_argument("--jsonl", default=str(REPO / "benchmarks" / "results" / "stages.jsonl"))
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    path = Path(args.jsonl)
+    if args.summary:
+        print(summary(path))
+        return
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            key = (r["input"], r["model"], r["preset"], r["mode"])
+            done[key] = done.get(key, 0) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        warm_cache = Path(tmp) / "warm"
+        for mode in args.modes.split(","):
+            key = (args.input, args.model, args.preset, mode)
+            todo = args.repeats - done.get(key, 0)
+            if todo <= 0:
+                continue
+            env = {**os.environ, "SCGRAPH_HOME": str(Path(tmp) / "home")}
+            if mode == "warm":
+                env["NUMBA_CACHE_DIR"] = str(warm_cache)
+                one_run(args, env, Path(tmp) / "fill")  # fills the cache; not timed
+            for r in range(todo):
+                if mode == "cold":
+                    env["SCGRAPH_NUMBA_CACHE"] = "0"
+                    env["NUMBA_CACHE_DIR"] = str(Path(tmp) / f"cold{r}")  # empty: nothing to load
+                row = one_run(args, env, Path(tmp) / f"{mode}{r}")
+                line = {"input": args.input, "model": args.model, "preset": args.preset, "mode": mode, **row}
+                line["cpus"] = os.cpu_count()
+                line["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+                with path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(line) + "\n")
+                print(json.dumps(line), flush=True)
+    print(summary(path))
+
+
+if __name__ == "__main__":
+    main()
