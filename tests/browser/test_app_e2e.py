@@ -304,7 +304,7 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
         time.sleep(0.2)
     assert (stopped / "STOP").exists(), "the first click on Stop was lost"
     # Not asserted here: the page showing "Stop requested." at once. On the busy 2-core machine the page
-    # sometimes goes back to the previously active run after the click (seen in 2 of 5 runs; open in #26), so
+    # sometimes goes back to the previously active run after the click (seen in 2 of 5 runs; a known bug), so
     # the stopped run's "Stopped:" is checked below, on the Training page after the reload.
     deadline = clicked + 40
     while not Run(stopped).events("stage_end") and time.time() < deadline:
