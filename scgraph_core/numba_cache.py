@@ -48,6 +48,9 @@ def import_umap() -> None:
             return original(*args, **kwargs)
 
         numba.njit = njit
+        # A function numba cannot cache (dynamic globals, e.g. pynndescent's nn_descent) is compiled as before;
+        # its warning, raised whenever it is first compiled, says nothing a user can act on.
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=NumbaWarning)
         try:
             with warnings.catch_warnings():
                 # A function numba cannot cache (dynamic globals) is compiled as before, with a warning.
