@@ -52,11 +52,8 @@ def import_umap() -> None:
         # its warning, raised whenever it is first compiled, says nothing a user can act on.
         warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=NumbaWarning)
         try:
-            with warnings.catch_warnings():
-                # A function numba cannot cache (dynamic globals) is compiled as before, with a warning.
-                warnings.simplefilter("ignore", NumbaWarning)
-                import pynndescent  # noqa: F401
-                import umap
-                import umap.umap_  # noqa: F401
+            import pynndescent  # noqa: F401
+            import umap
+            import umap.umap_  # noqa: F401
         finally:
             numba.njit = original

@@ -503,23 +503,27 @@ class ScBiGNN(Model):
                     int((q_logits(val_cells[i : i + 512]).argmax(-1) == y_t[val_cells[i : i + 512]]).sum())
                     for i in range(0, val_cells.size, 512)
                 )
-            q.train()
             return {"val_accuracy": right / val_cells.size}
 
-        if steps:
-            early = p.pretrain_patience > 0 and val_cells.size > 0
-            stage = Stage(
-                "pretrain_q",
+        def q_stage(name: str, step: Any, n_steps: int, patience: int) -> Stage:
+            """A stage of q_phi; with patience (and validation labels) it stops once its validation accuracy
+            stops rising and keeps its best weights."""
+            early = patience > 0 and val_cells.size > 0
+            return Stage(
+                name,
                 q,
                 q_opt,
-                pretrain_step,
-                steps,
+                step,
+                n_steps,
                 evaluate=q_validation if early else None,
                 score="val_accuracy" if early else None,
-                patience=p.pretrain_patience if early else 0,
+                patience=patience if early else 0,
                 restore_best=early,
             )
-            outcome = trainer.run_stage(stage)
+
+        self._pretrain_steps = 0
+        if steps:
+            outcome = trainer.run_stage(q_stage("pretrain_q", pretrain_step, steps, p.pretrain_patience))
             record("pretrain", outcome)
             self._pretrain_steps = outcome.epochs_run
         q_probs, h = q_outputs()
@@ -596,18 +600,7 @@ class ScBiGNN(Model):
                     terms["labelled"] = p.beta * F.cross_entropy(q_logits(cells), y_t[cells])
                 return terms
 
-            early = p.estep_patience > 0 and val_cells.size > 0
-            stage = Stage(
-                f"e_step_{r + 1}",
-                q,
-                q_opt,
-                step,
-                n_steps,
-                evaluate=q_validation if early else None,
-                score="val_accuracy" if early else None,
-                patience=p.estep_patience if early else 0,
-                restore_best=early,
-            )
+            stage = q_stage(f"e_step_{r + 1}", step, n_steps, p.estep_patience)
             record(stage.name, trainer.run_stage(stage))
             return q_outputs()
 
