@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -279,6 +280,28 @@ def _scaled(name: str, seconds: float, ratio: float, detail: str) -> StageTime:
     return StageTime(name, seconds, seconds * low, seconds * HIGH, detail)
 
 
+# A stage of refinement round r: scGNN's em_r2, gae_r0, cluster_r3_5 (the trainer's stage names).
+_ROUND_STAGE = re.compile(r"^[a-z]+_r(\d+)(?:_\d+)?$")
+
+
+def _rounds_part(per_round: dict[int, float], max_rounds: int, work: float) -> StageTime:
+    """The refinement loop's time: round 0 (the first clustering) plus up to ``max_rounds`` rounds of
+    retraining. The calibration runs as many rounds as its subsample needed, which says little about the
+    full data: the loop stops once two rounds agree, after one retraining round at the earliest, so the
+    range goes from one round to all of them and the middle value assumes all (the loop often runs out)."""
+    first = per_round.get(0, 0.0)
+    later = [v for r, v in per_round.items() if r > 0]
+    each = float(np.mean(later)) if later else first
+    most = first + max_rounds * each
+    least = first + min(1, max_rounds) * each
+    low = LOW_FAR if work > FAR else LOW
+    detail = (
+        f"refinement rounds: {each:.3g} s each (measured over {len(later) or 1} round(s)), up to "
+        f"{max_rounds} after the first clustering; it stops early once two rounds' clusters agree"
+    )
+    return StageTime("training: refinement rounds", most, least * low, most * HIGH, detail)
+
+
 def estimate(
     config: Any,
     n_cells: int,
@@ -318,6 +341,7 @@ def estimate(
         features = min(int(config.prepare.n_hvg or genes), genes)
     edges = int(n_edges) if n_edges is not None else typical_edges(n_cells, config.graph.k)
     epochs = _epochs_of(config.params)
+    max_rounds = getattr(config.params, "max_rounds", None)  # a model with a refinement loop (scGNN)
     notes: list[str] = []
     parts: list[StageTime] = []
     from .models import base
@@ -363,8 +387,14 @@ def estimate(
         else:
             parts.append(_scaled("cell graph", cal.graph_seconds * ratio, ratio, "x cells"))
         train_seconds = 0.0
+        per_round: dict[int, float] = {}
         for name, declared, per_step, per_eval, evals_per_epoch, warmup in cal.stages:
             s = declared * (per_step + per_eval * evals_per_epoch) * work + warmup
+            in_round = _ROUND_STAGE.match(name)
+            if in_round is not None and max_rounds is not None:
+                r = int(in_round.group(1))
+                per_round[r] = per_round.get(r, 0.0) + s
+                continue
             train_seconds += s
             parts.append(
                 _scaled(
@@ -375,6 +405,11 @@ def estimate(
                     f"{per_step:.3g} s per settled step on {cal.n_cells} cells)",
                 )
             )
+        if per_round:
+            part = _rounds_part(per_round, int(max_rounds or 0), work)
+            train_seconds += part.seconds
+            parts.append(part)
+            notes.append(part.detail[0].upper() + part.detail[1:] + ".")
         per_epoch = train_seconds / epochs
         parts.append(
             _scaled(

@@ -157,6 +157,23 @@ def environment() -> dict[str, str]:
     return out
 
 
+def stop_note(metrics: dict[str, Any]) -> str:
+    """What a run stopped by request says about the weights its results come from."""
+    ran, best = metrics.get("epochs_run"), metrics.get("best_epoch")
+    if not ran:
+        return "stopped by request before its first epoch; results are from the untrained network"
+    if "best_epoch" not in metrics:
+        return f"stopped by request after {ran} epoch(s); results are from the weights it had then"
+    if not best:
+        return (
+            f"stopped by request after {ran} epoch(s), before any checkpoint was scored; results are from "
+            "the last epoch's weights"
+        )
+    if best >= ran:
+        return f"stopped by request after {ran} epoch(s); results are from the last (and best) epoch"
+    return f"stopped by request after {ran} epoch(s); results are from the best checkpoint (epoch {best})"
+
+
 def execute(
     adata: Any,
     config: RunConfig,
@@ -240,8 +257,7 @@ def execute(
             _save(run, out, result)
             stopped = bool(result.metrics.get("stopped"))
             run.set_status(
-                "stopped" if stopped else "done",
-                "stopped by request; results are from the best checkpoint" if stopped else "finished",
+                "stopped" if stopped else "done", stop_note(result.metrics) if stopped else "finished"
             )
         return out, result
     except ScgraphError as exc:

@@ -121,6 +121,38 @@ def test_only_a_model_that_builds_its_own_graph_is_scaled_as_a_dense_kernel():
     assert "built while training" in graph.detail and graph.seconds == pytest.approx(0.05 * 10)
 
 
+def test_a_refinement_loop_is_estimated_for_all_its_rounds_not_those_the_calibration_ran():
+    if "scgnn" not in base.available():
+        pytest.skip("scGNN is not installed in this build")
+    # The calibration's subsample settled after two rounds (r0: first clustering, r1: one retraining).
+    stages = (
+        ("feature_ae", 100, 0.01, 0.0, 0.0, 0.0),
+        ("gae_r0", 10, 0.01, 0.0, 0.0, 0.0),
+        ("cluster_r1_0", 10, 0.02, 0.0, 0.0, 0.0),
+        ("cluster_r1_1", 10, 0.02, 0.0, 0.0, 0.0),
+        ("em_r1", 10, 0.01, 0.0, 0.0, 0.0),
+        ("gae_r1", 10, 0.01, 0.0, 0.0, 0.0),
+    )
+    cal = hand_made(model="scgnn", n_edges=0, n_cells=100, stages=stages)
+    config = pipeline.resolve_config("scgnn", "paper")
+    rounds = config.params.max_rounds
+    est = estimate.estimate(config, 100, n_genes=2000, calibration=cal)
+    loop = next(p for p in est.parts if p.name == "training: refinement rounds")
+    each = 10 * (0.02 + 0.02 + 0.01 + 0.01)
+    assert loop.seconds == pytest.approx(10 * 0.01 + rounds * each)  # every round the settings allow
+    assert loop.low < (10 * 0.01 + each) * 1.01  # ... down to one retraining round
+    assert f"up to {rounds}" in loop.detail and any("refinement rounds" in n.lower() for n in est.notes)
+    assert not any(p.name.startswith("training: em_r") for p in est.parts)
+    assert est.train_seconds == pytest.approx(100 * 0.01 + loop.seconds)
+    fewer = estimate.estimate(
+        pipeline.resolve_config("scgnn", "paper", {"model": {"max_rounds": 2}}),
+        100,
+        n_genes=2000,
+        calibration=cal,
+    )
+    assert fewer.train_seconds < est.train_seconds
+
+
 def test_a_model_reading_all_genes_is_warned_about():
     config = pipeline.resolve_config("cellvgae", "quick", {"prepare": {"n_hvg": 0}})
     est = estimate.estimate(config, 420, n_genes=22_000, calibration=hand_made(n_features=22_000))

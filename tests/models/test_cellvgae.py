@@ -176,19 +176,26 @@ def test_run_folder_files(tiny_run):
     assert "X_cellvgae" in back.obsm and "cellvgae" in back.uns
 
 
-def test_stop_request_ends_cleanly_with_results(tmp_path):
+@pytest.mark.parametrize(
+    ("stop_at", "says"),
+    [(3, "results are from the best checkpoint (epoch 2)"), (1, "before any checkpoint was scored")],
+)
+def test_stop_request_ends_cleanly_with_results(tmp_path, stop_at, says):
     run = Run.create_at(tmp_path / "stopped", model="cellvgae")
     config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": {**TINY["model"], "epochs": 500}})
     stop = StopSignal(run.stop_requested)
 
-    def stop_after_three(event):
-        if event.get("kind") == "epoch" and event["epoch"] == 3:
+    def stop_after(event):
+        if event.get("kind") == "epoch" and event["epoch"] == stop_at:
             run.request_stop()  # as the app's Stop button does, from outside the trainer
 
-    out, result = pipeline.execute(toy_counts(), config, run=run, callbacks=[stop_after_three], stop=stop)
-    assert result.metrics["stopped"] and result.metrics["epochs_run"] == 3
+    out, result = pipeline.execute(toy_counts(), config, run=run, callbacks=[stop_after], stop=stop)
+    assert result.metrics["stopped"] and result.metrics["epochs_run"] == stop_at
     assert run.state == "stopped" and run.file("result.h5ad").exists()
     assert "X_cellvgae" in out.obsm
+    # validation runs every 2 epochs: a stop at epoch 1 has no scored checkpoint and must not claim one
+    message = json.loads(run.file("status.json").read_text())["message"]
+    assert says in message and f"after {stop_at} epoch(s)" in message
 
 
 def test_nan_loss_fails_the_run_with_a_message(tmp_path, monkeypatch):
