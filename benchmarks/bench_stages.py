@@ -8,11 +8,19 @@ included). Modes:
 * ``cold``: ``SCGRAPH_NUMBA_CACHE=0`` and an empty ``NUMBA_CACHE_DIR``: umap-learn and pynndescent compile in
   every process, as before the cache;
 * ``warm``: the cache on, in a folder a first, untimed run filled (what every run after the first on a machine
-  sees).
+  sees);
+* ``machine``: this machine's own cache as it stands (what a user's next run sees; for large ``--cells``
+  runs, where a fill run would double the time).
+
+``--cells N`` synthesises N cells from ``--input`` first (:mod:`scgraph_core.synthetic`, seed 0; the cells
+inherit their anchors' labels) to time the analysis at scale; each line then also holds the label-free ARI,
+the cluster count and where the analysis time went (``analysis_parts``).
 
 One JSON line per finished repeat in ``--jsonl`` (a rerun skips what is done); ``--summary`` prints medians.
 
     python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --repeats 3
+    python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --cells 100000 \
+        --preset quick --modes machine --repeats 1
     python benchmarks/bench_stages.py --summary
 """
 
@@ -42,16 +50,49 @@ def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - started
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"wall_seconds": wall, **{k: metrics.get(k) for k in STAGES}, "ari": metrics.get("ari")}
+    keep = (
+        "ari",
+        "nmi",
+        "n_clusters",
+        "noise",
+        "n_cells",
+        "analysis_parts",
+        "peak_memory_mb",
+        "cluster_rule",
+    )
+    return {"wall_seconds": wall, **{k: metrics.get(k) for k in STAGES}, **{k: metrics.get(k) for k in keep}}
+
+
+def synthesized(source: str, n_cells: int, folder: Path) -> str:
+    """``n_cells`` cells made from ``source`` (scgraph_core.synthetic, seed 0), written once and reused."""
+    import anndata as ad
+
+    from scgraph_core import synthetic
+
+    path = folder / f"{Path(source).stem}_{n_cells}.h5ad"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        synthetic.synthesize_adata(ad.read_h5ad(source), n_cells, seed=0).write_h5ad(path)
+    return str(path)
+
+
+def _ari(rows: list[dict]) -> str:
+    aris = [r["ari"] for r in rows if r.get("ari") is not None]
+    if not aris:
+        return ""
+    clusters = [r["n_clusters"] for r in rows if r.get("n_clusters") is not None]
+    return f"{np.median(aris):.3f}" + (f" [{np.median(clusters):g}]" if clusters else "")
 
 
 def summary(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((Path(r["input"]).stem, r["model"], r["preset"], r["mode"]), []).append(r)
-    head = "| input | model | preset | numba cache | runs | wall | graph | train | analysis | write |"
-    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        path, _, cells = r["input"].partition("@")
+        name = Path(path).stem + (f" ({int(cells):,} cells)" if cells else "")
+        groups.setdefault((name, r["model"], r["preset"], r["mode"]), []).append(r)
+    head = "| input | model | preset | numba cache | runs | wall | graph | train | analysis | write | ARI [clusters] |"
+    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (name, model, preset, mode), rs in sorted(groups.items()):
         med = {
             k: float(np.median([r[k] for r in rs if r.get(k) is not None])) for k in ("wall_seconds", *STAGES)
@@ -59,7 +100,7 @@ def summary(path: Path) -> str:
         lines.append(
             f"| {name} | {model} | {preset} | {mode} | {len(rs)} | {med['wall_seconds']:.1f} | "
             f"{med['seconds_graph']:.1f} | {med['seconds_train']:.1f} | {med['seconds_analysis']:.1f} | "
-            f"{med['seconds_write']:.1f} |"
+            f"{med['seconds_write']:.1f} | {_ari(rs)} |"
         )
     return "\n".join(lines)
 
@@ -76,7 +117,21 @@ def main() -> None:
     parser.add_argument("--modes", default="cold,warm")
     parser.add_argument("--jsonl", default=str(REPO / "benchmarks" / "results" / "stages.jsonl"))
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=0,
+        help="synthesise this many cells from --input first (0: the input as is)",
+    )
+    parser.add_argument("--synth-dir", default=str(Path(tempfile.gettempdir()) / "scgraph_synth"))
     args = parser.parse_args()
+    source = args.input
+    if args.cells:
+        sys.path.insert(0, str(REPO))
+        args.input = synthesized(source, args.cells, Path(args.synth_dir))
+        label = f"{source}@{args.cells}"
+    else:
+        label = source
     path = Path(args.jsonl)
     if args.summary:
         print(summary(path))
@@ -90,12 +145,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         warm_cache = Path(tmp) / "warm"
         for mode in args.modes.split(","):
-            key = (args.input, args.model, args.preset, mode)
+            key = (label, args.model, args.preset, mode)
             todo = args.repeats - done.get(key, 0)
             if todo <= 0:
                 continue
             env = {**os.environ, "SCGRAPH_HOME": str(Path(tmp) / "home")}
-            if mode == "warm":
+            if mode == "machine":
+                pass  # this machine's own numba cache, as the user's runs see it (filled by earlier runs)
+            elif mode == "warm":
                 env["NUMBA_CACHE_DIR"] = str(warm_cache)
                 one_run(args, env, Path(tmp) / "fill")  # fills the cache; not timed
             for r in range(todo):
@@ -103,7 +160,7 @@ def main() -> None:
                     env["SCGRAPH_NUMBA_CACHE"] = "0"
                     env["NUMBA_CACHE_DIR"] = str(Path(tmp) / f"cold{r}")  # empty: nothing to load
                 row = one_run(args, env, Path(tmp) / f"{mode}{r}")
-                line = {"input": args.input, "model": args.model, "preset": args.preset, "mode": mode, **row}
+                line = {"input": label, "model": args.model, "preset": args.preset, "mode": mode, **row}
                 line["cpus"] = os.cpu_count()
                 line["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
                 with path.open("a", encoding="utf-8") as fh:

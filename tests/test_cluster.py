@@ -375,3 +375,77 @@ def test_hdbscan_grid_sizes_grow_with_the_number_of_cells_above_the_reference():
         X, space="embedding", min_cluster_sizes=(5, 10), min_samples=(3,), grid_reference_cells=100, seed=0
     )
     assert "sizes x4.5" in found.info["rule"] and found.info["n_clusters"] == 3
+
+
+def test_majority_vote_ties_go_to_the_nearest_and_noise_can_win():
+    from scgraph_core.cluster.extend import majority
+
+    votes = np.array(
+        [
+            [2, 1, 1, 2],  # 2 and 1 tie: the nearest (first) vote is 2
+            [1, 2, 2, 1],  # ... and here 1
+            [-1, -1, 3, 0],  # noise holds the most votes
+            [4, 0, 0, 5],  # a clear majority
+        ]
+    )
+    assert majority(votes).tolist() == [2, 1, -1, 0]
+    # Blocks of rows give the same answer as one pass (the vote is row by row).
+    rng = np.random.default_rng(0)
+    many = rng.integers(-1, 6, size=(20_000, 15))
+    once = majority(many)
+    assert once.shape == (20_000,)
+    counts = [(row == once[i]).sum() for i, row in enumerate(many[:200])]
+    assert all(c == np.bincount(row + 1).max() for c, row in zip(counts, many[:200], strict=True))
+
+
+@pytest.mark.parametrize("space", ["embedding", "umap"])
+def test_a_large_embedding_is_clustered_on_a_sample_and_every_cell_gets_a_label(space):
+    points, truth = make_blobs(n_samples=3000, centers=4, n_features=8, cluster_std=1.0, random_state=3)
+    options = dict(
+        space=space,
+        cluster_umap_dims=2,
+        umap_repeats=2,
+        min_cluster_sizes=(15, 40),
+        min_samples=(5, 10),
+        umap_n_epochs=100,
+    )
+    found = cluster_embedding(points, seed=0, cluster_sample=1000, **options)
+    assert found.labels.shape == (3000,) and found.info["sample"] == {"cells": 1000, "of": 3000, "k": 15}
+    assert "random sample of 1,000 of the 3,000 cells" in found.info["rule"]
+    assert found.grid.labels.shape == (4, 3000)  # every grid run covers every cell
+    assert np.array_equal(found.grid.chosen_labels, found.labels)
+    assert adjusted_rand_score(truth, found.labels) > 0.95
+    whole = cluster_embedding(points, seed=0, cluster_sample=None, **options)
+    assert "sample" not in whole.info and adjusted_rand_score(whole.labels, found.labels) > 0.95
+    if space == "umap":
+        assert found.coords.shape == (3000, 2) and np.isfinite(found.coords).all()
+    else:
+        assert found.coords is None
+    # At or below the threshold nothing is sampled.
+    small = cluster_embedding(points[:900], seed=0, cluster_sample=1000, **options)
+    assert "sample" not in small.info
+
+
+def test_one_neighbour_search_serves_the_umap_and_leiden_on_large_data(monkeypatch):
+    from sklearn.neighbors import NearestNeighbors
+
+    from scgraph_core.cluster import layout, leiden, shared_neighbours, umap_embedding
+
+    points, truth = make_blobs(n_samples=900, centers=4, n_features=8, cluster_std=1.0, random_state=5)
+    points = points.astype(np.float32)
+    assert shared_neighbours(points, 15) is None  # small data: each step searches exactly on its own
+    monkeypatch.setattr(layout, "EXACT_KNN_MAX_CELLS", 500)  # as if 900 cells were many
+    idx, dist = shared_neighbours(points, 15, seed=0)
+    assert idx.shape == dist.shape == (900, 15)
+    assert (idx[:, 0] == np.arange(900)).all() and (dist[:, 0] == 0).all()
+    assert (np.diff(dist, axis=1) >= -1e-5).all()  # nearest first
+    exact = NearestNeighbors(n_neighbors=15).fit(points).kneighbors(points, return_distance=False)
+    recall = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(idx, exact, strict=True)])
+    assert recall > 0.95
+    xy = umap_embedding(points, n_neighbors=15, n_epochs=50, seed=0, knn=(idx, dist))
+    assert xy.shape == (900, 2) and np.isfinite(xy).all()
+    shared = leiden(points, resolution=0.5, n_neighbors=15, seed=0, knn=(idx, dist))
+    own = leiden(points, resolution=0.5, n_neighbors=15, seed=0)
+    assert adjusted_rand_score(own, shared) > 0.95 and adjusted_rand_score(truth, shared) > 0.9
+    with pytest.raises(ConfigError, match="do not fit"):
+        umap_embedding(points[:800], n_neighbors=15, knn=(idx, dist))

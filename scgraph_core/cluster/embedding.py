@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -107,6 +107,14 @@ class ClusterParams:
     silhouette_sample: int = param(
         5000, "Cells sampled to compute a silhouette (its cost grows with the square)", min=100, advanced=True
     )
+    cluster_sample: int | None = param(
+        20_000,
+        "Above this many cells, HDBSCAN's layouts, grid and choice run on a random sample of this many "
+        "cells, and every other cell takes the cluster most of its nearest sampled cells hold (empty: "
+        "always all cells)",
+        min=1000,
+        advanced=True,
+    )
 
     def check(self) -> None:
         """Checks that involve several parameters."""
@@ -144,6 +152,7 @@ def cluster_embedding(
     seed: int = 0,
     params: ClusterParams | None = None,
     umap_label: str | None = None,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
     **options: Any,
 ) -> ClusterResult:
     """Cluster a cells x dims embedding with one of the methods; ``options`` are :class:`ClusterParams`.
@@ -154,7 +163,8 @@ def cluster_embedding(
     ``seed``. With the consensus choice, a grid of more than one point and ``umap_repeats`` > 1, the
     extra layouts are UMAPs of the same dimensions as the clustered points with seeds seed+1, seed+2,
     ... (``cluster_umap_min_dist``); ``umap_label`` names the given ``umap_coords`` in the rule
-    sentence. Other methods ignore all of this. Unknown or invalid options raise
+    sentence; ``knn`` (from :func:`~scgraph_core.cluster.layout.shared_neighbours`) spares every layout
+    of all cells its own neighbour search. Other methods ignore all of this. Unknown or invalid options raise
     :class:`ConfigError`.
 
     The defaults (10-D UMAP, min_dist 0, consensus over 3 layouts) differ from the paper's recipe
@@ -171,6 +181,13 @@ def cluster_embedding(
     n = X.shape[0]
     info: dict[str, Any] = {}
     coords = grid = None
+    if (
+        params.method == "hdbscan"
+        and umap_coords is None
+        and params.cluster_sample
+        and n > params.cluster_sample
+    ):
+        return _on_a_sample(X, params, seed)
     if params.method == "hdbscan":
         n_points = len(params.min_cluster_sizes) * len(params.min_samples)
         vote = params.hdbscan_select == "consensus" and params.umap_repeats > 1 and n_points > 1
@@ -189,6 +206,7 @@ def cluster_embedding(
                     n_components=params.cluster_umap_dims,
                     n_epochs=params.umap_n_epochs,
                     seed=seed,
+                    knn=knn,
                 )
                 where = (
                     f"a {params.cluster_umap_dims}-D UMAP of the embedding "
@@ -203,6 +221,7 @@ def cluster_embedding(
                         n_components=coords.shape[1],
                         n_epochs=params.umap_n_epochs,
                         seed=seed + r,
+                        knn=knn,
                     )
                     for r in range(1, params.umap_repeats)
                 ]
@@ -255,6 +274,40 @@ def cluster_embedding(
     resolved = {**to_dict(params), "seed": seed}
     return ClusterResult(
         labels=labels, method=params.method, params=resolved, info=info, coords=coords, grid=grid
+    )
+
+
+def _on_a_sample(X: Any, params: ClusterParams, seed: int) -> ClusterResult:
+    """HDBSCAN's whole recipe on ``cluster_sample`` random cells, extended to the others by a kNN vote in
+    the embedding (every grid run, so the grid table and its labelings cover all cells)."""
+    from . import extend
+
+    n = X.shape[0]
+    dense = X.toarray() if sp.issparse(X) else np.asarray(X)
+    sampled = extend.sample_rows(n, params.cluster_sample, seed)
+    rest = np.setdiff1d(np.arange(n), sampled, assume_unique=True)
+    part = cluster_embedding(dense[sampled], seed=seed, params=replace(params, cluster_sample=None))
+    neighbours = extend.nearest_sampled(dense, sampled, rest, params.noise_k)
+    grid = part.grid
+    if grid is not None:
+        rows = [extend.extend_labels(row, neighbours, sampled, rest, n) for row in grid.labels]
+        grid = replace(grid, labels=np.stack(rows) if rows else np.empty((0, n), dtype=np.int64))
+        labels = grid.chosen_labels.copy()
+        if params.refine or params.assign_noise:  # post-processing ran on the sample: extend its result
+            labels = extend.extend_labels(part.labels, neighbours, sampled, rest, n)
+    else:
+        labels = extend.extend_labels(part.labels, neighbours, sampled, rest, n)
+    coords = None
+    if part.coords is not None:
+        coords = extend.extend_coords(part.coords, neighbours, sampled, rest, n)
+    info = dict(part.info)
+    info["rule"] = info.get("rule", "HDBSCAN") + extend.describe(n, len(sampled), neighbours.shape[1])
+    info["sample"] = {"cells": int(len(sampled)), "of": int(n), "k": int(neighbours.shape[1])}
+    info["n_clusters"] = len(np.unique(labels[labels != NOISE]))
+    info["noise"] = int((labels == NOISE).sum())
+    resolved = {**to_dict(params), "seed": seed}
+    return ClusterResult(
+        labels=labels, method="hdbscan", params=resolved, info=info, coords=coords, grid=grid
     )
 
 

@@ -34,6 +34,29 @@ def _umap_pieces(X: Any, idx: np.ndarray, dist: np.ndarray, metric: str, n_epoch
     return int(connected_components(graph, directed=False)[0])
 
 
+def shared_neighbours(
+    X: Any, n_neighbors: int = 15, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One approximate kNN search that the drawn UMAP and the Leiden comparison share on large data.
+
+    Above :data:`EXACT_KNN_MAX_CELLS` cells umap-learn and scanpy would each run pynndescent on the same
+    points; this runs faiss's HNSW index once instead (euclidean; neighbour distances recomputed
+    exactly) and returns (indices, distances), each cell itself first, as both libraries take them.
+    At or below the limit (exact neighbours, computed in a second or two) or without faiss it returns
+    None and each step searches on its own, exactly as before.
+    """
+    from .. import graphs
+
+    n = X.shape[0]
+    if n <= EXACT_KNN_MAX_CELLS or not graphs.HAVE_FAISS:
+        return None
+    dense = np.ascontiguousarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
+    k = min(n_neighbors, n - 1)
+    idx, dist, _ = graphs.nearest_neighbors(dense, k - 1, backend="approx", seed=seed)
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    return np.hstack([rows, idx]), np.hstack([np.zeros((n, 1), np.float32), dist.astype(np.float32)])
+
+
 def umap_embedding(
     X: Any,
     *,
@@ -44,6 +67,7 @@ def umap_embedding(
     metric: str = "euclidean",
     n_epochs: int | None = None,
     init: str = "auto",
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """UMAP coordinates of the cells (umap-learn), float32 [N, n_components].
 
@@ -63,6 +87,9 @@ def umap_embedding(
     then places the pieces with a spectral embedding of their centroids that is not reproducible even
     when seeded (the eigenproblem is degenerate), so "auto" takes "pca" there. The check needs the exact
     neighbours, so above 50,000 cells or with other metrics "auto" means "spectral".
+
+    ``knn`` (indices, distances; each cell itself first, at least ``n_neighbors`` columns, euclidean) are
+    neighbours found earlier, e.g. by :func:`shared_neighbours`; they replace umap-learn's own search.
     """
     from ..numba_cache import import_umap
 
@@ -82,14 +109,23 @@ def umap_embedding(
     if init not in ("auto", "spectral", "pca", "random"):
         raise ConfigError(f"UMAP init must be auto, spectral, pca or random; got {init!r}.")
     k = min(n_neighbors, n - 1)  # umap-learn would truncate with a warning
-    knn: tuple[Any, Any, Any] = (None, None, None)
-    if n <= EXACT_KNN_MAX_CELLS and metric in _EXACT_METRICS:
+    pre: tuple[Any, Any, Any] = (None, None, None)
+    if knn is not None:
+        idx, dist = (np.asarray(a) for a in knn)
+        if idx.shape[0] != n or idx.shape[1] < k or metric != "euclidean":
+            raise ConfigError(
+                f"The given neighbours ({idx.shape[0]} x {idx.shape[1]}, euclidean) do not fit {n} cells, "
+                f"{k} neighbours and metric {metric}."
+            )
+        pre = (idx[:, :k], dist[:, :k], None)
+    elif n <= EXACT_KNN_MAX_CELLS and metric in _EXACT_METRICS:
         from sklearn.neighbors import NearestNeighbors
 
         dist, idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(X).kneighbors(X)  # self first
-        knn = (idx, dist, None)  # no search index: we never transform new cells
+        pre = (idx, dist, None)  # no search index: we never transform new cells
     if init == "auto":
-        pieces = 1 if knn[0] is None else _umap_pieces(X, knn[0], knn[1], metric, n_epochs)
+        exact = pre[0] is not None and knn is None
+        pieces = _umap_pieces(X, pre[0], pre[1], metric, n_epochs) if exact else 1
         init = "pca" if pieces > 2 * n_components else "spectral"
     reducer = umap.UMAP(
         n_neighbors=k,
@@ -100,7 +136,7 @@ def umap_embedding(
         init=init,
         random_state=seed,
         n_jobs=1 if seed is not None else -1,  # seeding forces one thread; saying so avoids its warning
-        precomputed_knn=knn,
+        precomputed_knn=pre,
     )
     with warnings.catch_warnings():
         # Without a search index umap-learn cannot transform new cells; we never ask it to.

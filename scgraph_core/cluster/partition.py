@@ -26,6 +26,7 @@ def leiden(
     n_iterations: int = 2,
     metric: str = "euclidean",
     graph: bool | None = None,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Leiden communities (modularity with ``resolution``, igraph's implementation through scanpy).
 
@@ -34,7 +35,10 @@ def leiden(
     50,000 cells, pynndescent above), or a cell graph: an ``igraph.Graph`` (edge attribute "weight" if
     present) or a square sparse adjacency matrix. ``graph=None`` treats a square sparse matrix as a graph;
     set ``graph=False`` for a sparse feature matrix that happens to be square. Directed input is used as
-    undirected. ``n_iterations=2`` is scanpy's default (-1 iterates until no cell moves). Labels are
+    undirected. ``knn`` (indices, distances, each cell itself first; e.g. from
+    :func:`~scgraph_core.cluster.layout.shared_neighbours`) replaces the neighbour search for a feature
+    matrix: the graph is then the same UMAP connectivities scanpy would compute from those neighbours.
+    ``n_iterations=2`` is scanpy's default (-1 iterates until no cell moves). Labels are
     0..C-1, 0 the largest community.
     """
     import anndata as ad
@@ -49,6 +53,9 @@ def leiden(
     as_graph = _is_graph(X_or_graph) if graph is None else graph
     if as_graph:
         adjacency = _adjacency(X_or_graph)
+        adata = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(adjacency.shape[0])]))
+    elif knn is not None:
+        adjacency = _connectivities(knn, min(n_neighbors, knn[0].shape[1]))
         adata = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(adjacency.shape[0])]))
     else:
         X = matrix(X_or_graph, "The embedding")
@@ -76,6 +83,18 @@ def leiden(
         directed=False,
     )
     return adata.obs["leiden"].astype(int).to_numpy()
+
+
+def _connectivities(knn: tuple[np.ndarray, np.ndarray], k: int) -> sp.csr_matrix:
+    """UMAP's fuzzy union of the kNN graph (what scanpy's ``neighbors`` stores as connectivities)."""
+    from umap.umap_ import fuzzy_simplicial_set
+
+    idx, dist = (np.asarray(a)[:, :k] for a in knn)
+    n = idx.shape[0]
+    graph, _, _ = fuzzy_simplicial_set(
+        sp.coo_matrix((n, 1)), k, None, None, knn_indices=idx, knn_dists=dist.astype(np.float32)
+    )
+    return sp.csr_matrix(graph)
 
 
 def _adjacency(g: Any) -> sp.csr_matrix:

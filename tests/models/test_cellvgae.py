@@ -170,6 +170,9 @@ def test_run_folder_files(tiny_run):
     assert list(markers.columns[:4]) == ["cluster", "gene", "appearances", "score"]
     metrics = json.loads(run.file("metrics.json").read_text())
     assert metrics["n_clusters"] >= 1
+    parts = metrics["analysis_parts"]  # where the analysis time went (benchmarks/bench_stages.py reads it)
+    assert set(parts) == {"layout", "clusters", "leiden", "interpret"}
+    assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= metrics["seconds_analysis"] + 1e-6
     epochs = run.events("epoch")
     assert len(epochs) == 6 and "reconstruction" in epochs[0]["losses"] and "kl" in epochs[0]["losses"]
     back = ad.read_h5ad(run.file("result.h5ad"))
