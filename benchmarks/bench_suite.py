@@ -125,6 +125,9 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
             "n_clusters": s["n_clusters"],
             "seconds": time.perf_counter() - t0,
         }
+    if model == "attentionae":  # whether the DEC guard (--dec-guard) fired, and DEC's cluster count
+        row["dec_restart"] = result.metrics.get("dec_restart")
+        row["dec_folded_clusters"] = result.metrics.get("dec_folded_clusters")
     if model == "scgnn":  # MODELS.md 3.7: k-means on PCA-50 with scGNN's own cluster count
         from sklearn.decomposition import PCA
 

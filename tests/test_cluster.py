@@ -279,12 +279,18 @@ def test_umap_is_seeded_when_the_graph_falls_apart():
 
 def test_cluster_embedding_hdbscan_on_umap(blobs10d):
     points, truth = blobs10d
-    # The default: a 10-D UMAP with min_dist 0, the run chosen by consensus over 3 seeded layouts.
+    # The default: a 10-D UMAP with min_dist 0, the run with the best silhouette on it (one layout).
     result = cluster_embedding(points, seed=0, umap_n_epochs=100)
     assert result.method == "hdbscan" and result.coords.shape == (len(points), 10)
-    assert len(result.info["runs"]) == 16 and result.info["select"] == "consensus"
-    assert "10-D UMAP" in result.info["rule"] and "3 UMAP layouts (seeds 0-2)" in result.info["rule"]
-    assert result.grid.n_layouts == 3 and result.grid.labels.shape == (16, len(points))
+    assert len(result.info["runs"]) == 16 and result.info["select"] == "silhouette"
+    assert "10-D UMAP" in result.info["rule"] and "silhouette" in result.info["rule"]
+    eligible = [r for r in result.info["runs"] if r["eligible"]]
+    assert result.grid.chosen_run["silhouette"] == max(r["silhouette"] for r in eligible)
+    assert result.grid.n_layouts == 1 and result.grid.labels.shape == (16, len(points))
+    # The consensus over 3 seeded layouts, on request.
+    voted = cluster_embedding(points, seed=0, umap_n_epochs=100, hdbscan_select="consensus")
+    assert "3 UMAP layouts (seeds 0-2)" in voted.info["rule"] and voted.grid.n_layouts == 3
+    assert adjusted_rand_score(truth, voted.labels) > 0.9
     assert result.params["seed"] == 0
     assert adjusted_rand_score(truth, result.labels) > 0.9
     # The paper's recipe: the 2-D UMAP, best silhouette.

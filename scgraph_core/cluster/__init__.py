@@ -6,8 +6,8 @@
   two clusters (pitfall 7), by one of three rules (``select``): "silhouette" (the best silhouette,
   MODELS.md's rule), "consensus" (the run that agrees best with the other runs,
   :func:`consensus_scores`) or "dbcv" (HDBSCAN's relative validity). :func:`cluster_embedding`'s
-  default clusters a 10-D UMAP with min_dist 0 and picks by consensus over three UMAP layouts; the
-  paper's 2-D recipe is ``cluster_umap_dims=2``. :func:`best_with_labels` is the "best-of" choice
+  default clusters a 10-D UMAP with min_dist 0 and picks the best silhouette on it; the paper's 2-D
+  recipe is ``cluster_umap_dims=2``. :func:`best_with_labels` is the "best-of" choice
   that uses the cell types; it is only ever reported next to the automatic one (MODELS.md 6.3).
 * :mod:`.refine`: :func:`refine_clusters`, the optional small-cluster post-processing (split large
   clusters, assign noise by a kNN vote in the latent space); off by default.

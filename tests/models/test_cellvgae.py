@@ -78,11 +78,11 @@ def test_result_slots(tiny_run):
     for key in ("ari", "nmi", "silhouette", "n_clusters", "noise", "seconds_per_epoch", "val_auc"):
         assert key in m
     assert run.state == "done"
-    # HDBSCAN ran on its own 10-D UMAP (stored) and the run was chosen by consensus, said in the rule.
+    # HDBSCAN ran on its own 10-D UMAP (stored) and the run was chosen by its silhouette, said in the rule.
     uns = out.uns["cellvgae"]
     assert uns["cluster_space"] == "X_umap_cluster" and out.obsm["X_umap_cluster"].shape == (n, 10)
-    assert uns["hdbscan_select"] == "consensus" and "10-D UMAP" in m["cluster_rule"]
-    assert "3 UMAP layouts" in m["cluster_rule"] and m["cluster_rule"] == uns["cluster_rule"]
+    assert uns["hdbscan_select"] == "silhouette" and "10-D UMAP" in m["cluster_rule"]
+    assert "silhouette" in m["cluster_rule"] and m["cluster_rule"] == uns["cluster_rule"]
     grid = out.obsm["cellvgae_hdbscan_grid"]
     chosen = uns["hdbscan_chosen"]
     assert m["hdbscan_chosen"]["min_cluster_size"] == uns["hdbscan_grid"]["min_cluster_size"][chosen]
