@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..metrics import silhouette
 from .common import NOISE, matrix
+from .extend import majority
 
 
 def _int_labels(labels: Any, n: int) -> np.ndarray:
@@ -29,16 +30,6 @@ def _nearest_labelled(space: Any, labels: np.ndarray, k: int) -> tuple[np.ndarra
     nn = NearestNeighbors(n_neighbors=min(k, len(clustered))).fit(space[clustered])
     _, idx = nn.kneighbors(space[noise])
     return noise, labels[clustered][idx]
-
-
-def _majority(votes: np.ndarray) -> np.ndarray:
-    """Most frequent label in each row; a tie goes to the label met first (the nearest neighbour)."""
-    winners = np.empty(len(votes), dtype=np.int64)
-    for r, row in enumerate(votes):
-        values, counts = np.unique(row, return_counts=True)
-        tied = set(values[counts == counts.max()].tolist())
-        winners[r] = next(v for v in row if v in tied)
-    return winners
 
 
 def refine_clusters(
@@ -132,7 +123,7 @@ def refine_clusters(
                 f"latent has {space.shape[0]} rows but there are {n} cells; give one row per cell."
             )
         noise_rows, votes = _nearest_labelled(space, out, k)
-        out[noise_rows] = _majority(votes)
+        out[noise_rows] = majority(votes)
         assigned = len(noise_rows)
     info = {
         "large_fraction": large_fraction,
