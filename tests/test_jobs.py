@@ -195,3 +195,15 @@ def test_training_refreshes_the_heartbeat_from_its_events(tmp_path, monkeypatch)
     epochs = run.events("epoch")
     assert epochs and sum(beats) >= len(epochs)  # the running status was refreshed at every epoch
     assert run.state == "done"
+
+
+def test_a_stopped_runs_note_names_the_weights_its_results_come_from():
+    from scgraph_core.pipeline import stop_note
+
+    assert "untrained" in stop_note({"epochs_run": 0, "best_epoch": 0})
+    assert "before any checkpoint was scored" in stop_note({"epochs_run": 1, "best_epoch": 0})
+    assert "best checkpoint (epoch 20)" in stop_note({"epochs_run": 37, "best_epoch": 20})
+    assert "last (and best) epoch" in stop_note({"epochs_run": 37, "best_epoch": 37})
+    # a model that keeps no checkpoints (AttentionAE-sc's DEC) makes no claim about one
+    note = stop_note({"epochs_run": 12})
+    assert "after 12 epoch(s)" in note and "checkpoint" not in note
