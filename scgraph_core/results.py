@@ -173,10 +173,16 @@ def h5_safe_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# HDF5 reads "/" in a name as a path: a key such as the cell type "CD4+/CD45RA+" would be written as a
+# group "CD4+" holding "CD45RA+". Keys get the look-alike division slash instead (metrics.json keeps "/").
+_H5_SLASH = "\u2215"
+
+
 def plain(obj: Any) -> Any:
-    """Make a nested structure writable by h5py (no None, no tuples, numpy scalars to Python)."""
+    """Make a nested structure writable by h5py (no None, no tuples, numpy scalars to Python, no "/" in
+    keys: it becomes the look-alike U+2215, since HDF5 would read it as a path)."""
     if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items() if v is not None}
+        return {str(k).replace("/", _H5_SLASH): plain(v) for k, v in obj.items() if v is not None}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
     if isinstance(obj, np.generic):

@@ -155,3 +155,19 @@ def test_out_in_a_place_that_cannot_be_written_fails_first(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "Cannot write the run folder" in err and "absent.h5ad" not in err and "internal error" not in err
+
+
+def test_a_label_with_a_slash_stays_one_key_in_result_h5ad(tmp_path):
+    import warnings
+
+    from scgraph_core.results import plain
+
+    uns = {"metrics": plain({"label_counts": {"CD4+/CD45RA+": 12, "B": 3}, "none": None})}
+    adata = ad.AnnData(np.zeros((2, 2), dtype=np.float32), uns={"scbignn": uns})
+    path = tmp_path / "r.h5ad"
+    adata.write_h5ad(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "written without encoding metadata" for a stray nested group
+        back = ad.read_h5ad(path)
+    counts = back.uns["scbignn"]["metrics"]["label_counts"]
+    assert counts == {"CD4+\u2215CD45RA+": 12, "B": 3} and "none" not in back.uns["scbignn"]["metrics"]
