@@ -290,15 +290,12 @@ def _on_a_sample(X: Any, params: ClusterParams, seed: int) -> ClusterResult:
     rest = np.setdiff1d(np.arange(n), sampled, assume_unique=True)
     part = cluster_embedding(dense[sampled], seed=seed, params=replace(params, cluster_sample=None))
     neighbours = extend.nearest_sampled(dense, sampled, rest, params.noise_k)
+    # The sample's final labels (after any post-processing), and every grid run for the grid views.
+    labels = extend.extend_labels(part.labels, neighbours, sampled, rest, n)
     grid = part.grid
     if grid is not None:
         rows = [extend.extend_labels(row, neighbours, sampled, rest, n) for row in grid.labels]
         grid = replace(grid, labels=np.stack(rows) if rows else np.empty((0, n), dtype=np.int64))
-        labels = grid.chosen_labels.copy()
-        if params.refine or params.assign_noise:  # post-processing ran on the sample: extend its result
-            labels = extend.extend_labels(part.labels, neighbours, sampled, rest, n)
-    else:
-        labels = extend.extend_labels(part.labels, neighbours, sampled, rest, n)
     coords = None
     if part.coords is not None:
         coords = extend.extend_coords(part.coords, neighbours, sampled, rest, n)
