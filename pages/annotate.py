@@ -202,10 +202,11 @@ with ui.guard("the comparison with clusters"):
     if not others:
         st.caption("No other finished run to compare with: train CellVGAE or another model on the same data.")
     else:
+        other_labels = ui.run_labels(others, lambda i: f"{i.name} · {i.model}")
         pick = st.selectbox(
             "Run",
             [i.id for i in others],
-            format_func=lambda rid: next(i.name for i in others if i.id == rid),
+            format_func=lambda rid: other_labels.get(rid, str(rid)),
             key="ann_other",
         )
         other_run = state.store().open(pick)

@@ -111,14 +111,13 @@ with ui.guard("the run list"):
         active = state.active_run_id()
         st.session_state[PICK] = active if active in ids else ids[0]
     by_id = {i.id: i for i in infos}
+    labels = ui.run_labels(infos, lambda i: f"{i.name} · {i.model} · {i.state} · {ui.fmt_time(i.created)}")
     run_id = st.selectbox(
         "Run to manage",
         ids,
         key=PICK,
         help="The run the buttons below act on (clicking a row of the table picks it too).",
-        format_func=lambda rid: (
-            f"{by_id[rid].name} · {by_id[rid].model} · {by_id[rid].state} · {ui.fmt_time(by_id[rid].created)}"
-        ),
+        format_func=lambda rid: labels.get(rid, str(rid)),
     )
 
 with ui.guard("the run's actions"):

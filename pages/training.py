@@ -101,18 +101,18 @@ with ui.guard("the run list"):
     active = state.active_run_id()
     live = [i for i in infos if i.state in ("running", "queued")]
     choices = [i.id for i in infos]
-    by_id = {i.id: i for i in infos}
+    labels = ui.run_labels(infos, lambda i: f"{i.name} · {i.model} · {ui.fmt_time(i.created)}")
     if len(live) > 1:
         st.caption(f"{len(live)} runs are training at once; they share this machine's processor.")
-    # The widget follows the active run (which Start or the sidebar may have just changed).
-    if st.session_state.get(WATCH) != active:
-        st.session_state[WATCH] = active if active in choices else choices[0]
+    # The widget follows the active run (which Start or the sidebar may have just changed); set on every
+    # run so the browser also gets the current label (a rename changes it).
+    st.session_state[WATCH] = active if active in choices else choices[0]
     st.selectbox(
         "Run to watch",
         choices,
-        format_func=lambda rid: f"{by_id[rid].name} · {by_id[rid].model} · {ui.fmt_time(by_id[rid].created)}",
+        format_func=lambda rid: labels.get(rid, str(rid)),
         key=WATCH,
-        on_change=lambda: state.set_active_run(st.session_state[WATCH]),
+        on_change=lambda: state.pick_run(st.session_state.get(WATCH)),
         help="Every run on disk; the one you pick becomes the active run for the explore pages.",
     )
     picked = st.session_state[WATCH]

@@ -37,7 +37,7 @@ def _label(info) -> str:
 
 
 def _on_pick() -> None:
-    state.set_active_run(st.session_state.get(_WIDGET))
+    state.pick_run(st.session_state.get(_WIDGET))
 
 
 def _damaged(info: RunInfo) -> None:
@@ -63,13 +63,15 @@ def draw() -> None:
         if infos:
             ids = [i.id for i in infos]
             by_id = {i.id: i for i in infos}
-            if st.session_state.get(_WIDGET) != active:
-                st.session_state[_WIDGET] = active
+            labels = ui.run_labels(infos, _label)
+            # Set on every run, not only when it differs: the browser then gets the current label too (a run's
+            # label changes with its state), rather than keeping the one it showed before.
+            st.session_state[_WIDGET] = active
             st.selectbox(
                 "Active run",
                 ids,
                 key=_WIDGET,
-                format_func=lambda rid: _label(by_id[rid]) if rid in by_id else str(rid),
+                format_func=lambda rid: labels.get(rid, str(rid)),
                 on_change=_on_pick,
                 help="The run the explore pages (Embedding, Attention, Markers, ...) show. Every run "
                 "on disk is listed, newest first; the Runs page manages them.",

@@ -102,3 +102,14 @@ def active_run_id() -> str | None:
 
 def set_active_run(run_id: str | None) -> None:
     st.session_state[ACTIVE] = run_id
+
+
+def pick_run(value: Any) -> None:
+    """Make ``value`` the active run if it names a listed run; anything else leaves the active run.
+
+    A run list hands back what the browser sent, which is the label it last showed. A run's label
+    changes when it stops or is renamed, and a label no option has any more comes back as the label
+    itself: taken as a pick, it made the active run fall back to the previous finished one after Stop.
+    """
+    if isinstance(value, str) and any(info.id == value for info in runs()):
+        set_active_run(value)

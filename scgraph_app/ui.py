@@ -143,6 +143,16 @@ def empty_state(message: str, label: str, page: str, *, key: str) -> None:
     st.stop()
 
 
+def run_labels(infos: Any, describe: Any) -> dict[str, str]:
+    """Each run's label in a run list, all distinct: runs that read alike (the same default name, model
+    and state) get their folder name added, so picking one never picks its twin."""
+    from collections import Counter
+
+    text = {info.id: describe(info) for info in infos}
+    seen = Counter(text.values())
+    return {rid: f"{words} · {rid}" if seen[words] > 1 else words for rid, words in text.items()}
+
+
 def fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else ""
 

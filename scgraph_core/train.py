@@ -185,9 +185,10 @@ class Stage:
     grad_clip: float | None = None
     scheduler: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # Per-stage overrides of TrainSpec.patience / restore_best (None: the TrainSpec value).
+    # Per-stage overrides of TrainSpec.patience / restore_best / eval_every (None: the TrainSpec value).
     patience: int | None = None
     restore_best: bool | None = None
+    eval_every: int | None = None
     # Called after each epoch's step with the epoch's event (it may add entries); True ends the stage
     # as converged (for example LabelChangeStop for DEC fine-tuning).
     after_epoch: Callable[[int, Event], bool] | None = None
@@ -275,6 +276,7 @@ class Trainer:
         converged = False
         patience = spec.patience if stage.patience is None else stage.patience
         restore_best = spec.restore_best if stage.restore_best is None else stage.restore_best
+        eval_every = spec.eval_every if stage.eval_every is None else stage.eval_every
         self.emit(
             {
                 "kind": "stage_start",
@@ -331,8 +333,8 @@ class Trainer:
             score = None
             do_eval = (
                 stage.evaluate is not None
-                and spec.eval_every
-                and (epoch % spec.eval_every == 0 or epoch == stage.epochs)
+                and eval_every
+                and (epoch % eval_every == 0 or epoch == stage.epochs)
             )
             if do_eval:
                 eval_start = time.perf_counter()

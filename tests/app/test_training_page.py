@@ -334,3 +334,72 @@ def test_a_model_that_learns_from_labels_is_started_on_the_annotate_page(app_hom
     start = at.button(key="start_training")
     assert start.disabled and "Annotate page" in start.help
     assert any(b.key == "train_to_annotate" for b in at.button)
+
+
+def _home_with_a_done_and_a_running_run(app_home, tmp_path, monkeypatch, name: str = "watched run"):
+    """A home of its own: a copy of a finished tiny run, then a newer run that reads as training."""
+    import shutil
+
+    from scgraph_core.runs import RunStore
+
+    monkeypatch.setenv("SCGRAPH_HOME", str(tmp_path))
+    store = RunStore(tmp_path / "runs")
+    done = app_home.store.open(app_home.runs["cellvgae"])
+    shutil.copytree(done.path, store.root / done.id)
+    time.sleep(0.01)
+    running = store.create(model="cellvgae", name=name, dataset="toy")
+    running.set_status("running", "training")
+    return store, done.id, running
+
+
+def test_a_stale_label_from_the_browser_does_not_move_the_active_run(app_home, tmp_path, monkeypatch):
+    """The run lists send back the label the browser last showed. A run's label changes when it stops or
+    is renamed (the sidebar reads 'name · model · state', the Training page 'name · model · time'), and a
+    label no option has any more came back as the label itself: the callback took it as a pick, and the
+    active run fell back to the previous finished run (seen in the browser after Stop). Here the page
+    sends the old label after a rename, as the browser does."""
+    store, previous, running = _home_with_a_done_and_a_running_run(app_home, tmp_path, monkeypatch)
+    at = open_page("training", active=running.id)
+    assert_clean(at)
+    old = at.selectbox(key="watch_run").options[0]
+    assert old.startswith("watched run · ")
+    running.set_status("stopped", "stopped by the user")  # no result yet: it is still being written
+    store.rename(running.id, "renamed while watched")
+    at.run()
+    box = at.selectbox(key="watch_run")
+    assert box.value == running.id and box.options[0].startswith("renamed while watched · ")
+    box.options[0] = old  # the browser still holds the label it showed before the rename
+    box.set_value(old)
+    at.run()
+    assert not at.exception
+    assert at.session_state["active_run"] == running.id != previous
+    assert at.selectbox(key="watch_run").value == running.id
+    # A real pick still moves it.
+    at.selectbox(key="watch_run").set_value(previous).run()
+    assert at.session_state["active_run"] == previous
+
+
+def test_runs_that_read_alike_are_told_apart_in_every_run_list(app_home, tmp_path, monkeypatch):
+    """Two finished runs with the same name and model (trained twice with the default name): each list's
+    labels stay distinct, so picking the second does not pick the first."""
+    import shutil
+
+    from scgraph_core.runs import RunStore
+
+    monkeypatch.setenv("SCGRAPH_HOME", str(tmp_path))
+    store = RunStore(tmp_path / "runs")
+    done = app_home.store.open(app_home.runs["cellvgae"])
+    first, second = done.id, store.new_id("cellvgae")
+    shutil.copytree(done.path, store.root / first)
+    shutil.copytree(done.path, store.root / second)
+    at = open_page("data", active=first)  # app.py's sidebar is kept in AppTest's tree on the first page
+    assert_clean(at)
+    box = at.sidebar.selectbox(key="sidebar_run")
+    assert len(set(box.options)) == len(box.options) == 2, box.options
+    box.set_value(second).run()
+    assert at.session_state["active_run"] == second
+    for page, key in (("runs", "runs_pick"), ("training", "watch_run")):
+        at = open_page(page, active=first)
+        assert_clean(at)
+        box = at.selectbox(key=key)
+        assert len(set(box.options)) == len(box.options) == 2, (page, box.options)

@@ -350,3 +350,24 @@ def test_quick_graph_is_built_on_pcs_of_the_demo():
     assert graph.info["deviations"] == []
     degrees = np.bincount(graph.edge_index[0], minlength=700)
     assert degrees.min() >= config.graph.k
+
+
+def test_mini_batch_training_steps_through_every_edge_and_keeps_the_outputs(tmp_path):
+    adata = toy_counts()
+    overrides = {**TINY, "model": {**TINY["model"], "batch_size": 200, "fanout": 4, "epochs": 3}}
+    config = pipeline.resolve_config("cellvgae", "quick", overrides, label_key="celltype")
+    run = Run.create_at(tmp_path / "mb", model="cellvgae")
+    out, result = pipeline.execute(adata, config, run=run)
+    (start,) = [e for e in run.events("stage_start") if e["stage"] == "train"]
+    steps = start["epochs"] // 3
+    assert steps > 1 and start["epochs"] == 3 * steps  # one stage epoch per batch of 200 training edges
+    epochs = [e for e in run.events("epoch") if e["stage"] == "train"]
+    assert len(epochs) == 3 * steps
+    assert {"reconstruction", "kl"} <= set(epochs[0]["losses"])
+    assert all(np.isfinite(e["loss"]) for e in epochs)
+    validated = [e for e in epochs if "validation" in e]
+    assert [e["epoch"] for e in validated] == [2 * steps, 3 * steps]  # eval_every counts passes, not steps
+    assert 0.0 <= validated[-1]["validation"]["val_auc"] <= 1.0
+    z = out.obsm["X_cellvgae"]
+    assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
+    assert "ari" in result.metrics

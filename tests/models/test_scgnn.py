@@ -217,3 +217,23 @@ def test_refinement_stops_when_the_clusters_stop_changing(toy, monkeypatch):
     _, _, result = _train(toy, monkeypatch, max_rounds=6, stop_ari=0.0)
     # Any agreement above 0 ends the loop after the first refinement round.
     assert result.metrics["rounds"] == 2 and result.metrics["converged"]
+
+
+def test_recount_first_keeps_the_first_cluster_count_through_the_rounds(toy, monkeypatch):
+    counted: list[int] = []
+    import scgraph_core.models.scgnn.model as scgnn_model
+
+    real = scgnn_model.cluster_count
+
+    def spy(*args, **kwargs):
+        counted.append(real(*args, **kwargs))
+        return counted[-1]
+
+    monkeypatch.setattr(scgnn_model, "cluster_count", spy)
+    _, _, result = _train(toy, monkeypatch, max_rounds=2, stop_ari=1.0, recount="first")
+    rounds = result.tables["scgnn_rounds"]
+    assert len(rounds) == 3 and len(counted) == 1  # Leiden ran on the first graph only
+    assert rounds["kmeans_k"].nunique() == 1 and set(rounds["leiden_communities"]) == {counted[0]}
+    counted.clear()
+    _, _, result = _train(toy, monkeypatch, max_rounds=2, stop_ari=1.0)
+    assert len(counted) == 3  # the code's rule: every round's graph

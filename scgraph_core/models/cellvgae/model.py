@@ -81,7 +81,22 @@ class CellVGAEParams:
         shown_if={"expr_decoder": True},
     )
     lr: float = param(1e-4, "Adam learning rate", min=1e-7, max=1.0)
-    epochs: int = param(200, "training epochs (full batch)", min=1, max=100000)
+    epochs: int = param(200, "training epochs (passes over every cell)", min=1, max=100000)
+    batch_size: int = param(
+        0,
+        "training edges per step, each cell of a batch with its neighbourhood sampled (for data too large for "
+        "one step; the progress then counts steps); 0 = the whole graph in every step (full batch, the paper)",
+        min=0,
+        max=10_000_000,
+    )
+    fanout: int = param(
+        15,
+        "mini-batch training: incoming edges sampled per cell at each graph layer (-1 = all of them)",
+        min=-1,
+        max=1000,
+        advanced=True,
+        shown_if={"batch_size": True},
+    )
     val_fraction: float = param(0.1, "share of edges held out to monitor link prediction", min=0.0, max=0.5)
     test_fraction: float = param(
         0.0, "share of edges held out as a final link-prediction test", min=0.0, max=0.5
@@ -311,7 +326,13 @@ class CellVGAE(Model):
         return config, why
 
     def train_net(self, prepared, graph, params: CellVGAEParams, trainer: Trainer) -> Trained:
-        """Build the network and run the training stage (no clustering or interpretation)."""
+        """Build the network and run the training stage (no clustering or interpretation).
+
+        With 0 < ``batch_size`` < the number of training edges, each step trains on a batch of them: the
+        positives are the batch's edges, the negatives random pairs of the batch's cells (as many per positive
+        as the full loss draws), and the encoder runs on the sampled neighbourhoods of those cells
+        (:mod:`scgraph_core.nn.sampling`). The KL term averages over the batch's cells with the same weight,
+        so a step's loss has the full-batch loss's scale."""
         p = params
         device = trainer.device
         seed = trainer.spec.seed
@@ -334,6 +355,10 @@ class CellVGAE(Model):
         optimizer = torch.optim.Adam(net.parameters(), lr=p.lr)
         beta = p.kl_weight if p.kl_weight is not None else 1.0 / n_cells
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        if 0 < p.batch_size < split.train_pos.shape[1]:
+            stage = self._minibatch_stage(net, optimizer, x, split, p, trainer, beta)
+            outcome = trainer.run_stage(stage)
+            return Trained(net=net, x=x, split=split, message=message, outcome=outcome)
 
         def step(epoch: int) -> dict[str, torch.Tensor]:
             with trainer.autocast():
@@ -369,6 +394,102 @@ class CellVGAE(Model):
         )
         outcome = trainer.run_stage(stage)
         return Trained(net=net, x=x, split=split, message=message, outcome=outcome)
+
+    @staticmethod
+    def _minibatch_stage(
+        net: CellVGAENet,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        split: EdgeSplit,
+        p: CellVGAEParams,
+        trainer: Trainer,
+        beta: float,
+    ) -> Stage:
+        """The training stage on sampled subgraphs: one stage epoch is one batch of cells."""
+        import torch.nn.functional as F
+
+        from ...nn.sampling import NeighbourSampler
+
+        device = x.device
+        n_cells = x.shape[0]
+        rng = np.random.default_rng(trainer.spec.seed)
+        hops = len(p.hidden) + 1  # the hidden layers, then the fused mu / log-sigma layer
+        sampler = NeighbourSampler(split.message.numpy(), n_cells, [p.fanout] * hops)
+        train_pos = split.train_pos.numpy()
+        n_edges = train_pos.shape[1]
+        steps = -(-n_edges // p.batch_size)
+        # The full loss draws E + N negatives for E positives: the same ratio per batch.
+        neg_ratio = 1.0 + n_cells / max(n_edges, 1)
+        batches: list[np.ndarray] = []
+
+        def encode(cells: np.ndarray, draw: np.random.Generator) -> tuple[torch.Tensor, ...]:
+            sub = sampler.sample(cells, draw)
+            nodes = torch.from_numpy(sub.nodes).to(device)
+            edges = torch.from_numpy(sub.edge_index).to(device)
+            with trainer.autocast():
+                z, mu, s = net(x[nodes], edges)
+            return z.float(), mu.float(), s.float(), torch.from_numpy(sub.seed_local).to(device), sub.n_seeds
+
+        def step(epoch: int) -> dict[str, torch.Tensor]:
+            if not batches:
+                perm = rng.permutation(n_edges)
+                batches.extend(perm[i : i + p.batch_size] for i in range(0, n_edges, p.batch_size))
+            pos = train_pos[:, batches.pop(0)]
+            z, mu, s, where, n_seeds = encode(pos.ravel(), rng)
+            pos_l = where.reshape(2, -1)
+            # Negatives: random pairs of the batch's cells, each cell drawn uniformly among them (a sample of
+            # the cells, so the pairs are random pairs of cells), self pairs left out.
+            n_neg = int(round(pos.shape[1] * neg_ratio))
+            neg_l = torch.from_numpy(rng.integers(0, n_seeds, (2, n_neg))).to(device)
+            neg_l = neg_l[:, neg_l[0] != neg_l[1]]
+            pos_logits = (z[pos_l[0]] * z[pos_l[1]]).sum(-1)
+            neg_logits = (z[neg_l[0]] * z[neg_l[1]]).sum(-1)
+            recon = -F.logsigmoid(pos_logits).mean() - F.logsigmoid(-neg_logits).mean()
+            terms = {"reconstruction": recon}
+            seeds = slice(0, n_seeds)  # the batch's cells come first in the subgraph
+            if p.regularizer == "kl":
+                terms["kl"] = beta * kl_divergence(mu[seeds], s[seeds], parameterization=p.variance)
+            else:
+                terms["mmd"] = mmd_loss(z[seeds])
+            if p.expr_decoder:
+                with trainer.autocast():
+                    rebuilt = net.decode_expression(z[seeds])
+                flat = pos.ravel()
+                first = np.sort(np.unique(flat, return_index=True)[1])  # the seeds' order in the subgraph
+                target = x[torch.from_numpy(flat[first]).to(device)]
+                terms["expression"] = p.expr_weight * F.mse_loss(rebuilt.float(), target)
+            return terms
+
+        # Link prediction scored on up to 5,000 held-out edges and as many non-edges, each time with the same
+        # sampled neighbourhoods, so the scores are comparable between evaluations.
+        pick = np.random.default_rng(trainer.spec.seed + 1)
+        val_pos, val_neg = split.val_pos.numpy(), split.val_neg.numpy()
+        val_pos = val_pos[:, pick.permutation(val_pos.shape[1])[:5000]]
+        val_neg = val_neg[:, pick.permutation(val_neg.shape[1])[:5000]]
+
+        def evaluate() -> dict[str, float]:
+            net.eval()
+            cells = np.concatenate([val_pos.ravel(), val_neg.ravel()])
+            with torch.no_grad():
+                _, mu, _, where, _ = encode(cells, np.random.default_rng(trainer.spec.seed + 2))
+            n_pos = val_pos.size
+            local_pos = where[:n_pos].reshape(2, -1)
+            local_neg = where[n_pos:].reshape(2, -1)
+            return {f"val_{k}": v for k, v in link_scores(mu, local_pos, local_neg).items()}
+
+        has_val = split.val_pos.shape[1] > 0
+        every = trainer.spec.eval_every
+        return Stage(
+            "train",
+            net,
+            optimizer,
+            step,
+            p.epochs * steps,
+            evaluate=evaluate if has_val else None,
+            score="val_auc" if has_val else None,
+            eval_every=every * steps if every else every,
+            extra={"steps_per_epoch": steps},
+        )
 
     def train(
         self,

@@ -110,6 +110,12 @@ class ScGNNParams:
         min=0.05,
         max=5.0,
     )
+    recount: str = param(
+        "every",
+        "when Leiden sets the number of clusters: every = on each round's graph (the code); first = on the first "
+        "graph only, the refinement rounds keep that number and move cells between the clusters",
+        choices=("every", "first"),
+    )
     max_rounds: int = param(10, "iterations of the cluster-refinement loop at most", min=0, max=100)
     stop_ari: float = param(0.99, "stop when two rounds' clusters agree above this ARI", min=0.0, max=1.0)
     graph_weight: float = param(0.3, "imputation: weight of the cell-graph regulariser", min=0.0)
@@ -323,6 +329,7 @@ class RoundState:
     graph: CellGraph
     labels: np.ndarray
     communities: int
+    k: int  # the k-means cluster count asked for
 
 
 @dataclass
@@ -525,12 +532,15 @@ class ScGNN(Model):
                 gae = GraphAE(z.shape[1], p.gae_hidden, p.gae_latent).to(device)
                 embedding = self._train_gae(f"gae_r{r}", gae, z, cell_graph, p, trainer, outcomes)
                 gae_holder[0] = gae
-            communities = cluster_count(cell_graph, resolution=p.leiden_resolution, seed=seed)
-            k = kmeans_k(communities, n, p.cluster_ratio)
+            if state is None or p.recount == "every":
+                communities = cluster_count(cell_graph, resolution=p.leiden_resolution, seed=seed)
+                k = kmeans_k(communities, n, p.cluster_ratio)
+            else:
+                communities, k = state.communities, state.k
             from ...cluster import kmeans
 
             found = kmeans(embedding, k, seed=seed, n_init=10)
-            state = RoundState(z, recon, embedding, cell_graph, found, communities)
+            state = RoundState(z, recon, embedding, cell_graph, found, communities, k)
             last = outcomes.get(f"em_r{r}") or outcomes["feature_ae"]
             numbers = {
                 "leiden_communities": communities,

@@ -1,0 +1,193 @@
+"""CellVGAE mini-batch training against full batch (issue #25, section 2): quality and memory.
+
+``--mode quality``: the whole run (``python -m scgraph_core train``, preset ``paper``) on an input, full batch
+and each ``--batch-sizes`` value, seeds ``--seeds``; label-free ARI, clusters, training seconds.
+
+``--mode memory``: ``--cells`` cells synthesised from the input (:mod:`scgraph_core.synthetic`, seed 0); in a
+fresh process per (cells, batch size): the data recipe and graph, then the training stage for ``--epochs``
+epochs (no analysis). Peak RSS (``ru_maxrss``) before training and at its end, so what training adds shows;
+seconds per pass over the cells.
+
+One JSON line per finished run in ``--jsonl`` (a rerun skips what is done); ``--table`` prints them.
+
+    python benchmarks/bench_minibatch.py --mode quality --batch-sizes 1024 --seeds 0,1,2
+    python benchmarks/bench_minibatch.py --mode memory --cells 20000,100000 --batch-sizes 0,2048 --epochs 1
+    python benchmarks/bench_minibatch.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SCGRAPH_SHARED_DATA", REPO.parent / "shared" / "data"))
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def quality_run(args: argparse.Namespace, batch: int, seed: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "scgraph_core", "train", "--model", "cellvgae", "--input", args.input]
+        cmd += [
+            "--preset",
+            args.preset,
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--label-key",
+            args.label_key,
+        ]
+        cmd += ["--batch-size", str(batch)]
+        started = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=7200)
+        wall = time.perf_counter() - started
+        m = json.loads((out / "metrics.json").read_text())
+    keep = ("ari", "nmi", "n_clusters", "noise", "seconds_train", "epochs_run", "best_epoch", "val_auc")
+    return {"wall_seconds": wall, **{k: m.get(k) for k in keep}}
+
+
+def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str) -> dict:
+    """In this (fresh) process: recipe, graph and ``epochs`` passes of training; peak RSS before and after."""
+    sys.path.insert(0, str(REPO))
+    import anndata as ad
+
+    from scgraph_core import pipeline, synthetic
+    from scgraph_core.models import base
+    from scgraph_core.train import Trainer
+
+    real = ad.read_h5ad(source)
+    adata = real if n_cells == real.n_obs else synthetic.synthesize_adata(real, n_cells, seed=0)
+    config = pipeline.resolve_config(
+        "cellvgae", preset, {"model": {"batch_size": batch, "epochs": epochs}, "train": {"eval_every": 0}}
+    )
+    model = base.get("cellvgae")()
+    config, _ = model.adapt(config, adata)
+    prepared = model.preprocess(adata, config.prepare)
+    graph = pipeline.cell_graph(model, prepared, config)
+    del adata, real
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trainer = Trainer(config.train)
+    started = time.perf_counter()
+    trained = model.train_net(prepared, graph, config.params, trainer)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "n_cells": n_cells,
+        "n_edges": int(graph.edge_index.shape[1]),
+        "peak_rss_mb_before_training": before,
+        "peak_rss_mb": after,
+        "seconds_per_epoch": seconds / epochs,
+        "steps": trained.outcome.epochs_run,
+    }
+
+
+def _done(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def table(rows: list[dict]) -> str:
+    import numpy as np
+
+    lines = []
+    quality = [r for r in rows if r["mode"] == "quality"]
+    if quality:
+        lines += [
+            "| input | batch size | seeds | ARI per seed | median ARI | clusters | training s (median) |"
+        ]
+        lines += ["|---|---:|---:|---|---:|---|---:|"]
+        groups: dict[tuple, list[dict]] = {}
+        for r in quality:
+            groups.setdefault((Path(r["input"]).stem, r["batch_size"]), []).append(r)
+        for (name, batch), rs in sorted(groups.items()):
+            rs = sorted(rs, key=lambda r: r["seed"])
+            per_seed = " / ".join(f"{r['ari']:.3f}" for r in rs)
+            lines.append(
+                f"| {name} | {batch or 'full'} | {len(rs)} | {per_seed} | "
+                f"{np.median([r['ari'] for r in rs]):.3f} | {', '.join(str(r['n_clusters']) for r in rs)} | "
+                f"{np.median([r['seconds_train'] for r in rs]):.0f} |"
+            )
+    memory = [r for r in rows if r["mode"] == "memory"]
+    if memory:
+        lines += [
+            "",
+            "| cells | edges | batch size | peak RSS before training, MB | peak RSS, MB | s per pass |",
+        ]
+        lines += ["|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(memory, key=lambda r: (r["n_cells"], r["batch_size"])):
+            lines.append(
+                f"| {r['n_cells']:,} | {r['n_edges']:,} | {r['batch_size'] or 'full'} | "
+                f"{r['peak_rss_mb_before_training']:.0f} | {r['peak_rss_mb']:.0f} | {r['seconds_per_epoch']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mode", choices=("quality", "memory"), default="quality")
+    parser.add_argument("--input", default=str(DATA / "pbmc3k_seurat250.h5ad"))
+    parser.add_argument("--label-key", default="celltype")
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--batch-sizes", default="0,1024", help="0 = full batch")
+    parser.add_argument("--cells", default="20000", help="memory mode: cell counts to synthesise")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--jsonl", default=str(RESULTS / "minibatch.jsonl"))
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one memory run, JSON on stdout
+    args = parser.parse_args()
+    path = Path(args.jsonl)
+    if args.single:
+        cells, batch = (int(v) for v in args.single.split(","))
+        print(json.dumps(memory_run(args.input, cells, batch, args.epochs, args.preset)))
+        return
+    if args.table:
+        print(table(_done(path)))
+        return
+    done = {(r["mode"], r["input"], r.get("n_cells"), r["batch_size"], r.get("seed")) for r in _done(path)}
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    if args.mode == "quality":
+        todo = [(None, b, int(s)) for s in args.seeds.split(",") for b in batches]
+    else:
+        todo = [(int(c), b, None) for c in args.cells.split(",") for b in batches]
+    for cells, batch, seed in todo:
+        key = (args.mode, args.input, cells, batch, seed)
+        if key in done:
+            continue
+        if args.mode == "quality":
+            row = quality_run(args, batch, seed)
+        else:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--mode",
+                "memory",
+                "--input",
+                args.input,
+                "--preset",
+                args.preset,
+            ]
+            cmd += ["--epochs", str(args.epochs), "--single", f"{cells},{batch}"]
+            proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=7200)
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.update(mode=args.mode, input=args.input, batch_size=batch, seed=seed, preset=args.preset)
+        row["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        with path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
