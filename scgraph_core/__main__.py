@@ -289,6 +289,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ScgraphError(
             f"--holdout-fraction and --unlabelled are for models that learn from labels; {args.model} does not."
         )
+    from . import distributed
+
+    if distributed.launched():
+        if args.model != "cellvgae" or not getattr(config.params, "batch_size", 0):
+            raise ScgraphError(
+                "Several processes (torchrun) train only CellVGAE on sampled batches: add --batch-size "
+                "(for example 4096), or run one process."
+            )
+        distributed.setup(config.train.device)
+        if not distributed.is_main():
+            try:  # this rank trains its share of the batches; rank 0 writes the run folder
+                pipeline.execute(_read_input(args), config)
+            finally:
+                distributed.teardown()
+            return 0
     if args.out:
         _check_writable_folder(Path(args.out).expanduser())  # before minutes of reading, not after
     adata = _read_input(args)
@@ -309,6 +324,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks=[_progress_callback(not args.quiet)],
         stop=StopSignal(run.stop_requested),
     )
+    distributed.teardown()
     _print_metrics(result.metrics)
     _print_verdict(run, None if args.out else RunStore())
     print(f"results: {run.file('result.h5ad')}")

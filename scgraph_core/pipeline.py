@@ -230,6 +230,10 @@ def execute(
         t0 = time.time()
         model.train(prepared, graph, config.params, trainer, cluster=config.cluster, labels=config.labels)
         seconds_train = time.time() - t0
+        from . import distributed
+
+        if not distributed.is_main():
+            return None, None  # type: ignore[return-value]  # torchrun's other ranks: rank 0 analyses and writes
         result = analyse(
             model,
             prepared,

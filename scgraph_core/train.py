@@ -219,7 +219,9 @@ class Trainer:
         stop: StopSignal | None = None,
     ):
         self.spec = spec or TrainSpec()
-        self.device = resolve_device(self.spec.device)
+        from . import distributed
+
+        self.device = distributed.device_for(resolve_device(self.spec.device))
         self.amp_dtype = resolve_precision(self.spec.precision, self.device)
         self.callbacks = list(callbacks)
         self.stop = stop if stop is not None else StopSignal()
@@ -287,8 +289,12 @@ class Trainer:
             }
         )
         epoch = 0
+        from . import distributed
+
         for epoch in range(1, stage.epochs + 1):
-            if self.stop:
+            # Distributed, every rank stops at the same step (a rank that stopped alone would leave the others
+            # waiting for its gradients).
+            if distributed.any_rank(bool(self.stop)):
                 stopped = True
                 epoch -= 1
                 break

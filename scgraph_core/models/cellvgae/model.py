@@ -150,6 +150,8 @@ class Trained:
     split: EdgeSplit
     message: torch.Tensor
     outcome: StageOutcome
+    steps_per_epoch: int = 0  # mini-batch training: steps (batches) per pass over the edges, per process
+    ranks: dict | None = None  # distributed training: the number of processes and whether they agree
 
 
 @dataclass
@@ -355,10 +357,21 @@ class CellVGAE(Model):
         optimizer = torch.optim.Adam(net.parameters(), lr=p.lr)
         beta = p.kl_weight if p.kl_weight is not None else 1.0 / n_cells
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        from ... import distributed
+
+        if distributed.active() and not 0 < p.batch_size < split.train_pos.shape[1]:
+            raise ConfigError(
+                f"Training on several processes needs batches smaller than the graph's "
+                f"{split.train_pos.shape[1]:,} training edges: lower --batch-size."
+            )
         if 0 < p.batch_size < split.train_pos.shape[1]:
             stage = self._minibatch_stage(net, optimizer, x, split, p, trainer, beta)
             outcome = trainer.run_stage(stage)
-            return Trained(net=net, x=x, split=split, message=message, outcome=outcome)
+            trained = Trained(net=net, x=x, split=split, message=message, outcome=outcome)
+            trained.steps_per_epoch = stage.extra["steps_per_epoch"]
+            if distributed.active():
+                trained.ranks = {"world_size": distributed.world_size(), "in_sync": distributed.in_sync(net)}
+            return trained
 
         def step(epoch: int) -> dict[str, torch.Tensor]:
             with trainer.autocast():
@@ -412,12 +425,20 @@ class CellVGAE(Model):
 
         device = x.device
         n_cells = x.shape[0]
-        rng = np.random.default_rng(trainer.spec.seed)
+        from ... import distributed
+
+        # The batch order is shared by every rank (each takes its share of the batches); the draws inside a
+        # batch (neighbours, negatives) are each rank's own.
+        order_rng = np.random.default_rng(trainer.spec.seed)
+        rank, world = distributed.rank(), distributed.world_size()
+        rng = np.random.default_rng([trainer.spec.seed, rank])
+        forward = distributed.wrap(net)
         hops = len(p.hidden) + 1  # the hidden layers, then the fused mu / log-sigma layer
         sampler = NeighbourSampler(split.message.numpy(), n_cells, [p.fanout] * hops)
         train_pos = split.train_pos.numpy()
         n_edges = train_pos.shape[1]
-        steps = -(-n_edges // p.batch_size)
+        n_batches = -(-n_edges // p.batch_size)
+        steps = -(-n_batches // world)  # per rank
         # The full loss draws E + N negatives for E positives: the same ratio per batch.
         neg_ratio = 1.0 + n_cells / max(n_edges, 1)
         batches: list[np.ndarray] = []
@@ -427,13 +448,15 @@ class CellVGAE(Model):
             nodes = torch.from_numpy(sub.nodes).to(device)
             edges = torch.from_numpy(sub.edge_index).to(device)
             with trainer.autocast():
-                z, mu, s = net(x[nodes], edges)
+                z, mu, s = (forward if net.training else net)(x[nodes], edges)
             return z.float(), mu.float(), s.float(), torch.from_numpy(sub.seed_local).to(device), sub.n_seeds
 
         def step(epoch: int) -> dict[str, torch.Tensor]:
             if not batches:
-                perm = rng.permutation(n_edges)
-                batches.extend(perm[i : i + p.batch_size] for i in range(0, n_edges, p.batch_size))
+                perm = order_rng.permutation(n_edges)
+                every = [perm[i : i + p.batch_size] for i in range(0, n_edges, p.batch_size)]
+                every += every[: steps * world - len(every)]  # the same number of steps on every rank
+                batches.extend(every[rank::world])
             pos = train_pos[:, batches.pop(0)]
             z, mu, s, where, n_seeds = encode(pos.ravel(), rng)
             pos_l = where.reshape(2, -1)
@@ -525,6 +548,11 @@ class CellVGAE(Model):
             "n_cells": n_cells,
             "n_features": n_genes,
         }
+        if trained.steps_per_epoch:
+            scores["steps_per_epoch"] = trained.steps_per_epoch
+        if trained.ranks:
+            scores["processes"] = trained.ranks["world_size"]
+            scores["processes_in_sync"] = trained.ranks["in_sync"]
         for name, pos, neg in (
             ("val", split.val_pos, split.val_neg),
             ("test", split.test_pos, split.test_neg),
