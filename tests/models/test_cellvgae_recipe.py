@@ -24,7 +24,7 @@ def test_many_genes_get_the_suite_recipe_and_few_genes_keep_the_paper_one():
     wide = toy_counts(n_cells=60, n_genes=RECIPE_MIN_GENES + 1)
     config, why = _adapt(wide)
     assert (config.prepare.n_hvg, config.prepare.n_graph_genes) == (1000, 2000)
-    assert (config.graph.use, config.graph.n_pcs, config.graph.k) == ("pca", 50, 10)
+    assert (config.graph.use, config.graph.n_pcs, config.graph.k) == ("pca", 50, 15)
     assert why and f"{RECIPE_MIN_GENES + 1:,} genes" in why and "--recipe fixed" in why
     narrow = toy_counts(n_cells=60, n_genes=RECIPE_MIN_GENES)
     config, why = _adapt(narrow)
@@ -54,11 +54,11 @@ def test_the_run_records_what_was_chosen_and_why(tmp_path):
     )
     out, result = pipeline.execute(wide, config, run=run)
     recorded = json.loads(run.file("config.json").read_text())
-    assert recorded["graph"]["use"] == "pca" and recorded["graph"]["k"] == 10
+    assert recorded["graph"]["use"] == "pca" and recorded["graph"]["k"] == 15
     assert recorded["prepare"]["n_hvg"] == 1000 and recorded["input"] == {"path": "x"}
     assert "recipe_note" in recorded and result.metrics["recipe"] == recorded["recipe_note"]
     assert result.metrics["notes"][0] == recorded["recipe_note"]
-    assert out.uns["scgraph"]["config"]["graph"]["k"] == 10
+    assert out.uns["scgraph"]["config"]["graph"]["k"] == 15
     assert result.metrics["n_features"] == 1000
 
 

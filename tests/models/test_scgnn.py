@@ -230,10 +230,10 @@ def test_recount_first_keeps_the_first_cluster_count_through_the_rounds(toy, mon
         return counted[-1]
 
     monkeypatch.setattr(scgnn_model, "cluster_count", spy)
-    _, _, result = _train(toy, monkeypatch, max_rounds=2, stop_ari=1.0, recount="first")
+    _, _, result = _train(toy, monkeypatch, max_rounds=2, stop_ari=1.0)  # the default
     rounds = result.tables["scgnn_rounds"]
     assert len(rounds) == 3 and len(counted) == 1  # Leiden ran on the first graph only
     assert rounds["kmeans_k"].nunique() == 1 and set(rounds["leiden_communities"]) == {counted[0]}
     counted.clear()
-    _, _, result = _train(toy, monkeypatch, max_rounds=2, stop_ari=1.0)
+    _, _, result = _train(toy, monkeypatch, max_rounds=2, stop_ari=1.0, recount="every")
     assert len(counted) == 3  # the code's rule: every round's graph
