@@ -3,6 +3,10 @@
 ``--mode quality``: the whole run (``python -m scgraph_core train``, preset ``paper``) on an input, full batch
 and each ``--batch-sizes`` value, seeds ``--seeds``; label-free ARI, clusters, training seconds.
 
+``--mode reach``: how much of the graph one batch's sampled neighbourhoods cover (``--cells`` cells, each
+``--batch-sizes`` value, the preset's fanout and layers): the cost of a step follows it, so memory is flat in the
+number of cells only once this share is small.
+
 ``--mode memory``: ``--cells`` cells synthesised from the input (:mod:`scgraph_core.synthetic`, seed 0); in a
 fresh process per (cells, batch size): the data recipe and graph, then the training stage for ``--epochs``
 epochs (no analysis). Peak RSS (``ru_maxrss``) before training and at its end, so what training adds shows;
@@ -90,6 +94,43 @@ def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str) 
     }
 
 
+def reach_run(source: str, n_cells: int, batches: list[int], preset: str) -> list[dict]:
+    sys.path.insert(0, str(REPO))
+    import anndata as ad
+    import numpy as np
+
+    from scgraph_core import pipeline, synthetic
+    from scgraph_core.models import base
+    from scgraph_core.models.cellvgae.model import split_edges
+    from scgraph_core.nn.sampling import NeighbourSampler
+
+    real = ad.read_h5ad(source)
+    adata = real if n_cells == real.n_obs else synthetic.synthesize_adata(real, n_cells, seed=0)
+    config = pipeline.resolve_config("cellvgae", preset)
+    model = base.get("cellvgae")()
+    config, _ = model.adapt(config, adata)
+    graph = pipeline.cell_graph(model, model.preprocess(adata, config.prepare), config)
+    p = config.params
+    split = split_edges(graph.edge_index, n_cells, val=p.val_fraction, test=p.test_fraction, seed=0)
+    sampler = NeighbourSampler(split.message.numpy(), n_cells, [p.fanout] * (len(p.hidden) + 1))
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batches:
+        pick = rng.permutation(split.train_pos.shape[1])[:batch]
+        sub = sampler.sample(split.train_pos.numpy()[:, pick].ravel(), rng)
+        rows.append(
+            {
+                "n_cells": n_cells,
+                "n_edges": int(split.train_pos.shape[1]),
+                "batch_size": batch,
+                "seed_cells": sub.n_seeds,
+                "subgraph_cells": int(sub.nodes.size),
+                "share_of_cells": sub.nodes.size / n_cells,
+            }
+        )
+    return rows
+
+
 def _done(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -117,6 +158,18 @@ def table(rows: list[dict]) -> str:
                 f"{np.median([r['ari'] for r in rs]):.3f} | {', '.join(str(r['n_clusters']) for r in rs)} | "
                 f"{np.median([r['seconds_train'] for r in rs]):.0f} |"
             )
+    reach = [r for r in rows if r["mode"] == "reach"]
+    if reach:
+        lines += [
+            "",
+            "| cells | training edges | batch (edges) | its cells | cells its neighbourhoods reach | share |",
+        ]
+        lines += ["|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(reach, key=lambda r: (r["n_cells"], r["batch_size"])):
+            lines.append(
+                f"| {r['n_cells']:,} | {r['n_edges']:,} | {r['batch_size']:,} | {r['seed_cells']:,} | "
+                f"{r['subgraph_cells']:,} | {r['share_of_cells']:.0%} |"
+            )
     memory = [r for r in rows if r["mode"] == "memory"]
     if memory:
         lines += [
@@ -136,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mode", choices=("quality", "memory"), default="quality")
+    parser.add_argument("--mode", choices=("quality", "memory", "reach"), default="quality")
     parser.add_argument("--input", default=str(DATA / "pbmc3k_seurat250.h5ad"))
     parser.add_argument("--label-key", default="celltype")
     parser.add_argument("--preset", default="paper")
@@ -158,6 +211,14 @@ def main() -> None:
         return
     done = {(r["mode"], r["input"], r.get("n_cells"), r["batch_size"], r.get("seed")) for r in _done(path)}
     batches = [int(b) for b in args.batch_sizes.split(",")]
+    if args.mode == "reach":
+        for cells in (int(c) for c in args.cells.split(",")):
+            for row in reach_run(args.input, cells, batches, args.preset):
+                row.update(mode="reach", input=args.input, seed=None, preset=args.preset)
+                with path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+        return
     if args.mode == "quality":
         todo = [(None, b, int(s)) for s in args.seeds.split(",") for b in batches]
     else:
