@@ -158,30 +158,26 @@ def table(rows: list[dict]) -> str:
                 f"{np.median([r['ari'] for r in rs]):.3f} | {', '.join(str(r['n_clusters']) for r in rs)} | "
                 f"{np.median([r['seconds_train'] for r in rs]):.0f} |"
             )
-    reach = [r for r in rows if r["mode"] == "reach"]
-    if reach:
-        lines += [
-            "",
+    sections = {
+        "reach": (
             "| cells | training edges | batch (edges) | its cells | cells its neighbourhoods reach | share |",
-        ]
-        lines += ["|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(reach, key=lambda r: (r["n_cells"], r["batch_size"])):
-            lines.append(
+            lambda r: (
                 f"| {r['n_cells']:,} | {r['n_edges']:,} | {r['batch_size']:,} | {r['seed_cells']:,} | "
                 f"{r['subgraph_cells']:,} | {r['share_of_cells']:.0%} |"
-            )
-    memory = [r for r in rows if r["mode"] == "memory"]
-    if memory:
-        lines += [
-            "",
+            ),
+        ),
+        "memory": (
             "| cells | edges | batch size | peak RSS before training, MB | peak RSS, MB | s per pass |",
-        ]
-        lines += ["|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(memory, key=lambda r: (r["n_cells"], r["batch_size"])):
-            lines.append(
+            lambda r: (
                 f"| {r['n_cells']:,} | {r['n_edges']:,} | {r['batch_size'] or 'full'} | "
                 f"{r['peak_rss_mb_before_training']:.0f} | {r['peak_rss_mb']:.0f} | {r['seconds_per_epoch']:.1f} |"
-            )
+            ),
+        ),
+    }
+    for mode, (head, line) in sections.items():
+        found = sorted((r for r in rows if r["mode"] == mode), key=lambda r: (r["n_cells"], r["batch_size"]))
+        if found:
+            lines += ["", head, "|---:|---:|---:|---:|---:|---:|", *map(line, found)]
     return "\n".join(lines)
 
 

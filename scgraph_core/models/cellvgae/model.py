@@ -370,8 +370,7 @@ class CellVGAE(Model):
         if 0 < p.batch_size < split.train_pos.shape[1]:
             stage = self._minibatch_stage(net, optimizer, x, split, p, trainer, beta)
             outcome = trainer.run_stage(stage)
-            trained = Trained(net=net, x=x, split=split, message=message, outcome=outcome)
-            trained.steps_per_epoch = stage.extra["steps_per_epoch"]
+            trained = Trained(net, x, split, message, outcome, steps_per_epoch=stage.extra["steps_per_epoch"])
             if distributed.active():
                 trained.ranks = {"world_size": distributed.world_size(), "in_sync": distributed.in_sync(net)}
             return trained
