@@ -51,11 +51,14 @@ def quality_run(args: argparse.Namespace, batch: int, seed: int) -> dict:
             args.label_key,
         ]
         cmd += ["--batch-size", str(batch)]
+        if batch:
+            cmd += ["--scale-lr", "true" if args.scale_lr else "false"]
         started = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=7200)
         wall = time.perf_counter() - started
         m = json.loads((out / "metrics.json").read_text())
     keep = ("ari", "nmi", "n_clusters", "noise", "seconds_train", "epochs_run", "best_epoch", "val_auc")
+    keep += ("lr_per_step",)
     return {"wall_seconds": wall, **{k: m.get(k) for k in keep}}
 
 
@@ -144,17 +147,19 @@ def table(rows: list[dict]) -> str:
     quality = [r for r in rows if r["mode"] == "quality"]
     if quality:
         lines += [
-            "| input | batch size | seeds | ARI per seed | median ARI | clusters | training s (median) |"
+            "| input | batch size | learning rate per step | seeds | ARI per seed | median ARI | clusters "
+            "| training s (median) |"
         ]
-        lines += ["|---|---:|---:|---|---:|---|---:|"]
+        lines += ["|---|---:|---|---:|---|---:|---|---:|"]
         groups: dict[tuple, list[dict]] = {}
         for r in quality:
-            groups.setdefault((Path(r["input"]).stem, r["batch_size"]), []).append(r)
-        for (name, batch), rs in sorted(groups.items()):
+            groups.setdefault((Path(r["input"]).stem, r["batch_size"], _scaled(r)), []).append(r)
+        for (name, batch, scaled), rs in sorted(groups.items()):
             rs = sorted(rs, key=lambda r: r["seed"])
             per_seed = " / ".join(f"{r['ari']:.3f}" for r in rs)
+            rate = "as given" if not batch else ("divided by steps per pass" if scaled else "as given")
             lines.append(
-                f"| {name} | {batch or 'full'} | {len(rs)} | {per_seed} | "
+                f"| {name} | {batch or 'full'} | {rate} | {len(rs)} | {per_seed} | "
                 f"{np.median([r['ari'] for r in rs]):.3f} | {', '.join(str(r['n_clusters']) for r in rs)} | "
                 f"{np.median([r['seconds_train'] for r in rs]):.0f} |"
             )
@@ -181,6 +186,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _scaled(row: dict) -> bool:
+    """Whether a quality row's mini-batch run divided the learning rate by the steps per pass (rows written
+    before the setting existed have no key and did not)."""
+    return bool(row["batch_size"]) and bool(row.get("scale_lr", False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,6 +205,13 @@ def main() -> None:
     parser.add_argument("--cells", default="20000", help="memory mode: cell counts to synthesise")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--jsonl", default=str(RESULTS / "minibatch.jsonl"))
+    parser.add_argument(
+        "--no-scale-lr",
+        dest="scale_lr",
+        action="store_false",
+        help="quality mode: keep the learning rate per step as given with batches (the engine divides it by "
+        "the steps per pass by default)",
+    )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one memory run, JSON on stdout
     args = parser.parse_args()
@@ -205,7 +223,10 @@ def main() -> None:
     if args.table:
         print(table(_done(path)))
         return
-    done = {(r["mode"], r["input"], r.get("n_cells"), r["batch_size"], r.get("seed")) for r in _done(path)}
+    done = {
+        (r["mode"], r["input"], r.get("n_cells"), r["batch_size"], r.get("seed"), _scaled(r))
+        for r in _done(path)
+    }
     batches = [int(b) for b in args.batch_sizes.split(",")]
     if args.mode == "reach":
         for cells in (int(c) for c in args.cells.split(",")):
@@ -220,7 +241,14 @@ def main() -> None:
     else:
         todo = [(int(c), b, None) for c in args.cells.split(",") for b in batches]
     for cells, batch, seed in todo:
-        key = (args.mode, args.input, cells, batch, seed)
+        key = (
+            args.mode,
+            args.input,
+            cells,
+            batch,
+            seed,
+            args.mode == "quality" and bool(batch) and args.scale_lr,
+        )
         if key in done:
             continue
         if args.mode == "quality":
@@ -240,6 +268,8 @@ def main() -> None:
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=7200)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(mode=args.mode, input=args.input, batch_size=batch, seed=seed, preset=args.preset)
+        if args.mode == "quality" and batch:
+            row["scale_lr"] = args.scale_lr
         row["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         with path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -243,9 +243,12 @@ def run_view(run_id: str) -> None:
                 eta = f" · about {_seconds(p.eta_s)} left for training" if p.eta_s is not None else ""
                 st.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs}{stage}{eta}")
             if p.step == "dec_restart":
-                st.caption(
-                    "DEC raised the ZINB loss past its guard; fine-tuning again at a tenth of the learning rate."
+                why = (
+                    "DEC merged most of the clusters it started from"
+                    if p.restart == "merge"
+                    else "DEC raised the ZINB loss past its guard"
                 )
+                st.caption(f"{why}; fine-tuning again at a tenth of the learning rate.")
         elif p.state == "done":
             st.success(
                 "Finished." if p.message in ("", "finished") else f"Finished: {ui.md(p.message)}.",

@@ -209,9 +209,14 @@ def _progress_callback(enabled: bool):
         elif kind == "stage_end" and event.get("stage") in bars:
             bars.pop(event["stage"]).close()
         elif kind == "pipeline" and event.get("step") == "dec_restart":
+            why = (
+                f"merged {event['n_start']} clusters into {event['n_clusters']}"
+                if event.get("reason") == "merge"
+                else f"raised the ZINB loss by {event['rise']:.0%} by epoch {event['epoch']}"
+            )
             print(
-                f"[scgraph] DEC raised the ZINB loss by {event['rise']:.0%} by epoch {event['epoch']}; "
-                "fine-tuning again from the pre-trained model at a tenth of the learning rate...",
+                f"[scgraph] DEC {why}; fine-tuning again from the pre-trained model at a tenth of the "
+                "learning rate...",
                 file=sys.stderr,
             )
         elif kind == "pipeline" and event.get("step") != "train":

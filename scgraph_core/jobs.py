@@ -279,6 +279,7 @@ class Progress:
     state: str
     message: str
     step: str = ""  # pipeline step: graph, train, cluster, interpret
+    restart: str = ""  # AttentionAE-sc started DEC again: why ("zinb" = its guard, "merge" = the merge rule)
     stage: str = ""
     epoch: int = 0
     epochs: int = 0
@@ -325,6 +326,7 @@ def progress(run: Run, *, recent: int = 10) -> Progress:
             out.step = str(ev.get("step", ""))
             # AttentionAE-sc's guard abandoned DEC and starts it again: the first run's epochs get their own name
             if out.step == "dec_restart":
+                out.restart = str(ev.get("reason", "zinb"))
                 for row in rows:
                     if row["stage"] == "dec":
                         row["stage"] = "dec_abandoned"

@@ -103,7 +103,7 @@ def test_progress_names_the_dec_epochs_a_guard_abandoned_apart(tmp_path):
     p = jobs.progress(run)
     assert list(p.history["stage"]) == ["dec_abandoned"] * 3 + ["dec"] * 2
     assert [s["stage"] for s in p.stages] == ["dec_abandoned", "dec"]
-    assert (p.step, p.stage, p.epoch) == ("dec_restart", "dec", 2)
+    assert (p.step, p.stage, p.epoch, p.restart) == ("dec_restart", "dec", 2, "zinb")
 
 
 def test_progress_reads_epochs_terms_validation_and_eta(tmp_path):

@@ -375,6 +375,37 @@ def test_an_untripped_dec_guard_changes_nothing():
     np.testing.assert_array_equal(off.obsm["X_attentionae"], loose.obsm["X_attentionae"])
 
 
+def _merging(merge_restart: float):
+    """Leiden at resolution 2 over-splits the three toy types into 7 clusters; DEC at a high rate merges them."""
+    adata = toy_counts(n_cells=120, n_genes=40, n_types=3, seed=2)
+    model = {**TINY["model"], "pretrain_epochs": 30, "lr_step": 10, "dec_epochs": 12}
+    model.update(dec_lr=0.02, dec_merge_restart=merge_restart)
+    config = {**TINY, "model": model, "cluster": {"resolution": 2.0}}
+    _, result = pipeline.execute(adata, pipeline.resolve_config("attentionae", "paper", config))
+    return result
+
+
+def test_dec_merge_restart_runs_dec_again_when_it_merges_most_start_clusters():
+    result = _merging(0.5)
+    m, history = result.metrics, result.tables["history"]
+    restart = m["dec_restart"]
+    assert restart["reason"] == "merge" and restart["n_start"] == m["leiden_init"]["n_clusters"]
+    assert restart["n_clusters"] <= 0.5 * restart["n_start"] and restart["lr"] == pytest.approx(0.002)
+    abandoned, dec = history.query("stage == 'dec_abandoned'"), history.query("stage == 'dec'")
+    assert abandoned["n_clusters"].iloc[-1] == restart["n_clusters"]
+    assert np.allclose(dec["lr"], 0.002)
+    # the second run starts from the pre-trained model, not from the weights the first one left
+    assert dec["zinb"].iloc[0] == pytest.approx(abandoned["zinb"].iloc[0], rel=0.01)
+    assert dec["n_clusters"].iloc[-1] > restart["n_clusters"]  # the gentler run keeps more of the start
+    assert any("restart rule" in note and "0.002" in note for note in m["notes"])
+
+
+def test_a_dec_merge_restart_that_does_not_fire_changes_nothing():
+    off, unmet = _merging(0.0), _merging(0.1)  # 10 % of 7 start clusters: never reached
+    assert "dec_restart" not in off.metrics and "dec_restart" not in unmet.metrics
+    assert (off.obs["attentionae_cluster"] == unmet.obs["attentionae_cluster"]).all()
+
+
 def test_views_manifest_and_result_slots(tiny_run):
     out, result = tiny_run
     n = out.n_obs

@@ -371,3 +371,16 @@ def test_mini_batch_training_steps_through_every_edge_and_keeps_the_outputs(tmp_
     z = out.obsm["X_cellvgae"]
     assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
     assert "ari" in result.metrics
+    # the paper's learning rate is per full-batch step: spread over the pass's steps by default
+    lr = config.params.lr
+    assert result.metrics["steps_per_epoch"] == steps
+    assert result.metrics["lr_per_step"] == pytest.approx(lr / steps)
+
+
+def test_mini_batch_learning_rate_as_given_when_scaling_is_off():
+    adata = toy_counts()
+    model = {**TINY["model"], "batch_size": 200, "fanout": 4, "epochs": 1, "scale_lr": False}
+    config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": model}, label_key="celltype")
+    _, result = pipeline.execute(adata, config)
+    assert result.metrics["steps_per_epoch"] > 1
+    assert result.metrics["lr_per_step"] == pytest.approx(config.params.lr)

@@ -237,6 +237,16 @@ class AttentionAEParams:
         advanced=True,
         shown_if={"dec_epochs": True},
     )
+    dec_merge_restart: float = param(
+        0.0,
+        "if DEC ends with at most this share of the Leiden clusters it started from, it starts again from the "
+        "pre-trained weights at a tenth of dec_lr: merging that many clusters is what DEC does to a "
+        "continuous process (a differentiation trajectory), not to over-split cell types (0 = never, the paper)",
+        min=0.0,
+        max=1.0,
+        advanced=True,
+        shown_if={"dec_epochs": True},
+    )
     dec_graph_weight: float = param(
         0.01, "weight of the graph term during DEC", min=0.0, advanced=True, shown_if={"dec_epochs": True}
     )
@@ -515,22 +525,31 @@ class Session:
 
         With ``dec_guard`` > 0, DEC is abandoned as soon as the ZINB loss (unweighted) rises more than that
         share above its value at DEC's first epoch, and runs again from the pre-trained weights and the same
-        start at a tenth of ``dec_lr``; ``self.dec_restart`` then says when and by how much it rose."""
+        start at a tenth of ``dec_lr``; ``self.dec_restart`` then says when and by how much it rose. With
+        ``dec_merge_restart`` > 0 the same happens when DEC ends with at most that share of the clusters it
+        started from (``reason`` = ``merge``)."""
         p = self.params
         self.dec_restart = None
-        if not p.dec_guard:
+        if not p.dec_guard and not p.dec_merge_restart:
             return self._dec(init_labels, p.dec_lr, guard=0.0)
         before = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         outcome = self._dec(init_labels, p.dec_lr, guard=p.dec_guard)
         # Read from the stage's last event, not from state set while training, so a replayed stage
         # (``runs finish``) takes the same branch.
         last = outcome.history[-1] if outcome.history else {}
-        if "dec_guard_tripped" not in last:
+        n_start = int(init_labels.max()) + 1
+        restart: dict[str, Any]
+        if "dec_guard_tripped" in last:
+            restart = {"reason": "zinb", "zinb_rise": float(last["dec_guard_tripped"])}
+        elif p.dec_merge_restart and last.get("n_clusters", n_start) <= p.dec_merge_restart * n_start:
+            restart = {"reason": "merge", "n_clusters": int(last["n_clusters"]), "n_start": n_start}
+        else:
             return outcome
-        epoch, rise = int(last["epoch"]), float(last["dec_guard_tripped"])
+        epoch = int(last["epoch"])
         self.net.load_state_dict(before)
-        self.trainer.emit({"kind": "pipeline", "step": "dec_restart", "epoch": epoch, "rise": rise})
-        self.dec_restart = {"epoch": epoch, "zinb_rise": rise, "lr": p.dec_lr / 10, "abandoned": outcome}
+        said = {"rise": restart["zinb_rise"]} if "zinb_rise" in restart else restart
+        self.trainer.emit({"kind": "pipeline", "step": "dec_restart", "epoch": epoch, **said})
+        self.dec_restart = {"epoch": epoch, **restart, "lr": p.dec_lr / 10, "abandoned": outcome}
         return self._dec(init_labels, p.dec_lr / 10, guard=0.0)
 
     def _dec(self, init_labels: np.ndarray, lr: float, guard: float) -> Any:
@@ -789,13 +808,22 @@ class AttentionAE(Model):
         restart = run.dec_restart if self._dec_ran else None
         if restart:
             out["dec_restart"] = {k: v for k, v in restart.items() if k != "abandoned"}
-            notes.append(
-                f"DEC raised the ZINB loss by {restart['zinb_rise']:.0%} by epoch {restart['epoch']} (the guard "
-                f"allows {p.dec_guard:.0%}), a sign that it was reshaping the embedding rather than refining "
-                f"clusters; it ran again from the pre-trained model at learning rate {restart['lr']:g}."
-            )
+            if restart["reason"] == "merge":
+                notes.append(
+                    f"DEC at learning rate {p.dec_lr:g} merged the {restart['n_start']} Leiden clusters it "
+                    f"started from into {restart['n_clusters']} (the restart rule allows down to "
+                    f"{p.dec_merge_restart:.0%} of them), which is what it does to a continuous process; it ran "
+                    f"again from the pre-trained model at learning rate {restart['lr']:g}. The first result is "
+                    "in the training history as stage dec_abandoned."
+                )
+            else:
+                notes.append(
+                    f"DEC raised the ZINB loss by {restart['zinb_rise']:.0%} by epoch {restart['epoch']} (the "
+                    f"guard allows {p.dec_guard:.0%}), a sign that it was reshaping the embedding rather than "
+                    f"refining clusters; it ran again from the pre-trained model at learning rate {restart['lr']:g}."
+                )
         if self._dec_ran and n_final * 2 <= n_init:
-            notes.append(merge_note(n_init, n_final, guarded=p.dec_guard > 0))
+            notes.append(merge_note(n_init, n_final, guarded=p.dec_guard > 0 or restart is not None))
         if not self._dec_ran:
             out["dec_skipped"] = (
                 "stopped during pre-training"

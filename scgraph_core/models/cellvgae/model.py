@@ -97,6 +97,13 @@ class CellVGAEParams:
         advanced=True,
         shown_if={"batch_size": True},
     )
+    scale_lr: bool = param(
+        True,
+        "mini-batch training: divide the learning rate by the steps in a pass over the edges, so a pass moves "
+        "the weights about as far as one full-batch step (off = the learning rate per step as given)",
+        advanced=True,
+        shown_if={"batch_size": True},
+    )
     val_fraction: float = param(0.1, "share of edges held out to monitor link prediction", min=0.0, max=0.5)
     test_fraction: float = param(
         0.0, "share of edges held out as a final link-prediction test", min=0.0, max=0.5
@@ -152,6 +159,7 @@ class Trained:
     outcome: StageOutcome
     steps_per_epoch: int = 0  # mini-batch training: steps (batches) per pass over the edges, per process
     ranks: dict | None = None  # distributed training: the number of processes and whether they agree
+    lr_per_step: float | None = None  # mini-batch training: the learning rate each step used
 
 
 @dataclass
@@ -370,7 +378,15 @@ class CellVGAE(Model):
         if 0 < p.batch_size < split.train_pos.shape[1]:
             stage = self._minibatch_stage(net, optimizer, x, split, p, trainer, beta)
             outcome = trainer.run_stage(stage)
-            trained = Trained(net, x, split, message, outcome, steps_per_epoch=stage.extra["steps_per_epoch"])
+            trained = Trained(
+                net,
+                x,
+                split,
+                message,
+                outcome,
+                steps_per_epoch=stage.extra["steps_per_epoch"],
+                lr_per_step=stage.extra["lr_per_step"],
+            )
             if distributed.active():
                 trained.ranks = {"world_size": distributed.world_size(), "in_sync": distributed.in_sync(net)}
             return trained
@@ -441,6 +457,10 @@ class CellVGAE(Model):
         n_edges = train_pos.shape[1]
         n_batches = -(-n_edges // p.batch_size)
         steps = -(-n_batches // world)  # per rank
+        if p.scale_lr:
+            # The paper's learning rate is per full-batch step, i.e. per pass: spread it over the pass's steps.
+            for group in optimizer.param_groups:
+                group["lr"] = p.lr / steps
         # The full loss draws E + N negatives for E positives: the same ratio per batch.
         neg_ratio = 1.0 + n_cells / max(n_edges, 1)
         batches: list[np.ndarray] = []
@@ -513,7 +533,7 @@ class CellVGAE(Model):
             evaluate=evaluate if has_val else None,
             score="val_auc" if has_val else None,
             eval_every=every * steps if every else every,
-            extra={"steps_per_epoch": steps},
+            extra={"steps_per_epoch": steps, "lr_per_step": optimizer.param_groups[0]["lr"]},
         )
 
     def train(
@@ -552,6 +572,7 @@ class CellVGAE(Model):
         }
         if trained.steps_per_epoch:
             scores["steps_per_epoch"] = trained.steps_per_epoch
+            scores["lr_per_step"] = trained.lr_per_step
         if trained.ranks:
             scores["processes"] = trained.ranks["world_size"]
             scores["processes_in_sync"] = trained.ranks["in_sync"]
