@@ -125,7 +125,9 @@ def single(name: str, model: str, seed: int, overrides: dict) -> dict:
             "n_clusters": s["n_clusters"],
             "seconds": time.perf_counter() - t0,
         }
-    if model == "attentionae":  # whether DEC ran again (--dec-guard, --dec-merge-restart), its start and folds
+    if (
+        model == "attentionae"
+    ):  # whether DEC ran again (--dec-guard, --dec-merge-restart), its start and folds
         row["dec_restart"] = result.metrics.get("dec_restart")
         row["dec_folded_clusters"] = result.metrics.get("dec_folded_clusters")
         row["leiden_init"] = result.metrics.get("leiden_init")  # the start DEC refines
