@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", dest="sets", help="dataset name (repeatable; default: all)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument(
+        "--only-folds", default="", help="cross-validation: run only these folds (e.g. 0,1; default all)"
+    )
     parser.add_argument("--rates", default="cv,0.05,0.01", help="cv and/or labelled shares, comma-separated")
     parser.add_argument("--preset", default="paper", help="scBiGNN preset (default paper)")
     parser.add_argument(
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             x, pcs = baseline_inputs(prepared, genes, seed)
             for setting in args.rates.split(","):
                 for split, test in splits(truth, setting, seed, args.folds):
+                    if setting == "cv" and args.only_folds and split[4:] not in args.only_folds.split(","):
+                        continue
                     key = (name, setting, seed, split, args.preset, json.dumps(overrides, sort_keys=True))
                     if key in done:
                         continue

@@ -206,11 +206,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--jsonl", default=str(RESULTS / "minibatch.jsonl"))
     parser.add_argument(
-        "--no-scale-lr",
-        dest="scale_lr",
-        action="store_false",
-        help="quality mode: keep the learning rate per step as given with batches (the engine divides it by "
-        "the steps per pass by default)",
+        "--scale-lr",
+        action="store_true",
+        help="quality mode: with batches, divide the learning rate by the steps per pass (the engine's "
+        "scale_lr; off by default)",
     )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one memory run, JSON on stdout

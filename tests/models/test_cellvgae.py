@@ -371,16 +371,14 @@ def test_mini_batch_training_steps_through_every_edge_and_keeps_the_outputs(tmp_
     z = out.obsm["X_cellvgae"]
     assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
     assert "ari" in result.metrics
-    # the paper's learning rate is per full-batch step: spread over the pass's steps by default
-    lr = config.params.lr
     assert result.metrics["steps_per_epoch"] == steps
-    assert result.metrics["lr_per_step"] == pytest.approx(lr / steps)
+    assert result.metrics["lr_per_step"] == pytest.approx(config.params.lr)  # as given by default
 
 
-def test_mini_batch_learning_rate_as_given_when_scaling_is_off():
+def test_mini_batch_learning_rate_spread_over_the_steps_of_a_pass_with_scale_lr():
     adata = toy_counts()
-    model = {**TINY["model"], "batch_size": 200, "fanout": 4, "epochs": 1, "scale_lr": False}
+    model = {**TINY["model"], "batch_size": 200, "fanout": 4, "epochs": 1, "scale_lr": True}
     config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": model}, label_key="celltype")
     _, result = pipeline.execute(adata, config)
-    assert result.metrics["steps_per_epoch"] > 1
-    assert result.metrics["lr_per_step"] == pytest.approx(config.params.lr)
+    steps = result.metrics["steps_per_epoch"]
+    assert steps > 1 and result.metrics["lr_per_step"] == pytest.approx(config.params.lr / steps)

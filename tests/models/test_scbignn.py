@@ -85,6 +85,19 @@ def test_attention_rows_sum_to_one_over_the_real_genes_only():
         assert float(att[0, :, :, 3].abs().max()) == 0.0 and float(att[1, :, :, 2:].abs().max()) == 0.0
 
 
+def test_residual_layers_add_their_input_to_the_papers_output():
+    from scgraph_core.models.scbignn.module import GeneAttentionLayer
+
+    torch.manual_seed(0)
+    plain = GeneAttentionLayer(8, 2)
+    residual = GeneAttentionLayer(8, 2, residual=True)
+    residual.load_state_dict(plain.state_dict())
+    tokens, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(residual(tokens, mask), tokens + plain(tokens, mask))
+
+
 def test_gene_sequences_pad_truncate_and_give_an_empty_cell_one_token():
     m = sp.csr_matrix(np.array([[0, 5.0, 1.0, 3.0], [0, 0, 0, 0], [2.0, 0, 0, 0]], dtype=np.float32))
     seqs = GeneSequences(m, max_tokens=2)

@@ -78,6 +78,11 @@ class ScBiGNNParams:
         choices=("sqrt", "none"),
         advanced=True,
     )
+    residual: bool = param(
+        False,
+        "add each gene-level layer's input to its output, F' = F + MLP(R·P) (ours; the paper writes F' = MLP(R·P))",
+        advanced=True,
+    )
     cell_layers: int = param(3, "propagation layers of the cell-level network (paper: 3)", min=1, max=8)
     k: int = param(5, "neighbours per cell in the kNN graph on h (paper: 5)", min=1, max=100)
     em_rounds: int = param(3, "EM rounds after pre-training (paper: at most 3)", min=1, max=10)
@@ -442,6 +447,7 @@ class ScBiGNN(Model):
             readout=p.readout,
             alpha_init=1.0 / mean_tokens,
             scale=p.attention_scale,
+            residual=p.residual,
         ).to(device)
         p_net = CellNet(n_genes, p.width, n_classes, width=32, layers=p.cell_layers).to(device)
         q_opt = torch.optim.Adam(q.parameters(), lr=p.lr, weight_decay=p.weight_decay)

@@ -50,6 +50,7 @@ class GeneAttentionLayer(nn.Module):
 
     Args:
         width: token width d (input and output).
+        residual: return F + MLP(R·P) instead of MLP(R·P) (the paper writes no residual connection).
         heads: K; each head projects to d/K dims, the heads are concatenated back to d.
         scale: "sqrt" multiplies the scores by 1/√(d/K) (the transformer habit); "none" uses P·Pᵀ as the
             paper writes it.
@@ -59,11 +60,19 @@ class GeneAttentionLayer(nn.Module):
     to) → [B, L, d]. Padded positions produce values that the read-out ignores.
     """
 
-    def __init__(self, width: int = 32, heads: int = 1, *, scale: str = "sqrt", hidden: int = 32) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        heads: int = 1,
+        *,
+        scale: str = "sqrt",
+        hidden: int = 32,
+        residual: bool = False,
+    ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be divisible by heads {heads}")
-        self.heads, self.head_dim = heads, width // heads
+        self.heads, self.head_dim, self.residual = heads, width // heads, residual
         self.proj = nn.Linear(width, width, bias=False)  # W_k of every head, side by side
         self.scale = 1.0 / math.sqrt(self.head_dim) if scale == "sqrt" else 1.0
         self.mlp = mlp(width, width, hidden)
@@ -77,7 +86,8 @@ class GeneAttentionLayer(nn.Module):
         mask = key_mask[:, None, None, :]  # [B, 1, 1, L]: which keys each query may attend to
         out = F.scaled_dot_product_attention(p, p, p, attn_mask=mask, scale=self.scale)
         b, _, n, _ = out.shape
-        return self.mlp(out.transpose(1, 2).reshape(b, n, -1))
+        new = self.mlp(out.transpose(1, 2).reshape(b, n, -1))
+        return tokens + new if self.residual else new
 
     def attention(self, tokens: Tensor, key_mask: Tensor) -> Tensor:
         """R = softmax(P·Pᵀ · s) per head [B, K, L, L] (rows of padded queries are meaningless)."""
@@ -101,6 +111,7 @@ class GeneNet(nn.Module):
         alpha_init: starting value of every α_j (1 / the mean number of genes per cell keeps h on the scale of
             the mean read-out).
         scale: attention score scale, see :class:`GeneAttentionLayer`.
+        residual: add each layer's input to its output (F′ = F + MLP(R·P); ours, the paper writes none).
 
     ``forward(genes [B, L] long, values [B, L] float, mask [B, L] bool)`` → (logits [B, C], h [B, d]).
     """
@@ -117,6 +128,7 @@ class GeneNet(nn.Module):
         alpha_init: float = 1.0,
         scale: str = "sqrt",
         hidden: int = 32,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
@@ -125,7 +137,8 @@ class GeneNet(nn.Module):
         self.gene_embedding = nn.Embedding(n_genes + 1, width)
         self.value_mlp = mlp(1, width, hidden)
         self.layers = nn.ModuleList(
-            GeneAttentionLayer(width, heads, scale=scale, hidden=hidden) for _ in range(layers)
+            GeneAttentionLayer(width, heads, scale=scale, hidden=hidden, residual=residual)
+            for _ in range(layers)
         )
         self.alpha = nn.Parameter(torch.full((n_genes + 1,), float(alpha_init)))
         self.classifier = mlp(width, n_classes, hidden)
