@@ -161,14 +161,20 @@ def done_keys(path: Path) -> set[tuple]:
 
 def summary(path: Path) -> str:
     """Mean accuracy / macro-F1 per set, setting and method, as a markdown table."""
+    import dataclasses
+
     import pandas as pd
 
+    from scgraph_core.models.scbignn import ScBiGNN
+
+    # A row's setting is named by how it differs from the engine's defaults and the benchmark's own.
+    defaults = {f.name: f.default for f in dataclasses.fields(ScBiGNN.Params)} | BENCH_DEFAULTS
     rows = []
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
         r = json.loads(line)
-        variant = {k: v for k, v in r.get("model_overrides", {}).items() if BENCH_DEFAULTS.get(k) != v}
+        variant = {k: v for k, v in r.get("model_overrides", {}).items() if defaults.get(k) != v}
         setting = r["setting"] + (f" {json.dumps(variant, sort_keys=True)}" if variant else "")
         for method, m in r["methods"].items():
             rows.append(

@@ -305,15 +305,22 @@ class Trainer:
             stage.optimizer.zero_grad(set_to_none=True)
             terms = stage.step(epoch)
             loss = terms["loss"] if "loss" in terms else sum(terms.values())
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss.detach()))
+            # Distributed, every rank learns that one diverged before any waits for the others' gradients.
+            if distributed.any_rank(not finite):
                 self._restore(stage.module, best_state)
                 self.emit(
                     {"kind": "error", "stage": stage.name, "epoch": epoch, "message": "non-finite loss"}
                 )
+                where = (
+                    f"The loss became {float(loss.detach())}"
+                    if not finite
+                    else "The loss of another training process became non-finite"
+                )
                 raise TrainingError(
-                    f"The loss became {float(loss.detach())} at epoch {epoch} of {stage.name}; training stopped and "
-                    "no result was written from the diverged weights. Try a lower learning rate, fewer "
-                    "heads, or check the input for extreme values."
+                    f"{where} at epoch {epoch} of {stage.name}; training stopped and no result was written from "
+                    "the diverged weights. Try a lower learning rate, fewer heads, or check the input for "
+                    "extreme values."
                 )
             loss.backward()
             if stage.grad_clip:

@@ -96,6 +96,18 @@ def test_estimates_scale_with_cells_and_epochs():
     assert far.low / far.seconds < estimate.LOW
 
 
+def test_a_mini_batch_run_says_its_estimate_counts_full_batch_passes():
+    cal = hand_made()
+    full = pipeline.resolve_config("cellvgae", "quick")
+    batched = pipeline.resolve_config("cellvgae", "quick", {"model": {"batch_size": 4096}})
+    said = estimate.estimate(batched, 1_000, n_genes=2000, n_edges=10_000, calibration=cal).notes
+    assert any("Mini-batch" in note for note in said)
+    assert not any(
+        "Mini-batch" in note
+        for note in estimate.estimate(full, 1_000, n_genes=2000, n_edges=10_000, calibration=cal).notes
+    )
+
+
 def test_a_dense_kernel_graph_grows_with_cells_squared():
     if "scvgae" not in base.available():
         pytest.skip("scVGAE is not registered")

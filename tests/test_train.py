@@ -68,6 +68,21 @@ def test_nan_loss_stops_with_clear_message():
         trainer.run_stage(_toy_stage(10, nan_at=3))
 
 
+def test_a_rank_with_a_finite_loss_stops_when_another_diverged(monkeypatch):
+    """Distributed, a rank whose own loss is finite must not go on to wait for a diverged rank's gradients."""
+    from scgraph_core import distributed
+
+    def another_rank_diverges_at_epoch_4(flag: bool) -> bool:
+        calls.append(flag)
+        return flag or len(calls) == 8  # any_rank is asked twice per epoch: the stop flag, then the loss
+
+    calls: list[bool] = []
+    monkeypatch.setattr(distributed, "any_rank", another_rank_diverges_at_epoch_4)
+    trainer = Trainer(TrainSpec(device="cpu"))
+    with pytest.raises(TrainingError, match="another training process became non-finite at epoch 4"):
+        trainer.run_stage(_toy_stage(10))
+
+
 def test_stop_from_another_thread_keeps_best_checkpoint():
     stop = StopSignal()
     seen = []

@@ -79,8 +79,10 @@ class ScBiGNNParams:
         advanced=True,
     )
     residual: bool = param(
-        False,
-        "add each gene-level layer's input to its output, F' = F + MLP(R·P) (ours; the paper writes F' = MLP(R·P))",
+        True,
+        "add each gene-level layer's input to its output, F' = F + MLP(R·P) (ours: the paper writes F' = "
+        "MLP(R·P); without it q_phi learns far more slowly, 0.75-0.85 held-out accuracy where a linear model "
+        "reaches 0.92-0.98; off = the formula as written)",
         advanced=True,
     )
     cell_layers: int = param(3, "propagation layers of the cell-level network (paper: 3)", min=1, max=8)
