@@ -547,7 +547,8 @@ class Session:
             return outcome
         epoch = int(last["epoch"])
         self.net.load_state_dict(before)
-        said = {"rise": restart["zinb_rise"]} if "zinb_rise" in restart else restart
+        # The event's "rise" is what the command line and older run logs read.
+        said = {"reason": "zinb", "rise": restart["zinb_rise"]} if "zinb_rise" in restart else restart
         self.trainer.emit({"kind": "pipeline", "step": "dec_restart", "epoch": epoch, **said})
         self.dec_restart = {"epoch": epoch, **restart, "lr": p.dec_lr / 10, "abandoned": outcome}
         return self._dec(init_labels, p.dec_lr / 10, guard=0.0)

@@ -50,11 +50,11 @@ class GeneAttentionLayer(nn.Module):
 
     Args:
         width: token width d (input and output).
-        residual: return F + MLP(R·P) instead of MLP(R·P) (the paper writes no residual connection).
         heads: K; each head projects to d/K dims, the heads are concatenated back to d.
         scale: "sqrt" multiplies the scores by 1/√(d/K) (the transformer habit); "none" uses P·Pᵀ as the
             paper writes it.
         hidden: hidden width of the MLP.
+        residual: return F + MLP(R·P) instead of MLP(R·P) (the paper writes no residual connection).
 
     Shapes: ``tokens`` [B, L, d], ``key_mask`` [B, L] (True = a real gene; False = padding, never attended
     to) → [B, L, d]. Padded positions produce values that the read-out ignores.
