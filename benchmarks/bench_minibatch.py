@@ -52,17 +52,17 @@ def quality_run(args: argparse.Namespace, batch: int, seed: int) -> dict:
         ]
         cmd += ["--batch-size", str(batch)]
         if batch:
-            cmd += ["--scale-lr", "true" if args.scale_lr else "false"]
+            cmd += ["--scale-lr", "true" if args.scale_lr else "false", "--batch-mode", args.batch_mode]
         started = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=7200)
         wall = time.perf_counter() - started
         m = json.loads((out / "metrics.json").read_text())
     keep = ("ari", "nmi", "n_clusters", "noise", "seconds_train", "epochs_run", "best_epoch", "val_auc")
-    keep += ("lr_per_step",)
+    keep += ("lr_per_step", "steps_per_epoch", "parts", "parts_edges_within")
     return {"wall_seconds": wall, **{k: m.get(k) for k in keep}}
 
 
-def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str) -> dict:
+def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str, mode: str) -> dict:
     """In this (fresh) process: recipe, graph and ``epochs`` passes of training; peak RSS before and after."""
     sys.path.insert(0, str(REPO))
     import anndata as ad
@@ -74,7 +74,9 @@ def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str) 
     real = ad.read_h5ad(source)
     adata = real if n_cells == real.n_obs else synthetic.synthesize_adata(real, n_cells, seed=0)
     config = pipeline.resolve_config(
-        "cellvgae", preset, {"model": {"batch_size": batch, "epochs": epochs}, "train": {"eval_every": 0}}
+        "cellvgae",
+        preset,
+        {"model": {"batch_size": batch, "epochs": epochs, "batch_mode": mode}, "train": {"eval_every": 0}},
     )
     model = base.get("cellvgae")()
     config, _ = model.adapt(config, adata)
@@ -87,7 +89,9 @@ def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str) 
     trained = model.train_net(prepared, graph, config.params, trainer)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    extra = {k: v for k, v in (trained.batch_info or {}).items()}
     return {
+        **extra,
         "n_cells": n_cells,
         "n_edges": int(graph.edge_index.shape[1]),
         "peak_rss_mb_before_training": before,
@@ -97,7 +101,7 @@ def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str) 
     }
 
 
-def reach_run(source: str, n_cells: int, batches: list[int], preset: str) -> list[dict]:
+def reach_run(source: str, n_cells: int, batches: list[int], preset: str, mode: str) -> list[dict]:
     sys.path.insert(0, str(REPO))
     import anndata as ad
     import numpy as np
@@ -105,6 +109,7 @@ def reach_run(source: str, n_cells: int, batches: list[int], preset: str) -> lis
     from scgraph_core import pipeline, synthetic
     from scgraph_core.models import base
     from scgraph_core.models.cellvgae.model import split_edges
+    from scgraph_core.nn.partition import PartitionBatches, kmeans_parts
     from scgraph_core.nn.sampling import NeighbourSampler
 
     real = ad.read_h5ad(source)
@@ -112,13 +117,38 @@ def reach_run(source: str, n_cells: int, batches: list[int], preset: str) -> lis
     config = pipeline.resolve_config("cellvgae", preset)
     model = base.get("cellvgae")()
     config, _ = model.adapt(config, adata)
-    graph = pipeline.cell_graph(model, model.preprocess(adata, config.prepare), config)
+    prepared = model.preprocess(adata, config.prepare)
+    graph = pipeline.cell_graph(model, prepared, config)
     p = config.params
     split = split_edges(graph.edge_index, n_cells, val=p.val_fraction, test=p.test_fraction, seed=0)
     sampler = NeighbourSampler(split.message.numpy(), n_cells, [p.fanout] * (len(p.hidden) + 1))
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
+        if mode == "parts":
+            # The largest batch of a pass (parts_per_batch parts; the same number of parts as training makes).
+            n_edges, q = split.train_pos.shape[1], p.parts_per_batch
+            n_parts = int(min(n_cells, max(q, round(q * n_edges / batch))))
+            parts = kmeans_parts(np.asarray(prepared.features, dtype=np.float32), n_parts, seed=0)
+            pb = PartitionBatches(parts, split.message.numpy(), split.train_pos.numpy())
+            perm = rng.permutation(pb.n_parts)
+            sizes = [pb.batch(perm[i : i + q]) for i in range(0, pb.n_parts, q)]
+            big = max(sizes, key=lambda b: b.cells.size)
+            rows.append(
+                {
+                    "n_cells": n_cells,
+                    "n_edges": int(n_edges),
+                    "batch_size": batch,
+                    "batch_mode": "parts",
+                    "seed_cells": int(big.cells.size),
+                    "subgraph_cells": int(big.cells.size),
+                    "share_of_cells": big.cells.size / n_cells,
+                    "batch_train_edges": int(big.pos.shape[1]),
+                    "parts": pb.n_parts,
+                    "parts_edges_within": pb.within_share,
+                }
+            )
+            continue
         pick = rng.permutation(split.train_pos.shape[1])[:batch]
         sub = sampler.sample(split.train_pos.numpy()[:, pick].ravel(), rng)
         rows.append(
@@ -153,13 +183,13 @@ def table(rows: list[dict]) -> str:
         lines += ["|---|---:|---|---:|---|---:|---|---:|"]
         groups: dict[tuple, list[dict]] = {}
         for r in quality:
-            groups.setdefault((Path(r["input"]).stem, r["batch_size"], _scaled(r)), []).append(r)
-        for (name, batch, scaled), rs in sorted(groups.items()):
+            groups.setdefault((Path(r["input"]).stem, r["batch_size"], _scaled(r), _mode(r)), []).append(r)
+        for (name, batch, scaled, mode), rs in sorted(groups.items()):
             rs = sorted(rs, key=lambda r: r["seed"])
             per_seed = " / ".join(f"{r['ari']:.3f}" for r in rs)
             rate = "as given" if not batch else ("divided by steps per pass" if scaled else "as given")
             lines.append(
-                f"| {name} | {batch or 'full'} | {rate} | {len(rs)} | {per_seed} | "
+                f"| {name} | {f'{batch} ({mode})' if batch else 'full'} | {rate} | {len(rs)} | {per_seed} | "
                 f"{np.median([r['ari'] for r in rs]):.3f} | {', '.join(str(r['n_clusters']) for r in rs)} | "
                 f"{np.median([r['seconds_train'] for r in rs]):.0f} |"
             )
@@ -167,14 +197,14 @@ def table(rows: list[dict]) -> str:
         "reach": (
             "| cells | training edges | batch (edges) | its cells | cells its neighbourhoods reach | share |",
             lambda r: (
-                f"| {r['n_cells']:,} | {r['n_edges']:,} | {r['batch_size']:,} | {r['seed_cells']:,} | "
-                f"{r['subgraph_cells']:,} | {r['share_of_cells']:.0%} |"
+                f"| {r['n_cells']:,} | {r['n_edges']:,} | {r['batch_size']:,} ({_mode(r)}) | {r['seed_cells']:,} | "
+                f"{r['subgraph_cells']:,} | {r['share_of_cells']:.1%} |"
             ),
         ),
         "memory": (
             "| cells | edges | batch size | peak RSS before training, MB | peak RSS, MB | s per pass |",
             lambda r: (
-                f"| {r['n_cells']:,} | {r['n_edges']:,} | {r['batch_size'] or 'full'} | "
+                f"| {r['n_cells']:,} | {r['n_edges']:,} | {_batch(r)} | "
                 f"{r['peak_rss_mb_before_training']:.0f} | {r['peak_rss_mb']:.0f} | {r['seconds_per_epoch']:.1f} |"
             ),
         ),
@@ -184,6 +214,15 @@ def table(rows: list[dict]) -> str:
         if found:
             lines += ["", head, "|---:|---:|---:|---:|---:|---:|", *map(line, found)]
     return "\n".join(lines)
+
+
+def _batch(row: dict) -> str:
+    return f"{row['batch_size']} ({_mode(row)})" if row["batch_size"] else "full"
+
+
+def _mode(row: dict) -> str:
+    """A row's batch mode ("full" for full batch; rows written before partition batches sampled neighbours)."""
+    return row.get("batch_mode", "neighbours") if row["batch_size"] else "full"
 
 
 def _scaled(row: dict) -> bool:
@@ -211,25 +250,31 @@ def main() -> None:
         help="quality mode: with batches, divide the learning rate by the steps per pass (the engine's "
         "scale_lr; off by default)",
     )
+    parser.add_argument(
+        "--batch-mode",
+        choices=("neighbours", "parts"),
+        default="neighbours",
+        help="the engine's batch_mode for the mini-batch runs (sampled neighbourhoods or partition batches)",
+    )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one memory run, JSON on stdout
     args = parser.parse_args()
     path = Path(args.jsonl)
     if args.single:
         cells, batch = (int(v) for v in args.single.split(","))
-        print(json.dumps(memory_run(args.input, cells, batch, args.epochs, args.preset)))
+        print(json.dumps(memory_run(args.input, cells, batch, args.epochs, args.preset, args.batch_mode)))
         return
     if args.table:
         print(table(_done(path)))
         return
     done = {
-        (r["mode"], r["input"], r.get("n_cells"), r["batch_size"], r.get("seed"), _scaled(r))
+        (r["mode"], r["input"], r.get("n_cells"), r["batch_size"], r.get("seed"), _scaled(r), _mode(r))
         for r in _done(path)
     }
     batches = [int(b) for b in args.batch_sizes.split(",")]
     if args.mode == "reach":
         for cells in (int(c) for c in args.cells.split(",")):
-            for row in reach_run(args.input, cells, batches, args.preset):
+            for row in reach_run(args.input, cells, batches, args.preset, args.batch_mode):
                 row.update(mode="reach", input=args.input, seed=None, preset=args.preset)
                 with path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -247,6 +292,7 @@ def main() -> None:
             batch,
             seed,
             args.mode == "quality" and bool(batch) and args.scale_lr,
+            args.batch_mode if batch else "full",
         )
         if key in done:
             continue
@@ -263,12 +309,21 @@ def main() -> None:
                 "--preset",
                 args.preset,
             ]
-            cmd += ["--epochs", str(args.epochs), "--single", f"{cells},{batch}"]
+            cmd += [
+                "--epochs",
+                str(args.epochs),
+                "--single",
+                f"{cells},{batch}",
+                "--batch-mode",
+                args.batch_mode,
+            ]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=7200)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(mode=args.mode, input=args.input, batch_size=batch, seed=seed, preset=args.preset)
         if args.mode == "quality" and batch:
             row["scale_lr"] = args.scale_lr
+        if batch:
+            row["batch_mode"] = args.batch_mode
         row["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         with path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -36,6 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SIZES = (10, 25, 50, 100)
 SAMPLES = (5, 10, 25, 50)
 METHODS = ("engine", "leaf", "both", "engine_refine", "silhouette", "best_eom", "best_leaf")
+# Leiden on the latent's kNN graph (k = 15), chosen without labels (run with --leiden):
+# ``leiden_r1``: resolution 1.0; ``leiden_stab``: the resolution whose clusters agree best (mean pairwise ARI) over
+# five random 80 % subsamples; ``leiden_sil``: the resolution with the best silhouette on the 10-D UMAP;
+# ``pooled_sil``: the best silhouette on the 10-D UMAP among the HDBSCAN grid's eligible runs and the Leiden ones;
+# ``best_leiden``: the resolution picked with the labels (a ceiling).
+LEIDEN_METHODS = ("leiden_r1", "leiden_stab", "leiden_sil", "pooled_sil", "best_leiden")
+RESOLUTIONS = (0.25, 0.5, 0.75, 1.0, 1.5)
 
 
 def _grid(points: np.ndarray, how: str) -> np.ndarray:
@@ -139,6 +146,65 @@ def study(path: Path) -> list[dict]:
     return rows
 
 
+def study_leiden(path: Path) -> list[dict]:
+    from sklearn.metrics import adjusted_rand_score
+
+    from scgraph_core import metrics
+    from scgraph_core.cluster import embedding as emb
+    from scgraph_core.cluster.partition import leiden
+    from scgraph_core.metrics import silhouette
+
+    z = np.load(path, allow_pickle=True)  # our own file: the clusters are strings
+    latent, truth = z["embedding"], z["truth"]
+    m = re.match(r".*?_(?P<name>.+)_cellvgae_(?P<seed>\d+)\.npz$", path.name)
+    name, seed = m["name"], int(m["seed"])
+    n = latent.shape[0]
+    layout = emb.umap_embedding(latent, n_neighbors=15, min_dist=0.0, n_components=10, seed=seed)
+    full = {r: leiden(latent, resolution=r, n_neighbors=15, seed=seed) for r in RESOLUTIONS}
+    rng = np.random.default_rng(seed)
+    subsets = [np.sort(rng.choice(n, size=int(0.8 * n), replace=False)) for _ in range(5)]
+    stability = {}
+    for r in RESOLUTIONS:
+        parts = []
+        for i, rows in enumerate(subsets):
+            lab = np.full(n, -1)
+            lab[rows] = leiden(latent[rows], resolution=r, n_neighbors=15, seed=seed + i)
+            parts.append(lab)
+        pairs = []
+        for a in range(len(parts)):
+            for b in range(a + 1, len(parts)):
+                both = (parts[a] >= 0) & (parts[b] >= 0)
+                pairs.append(adjusted_rand_score(parts[a][both], parts[b][both]))
+        stability[r] = float(np.mean(pairs))
+    sil = {r: silhouette(layout, full[r], sample=5000, seed=seed) for r in RESOLUTIONS}
+
+    def val(x: float | None) -> float:
+        return -np.inf if x is None else x
+
+    eom = _grid(layout, "eom")
+    pool = [eom[i] for i in _eligible(eom)] + list(full.values())
+    pool_sil = [val(silhouette(layout, lab, sample=5000, seed=seed)) for lab in pool]
+
+    def score(labels: np.ndarray) -> dict:
+        lab = np.where(labels < 0, "noise", labels.astype(str))
+        s = metrics.clustering_metrics(truth, lab, noise_label="noise")
+        return {"ari": s["ari"], "nmi": s["nmi"], "n_clusters": s["n_clusters"], "noise": s["noise"]}
+
+    picked = {
+        "leiden_r1": full[1.0],
+        "leiden_stab": full[max(RESOLUTIONS, key=lambda r: stability[r])],
+        "leiden_sil": full[max(RESOLUTIONS, key=lambda r: val(sil[r]))],
+        "pooled_sil": pool[int(np.argmax(pool_sil))],
+    }
+    rows = [{"dataset": name, "seed": seed, "method": k, **score(v)} for k, v in picked.items()]
+    best = max((score(v) for v in full.values()), key=lambda s: s["ari"])
+    rows.append({"dataset": name, "seed": seed, "method": "best_leiden", **best})
+    for r in rows:
+        r["stability"] = stability
+        r["leiden_silhouette"] = sil
+    return rows
+
+
 def _done(jsonl: Path) -> list[dict]:
     if not jsonl.exists():
         return []
@@ -147,12 +213,14 @@ def _done(jsonl: Path) -> list[dict]:
 
 def table(rows: list[dict], suite: list[dict]) -> str:
     sets = sorted({r["dataset"] for r in rows})
-    head = "| dataset | seeds | " + " | ".join(METHODS) + " | scanpy better |"
-    out = [head, "|" + "---|" * (len(METHODS) + 3)]
+    present = {r["method"] for r in rows}
+    methods = [m for m in METHODS + LEIDEN_METHODS if m in present]
+    head = "| dataset | seeds | " + " | ".join(methods) + " | scanpy better |"
+    out = [head, "|" + "---|" * (len(methods) + 3)]
     for name in sets:
         seeds = sorted({r["seed"] for r in rows if r["dataset"] == name})
         cells = []
-        for method in METHODS:
+        for method in methods:
             v = [r for r in rows if r["dataset"] == name and r["method"] == method and r["ari"] is not None]
             cells.append(
                 f"{np.mean([r['ari'] for r in v]):.2f} [{np.median([r['n_clusters'] for r in v]):g}]"
@@ -225,6 +293,7 @@ def main() -> None:
     parser.add_argument("--jsonl", default="benchmarks/results/cluster_choice.jsonl")
     parser.add_argument("--suite", default="benchmarks/results/suite_cpu.jsonl")
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--leiden", action="store_true", help="run the Leiden candidates instead")
     parser.add_argument(
         "--suite-table", metavar="METHOD", help="print the README's suite rows with CellVGAE chosen by METHOD"
     )
@@ -236,13 +305,14 @@ def main() -> None:
     if args.table:
         print(table(_done(jsonl), _done(Path(args.suite))))
         return
-    done = {(r["dataset"], r["seed"]) for r in _done(jsonl)}
+    wanted = set(LEIDEN_METHODS if args.leiden else METHODS)
+    done = {(r["dataset"], r["seed"]) for r in _done(jsonl) if r["method"] in wanted}
     for path in sorted(Path(args.saved).parent.glob(Path(args.saved).name + "_*_cellvgae_*.npz")):
         m = re.match(r".*?_(?P<name>.+)_cellvgae_(?P<seed>\d+)\.npz$", path.name)
         if (m["name"], int(m["seed"])) in done:
             continue
         t0 = time.perf_counter()
-        rows = study(path)
+        rows = study_leiden(path) if args.leiden else study(path)
         with open(jsonl, "a", encoding="utf-8") as fh:
             fh.write("".join(json.dumps({**r, "seconds": time.perf_counter() - t0}) + "\n" for r in rows))
         brief = ", ".join(f"{r['method']} {r['ari']:.3f}" for r in rows if r["ari"] is not None)

@@ -465,11 +465,18 @@ def estimate(
     if device == "cuda":
         notes.append("On the GPU the training memory is GPU memory; the data stays in CPU memory.")
     if getattr(config.params, "batch_size", 0):
-        notes.append(
-            "Mini-batch training is estimated as full-batch passes. While a batch's sampled neighbourhoods "
-            "still cover most of the graph, each batch costs about as much as a full pass: on pbmc3k, 4,096-edge "
-            "batches made training about 3x longer."
-        )
+        if getattr(config.params, "batch_mode", "neighbours") == "parts":
+            notes.append(
+                "Mini-batch training is estimated as full-batch passes and its memory as a full batch's; with "
+                "partition batches a step holds only its parts' cells, so the training memory is far lower on "
+                "large data, and a pass costs about as much as a full-batch epoch."
+            )
+        else:
+            notes.append(
+                "Mini-batch training is estimated as full-batch passes. While a batch's sampled neighbourhoods "
+                "still cover most of the graph, each batch costs about as much as a full pass: on pbmc3k, "
+                "4,096-edge batches made training about 3x longer."
+            )
 
     warnings = []
     if features > MANY_GENES:

@@ -106,6 +106,12 @@ def test_a_mini_batch_run_says_its_estimate_counts_full_batch_passes():
         "Mini-batch" in note
         for note in estimate.estimate(full, 1_000, n_genes=2000, n_edges=10_000, calibration=cal).notes
     )
+    parts = pipeline.resolve_config(
+        "cellvgae", "quick", {"model": {"batch_size": 4096, "batch_mode": "parts"}}
+    )
+    said = estimate.estimate(parts, 1_000, n_genes=2000, n_edges=10_000, calibration=cal).notes
+    assert any("partition batches" in note for note in said)
+    assert not any("sampled neighbourhoods" in note for note in said)
 
 
 def test_a_dense_kernel_graph_grows_with_cells_squared():

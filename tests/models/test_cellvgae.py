@@ -382,3 +382,20 @@ def test_mini_batch_learning_rate_spread_over_the_steps_of_a_pass_with_scale_lr(
     _, result = pipeline.execute(adata, config)
     steps = result.metrics["steps_per_epoch"]
     assert steps > 1 and result.metrics["lr_per_step"] == pytest.approx(config.params.lr / steps)
+
+
+def test_partition_batches_train_on_induced_subgraphs_of_a_few_parts(tmp_path):
+    adata = toy_counts()
+    model = {**TINY["model"], "batch_size": 200, "batch_mode": "parts", "parts_per_batch": 2, "epochs": 3}
+    config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": model}, label_key="celltype")
+    run = Run.create_at(tmp_path / "parts", model="cellvgae")
+    out, result = pipeline.execute(adata, config, run=run)
+    m = result.metrics
+    assert m["parts"] >= 2 and 0.0 < m["parts_edges_within"] <= 1.0
+    assert m["steps_per_epoch"] == -(-m["parts"] // 2)  # a pass visits every part once
+    epochs = [e for e in run.events("epoch") if e["stage"] == "train"]
+    assert len(epochs) == 3 * m["steps_per_epoch"] and all(np.isfinite(e["loss"]) for e in epochs)
+    assert {"reconstruction", "kl"} <= set(epochs[0]["losses"])
+    z = out.obsm["X_cellvgae"]
+    assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
+    assert "ari" in result.metrics

@@ -89,6 +89,25 @@ class CellVGAEParams:
         min=0,
         max=10_000_000,
     )
+    batch_mode: str = param(
+        "neighbours",
+        "mini-batch training: how a batch's graph is drawn: each cell's sampled neighbourhood (GraphSAGE-style; a "
+        "step on a kNN graph reaches most cells) or the subgraph among a few k-means parts of the cells "
+        "(Cluster-GCN-style; a step's memory depends on the parts' size alone, edges between parts not chosen "
+        "together are not trained on)",
+        choices=("neighbours", "parts"),
+        advanced=True,
+        shown_if={"batch_size": True},
+    )
+    parts_per_batch: int = param(
+        4,
+        "mini-batch training with batch_mode parts: parts per step (the cells are cut into about this many parts "
+        "per batch_size training edges)",
+        min=1,
+        max=1000,
+        advanced=True,
+        shown_if={"batch_size": True},
+    )
     fanout: int = param(
         15,
         "mini-batch training: incoming edges sampled per cell at each graph layer (-1 = all of them)",
@@ -161,6 +180,7 @@ class Trained:
     steps_per_epoch: int = 0  # mini-batch training: steps (batches) per pass over the edges, per process
     ranks: dict | None = None  # distributed training: the number of processes and whether they agree
     lr_per_step: float | None = None  # mini-batch training: the learning rate each step used
+    batch_info: dict | None = None  # partition batches: the number of parts, the share of edges inside one
 
 
 @dataclass
@@ -292,6 +312,92 @@ ADAPTED_RECIPE: dict[str, dict[str, Any]] = {
 }
 
 
+def _batch_terms(
+    net: CellVGAENet,
+    trainer: Trainer,
+    p: CellVGAEParams,
+    beta: float,
+    encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    pos: torch.Tensor,
+    m: int,
+    neg_ratio: float,
+    rng: np.random.Generator,
+    batch_x: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """A mini-batch step's loss terms. The batch's own cells are the first ``m`` rows of the encoded
+    subgraph (sampled neighbours follow them); ``pos`` are its positive edges in those rows. Negatives are
+    random pairs of the batch's cells, as many per positive as the full loss draws (``neg_ratio``), self
+    pairs left out; the prior term averages over the batch's cells with the full loss's weight ``beta``;
+    ``batch_x`` is the expression decoder's target for those cells."""
+    import torch.nn.functional as F
+
+    z, mu, s = encoded
+    device = z.device
+    n_neg = max(1, int(round(pos.shape[1] * neg_ratio)))
+    neg = torch.from_numpy(rng.integers(0, m, (2, n_neg))).to(device)
+    neg = neg[:, neg[0] != neg[1]]
+    recon = z.sum() * 0.0  # a batch without training edges (a tiny part) still gives a finite loss
+    if neg.shape[1]:
+        recon = recon - F.logsigmoid(-(z[neg[0]] * z[neg[1]]).sum(-1)).mean()
+    if pos.shape[1]:
+        recon = recon - F.logsigmoid((z[pos[0]] * z[pos[1]]).sum(-1)).mean()
+    terms = {"reconstruction": recon}
+    own = slice(0, m)
+    if p.regularizer == "kl":
+        terms["kl"] = beta * kl_divergence(mu[own], s[own], parameterization=p.variance)
+    else:
+        terms["mmd"] = mmd_loss(z[own])
+    if p.expr_decoder:
+        with trainer.autocast():
+            rebuilt = net.decode_expression(z[own])
+        terms["expression"] = p.expr_weight * F.mse_loss(rebuilt.float(), batch_x)
+    return terms
+
+
+def _batch_plan(
+    net: CellVGAENet, optimizer: torch.optim.Optimizer, p: CellVGAEParams, trainer: Trainer, n_batches: int
+) -> tuple[int, int, np.random.Generator, np.random.Generator, Any, int]:
+    """This process's rank and the world size; the batch order's generator (the same on every rank: each
+    takes its share of the batches) and this rank's own generator for the draws inside a batch; the network
+    as DistributedDataParallel wraps it; the steps per pass on this rank. With ``scale_lr`` the learning
+    rate is divided by those steps (the paper's is per full-batch step, i.e. per pass)."""
+    from ... import distributed
+
+    rank, world = distributed.rank(), distributed.world_size()
+    order_rng = np.random.default_rng(trainer.spec.seed)
+    rng = np.random.default_rng([trainer.spec.seed, rank])
+    steps = -(-n_batches // world)
+    if p.scale_lr:
+        for group in optimizer.param_groups:
+            group["lr"] = p.lr / steps
+    return rank, world, order_rng, rng, distributed.wrap(net), steps
+
+
+def _batch_stage(
+    net: CellVGAENet,
+    optimizer: torch.optim.Optimizer,
+    step: Any,
+    evaluate: Any,
+    p: CellVGAEParams,
+    trainer: Trainer,
+    steps: int,
+    extra: dict[str, Any] | None = None,
+) -> Stage:
+    """The mini-batch training stage: one stage epoch per step, ``eval_every`` counted in passes."""
+    every = trainer.spec.eval_every
+    return Stage(
+        "train",
+        net,
+        optimizer,
+        step,
+        p.epochs * steps,
+        evaluate=evaluate,
+        score="val_auc" if evaluate is not None else None,
+        eval_every=every * steps if every else every,
+        extra={"steps_per_epoch": steps, "lr_per_step": optimizer.param_groups[0]["lr"], **(extra or {})},
+    )
+
+
 @register
 class CellVGAE(Model):
     name = "cellvgae"
@@ -377,7 +483,8 @@ class CellVGAE(Model):
                 f"{split.train_pos.shape[1]:,} training edges: lower --batch-size."
             )
         if 0 < p.batch_size < split.train_pos.shape[1]:
-            stage = self._minibatch_stage(net, optimizer, x, split, p, trainer, beta)
+            make = self._partition_stage if p.batch_mode == "parts" else self._minibatch_stage
+            stage = make(net, optimizer, x, split, p, trainer, beta)
             outcome = trainer.run_stage(stage)
             trained = Trained(
                 net,
@@ -387,6 +494,7 @@ class CellVGAE(Model):
                 outcome,
                 steps_per_epoch=stage.extra["steps_per_epoch"],
                 lr_per_step=stage.extra["lr_per_step"],
+                batch_info={k: v for k, v in stage.extra.items() if k.startswith("parts")},
             )
             if distributed.active():
                 trained.ranks = {"world_size": distributed.world_size(), "in_sync": distributed.in_sync(net)}
@@ -438,30 +546,18 @@ class CellVGAE(Model):
         beta: float,
     ) -> Stage:
         """The training stage on sampled subgraphs: one stage epoch is one batch of cells."""
-        import torch.nn.functional as F
 
         from ...nn.sampling import NeighbourSampler
 
         device = x.device
         n_cells = x.shape[0]
-        from ... import distributed
-
-        # The batch order is shared by every rank (each takes its share of the batches); the draws inside a
-        # batch (neighbours, negatives) are each rank's own.
-        order_rng = np.random.default_rng(trainer.spec.seed)
-        rank, world = distributed.rank(), distributed.world_size()
-        rng = np.random.default_rng([trainer.spec.seed, rank])
-        forward = distributed.wrap(net)
         hops = len(p.hidden) + 1  # the hidden layers, then the fused mu / log-sigma layer
         sampler = NeighbourSampler(split.message.numpy(), n_cells, [p.fanout] * hops)
         train_pos = split.train_pos.numpy()
         n_edges = train_pos.shape[1]
-        n_batches = -(-n_edges // p.batch_size)
-        steps = -(-n_batches // world)  # per rank
-        if p.scale_lr:
-            # The paper's learning rate is per full-batch step, i.e. per pass: spread it over the pass's steps.
-            for group in optimizer.param_groups:
-                group["lr"] = p.lr / steps
+        rank, world, order_rng, rng, forward, steps = _batch_plan(
+            net, optimizer, p, trainer, -(-n_edges // p.batch_size)
+        )
         # The full loss draws E + N negatives for E positives: the same ratio per batch.
         neg_ratio = 1.0 + n_cells / max(n_edges, 1)
         batches: list[np.ndarray] = []
@@ -483,28 +579,10 @@ class CellVGAE(Model):
             pos = train_pos[:, batches.pop(0)]
             z, mu, s, where, n_seeds = encode(pos.ravel(), rng)
             pos_l = where.reshape(2, -1)
-            # Negatives: random pairs of the batch's cells, each cell drawn uniformly among them (a sample of
-            # the cells, so the pairs are random pairs of cells), self pairs left out.
-            n_neg = int(round(pos.shape[1] * neg_ratio))
-            neg_l = torch.from_numpy(rng.integers(0, n_seeds, (2, n_neg))).to(device)
-            neg_l = neg_l[:, neg_l[0] != neg_l[1]]
-            pos_logits = (z[pos_l[0]] * z[pos_l[1]]).sum(-1)
-            neg_logits = (z[neg_l[0]] * z[neg_l[1]]).sum(-1)
-            recon = -F.logsigmoid(pos_logits).mean() - F.logsigmoid(-neg_logits).mean()
-            terms = {"reconstruction": recon}
-            seeds = slice(0, n_seeds)  # the batch's cells come first in the subgraph
-            if p.regularizer == "kl":
-                terms["kl"] = beta * kl_divergence(mu[seeds], s[seeds], parameterization=p.variance)
-            else:
-                terms["mmd"] = mmd_loss(z[seeds])
-            if p.expr_decoder:
-                with trainer.autocast():
-                    rebuilt = net.decode_expression(z[seeds])
-                flat = pos.ravel()
-                first = np.sort(np.unique(flat, return_index=True)[1])  # the seeds' order in the subgraph
-                target = x[torch.from_numpy(flat[first]).to(device)]
-                terms["expression"] = p.expr_weight * F.mse_loss(rebuilt.float(), target)
-            return terms
+            flat = pos.ravel()
+            first = np.sort(np.unique(flat, return_index=True)[1])  # the seeds' order in the subgraph
+            seeds_x = x[torch.from_numpy(flat[first]).to(device)] if p.expr_decoder else None
+            return _batch_terms(net, trainer, p, beta, (z, mu, s), pos_l, n_seeds, neg_ratio, rng, seeds_x)
 
         # Link prediction scored on up to 5,000 held-out edges and as many non-edges, each time with the same
         # sampled neighbourhoods, so the scores are comparable between evaluations.
@@ -524,18 +602,86 @@ class CellVGAE(Model):
             return {f"val_{k}": v for k, v in link_scores(mu, local_pos, local_neg).items()}
 
         has_val = split.val_pos.shape[1] > 0
-        every = trainer.spec.eval_every
-        return Stage(
-            "train",
-            net,
-            optimizer,
-            step,
-            p.epochs * steps,
-            evaluate=evaluate if has_val else None,
-            score="val_auc" if has_val else None,
-            eval_every=every * steps if every else every,
-            extra={"steps_per_epoch": steps, "lr_per_step": optimizer.param_groups[0]["lr"]},
+        return _batch_stage(net, optimizer, step, evaluate if has_val else None, p, trainer, steps)
+
+    @staticmethod
+    def _partition_stage(
+        net: CellVGAENet,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        split: EdgeSplit,
+        p: CellVGAEParams,
+        trainer: Trainer,
+        beta: float,
+    ) -> Stage:
+        """The training stage on partition batches (:mod:`scgraph_core.nn.partition`): the cells are cut once
+        into k-means parts; one stage epoch (one step) trains on the subgraph induced by ``parts_per_batch``
+        parts, a pass visits every part once. Positives are the training edges among the batch's cells,
+        negatives random pairs of them (as many per positive as the full loss draws), the KL term averages over
+        the batch's cells with the full loss's weight."""
+
+        from ...nn.partition import PartitionBatches, kmeans_parts
+
+        device = x.device
+        n_cells = x.shape[0]
+        seed = trainer.spec.seed
+        train_pos = split.train_pos.numpy()
+        n_edges = train_pos.shape[1]
+        q = p.parts_per_batch
+        asked = int(min(n_cells, max(q, round(q * n_edges / p.batch_size))))
+        # Every rank computes the same parts: the same seed on the same features.
+        parts = kmeans_parts(x.detach().cpu().numpy(), asked, seed=seed)
+        batches_of = PartitionBatches(parts, split.message.numpy(), train_pos)
+        n_parts = batches_of.n_parts  # the balancing may have cut large parts
+        rank, world, order_rng, rng, forward, steps = _batch_plan(
+            net, optimizer, p, trainer, -(-n_parts // q)
         )
+        neg_ratio = 1.0 + n_cells / max(n_edges, 1)
+        queue: list[np.ndarray] = []
+
+        def encode(batch) -> tuple[torch.Tensor, ...]:
+            cells = torch.from_numpy(batch.cells).to(device)
+            edges = torch.from_numpy(batch.edge_index).to(device)
+            with trainer.autocast():
+                z, mu, s = (forward if net.training else net)(x[cells], edges)
+            return z.float(), mu.float(), s.float()
+
+        def step(epoch: int) -> dict[str, torch.Tensor]:
+            if not queue:
+                perm = order_rng.permutation(n_parts)
+                every = [perm[i : i + q] for i in range(0, n_parts, q)]
+                every += every[: steps * world - len(every)]  # the same number of steps on every rank
+                queue.extend(every[rank::world])
+            batch = batches_of.batch(queue.pop(0))
+            pos = torch.from_numpy(batch.pos).to(device)
+            cells_x = x[torch.from_numpy(batch.cells).to(device)] if p.expr_decoder else None
+            return _batch_terms(
+                net, trainer, p, beta, encode(batch), pos, batch.cells.size, neg_ratio, rng, cells_x
+            )
+
+        # Link prediction on the held-out edges inside a fixed set of parts (the first batch of a fixed
+        # order), encoded on their induced subgraph every time, so scores are comparable between evaluations.
+        val_pos, val_neg = split.val_pos.numpy(), split.val_neg.numpy()
+        fixed = np.random.default_rng(seed + 1).permutation(n_parts)[: max(q, 1)]
+        val_batch = batches_of.batch(fixed)
+        local = np.full(n_cells, -1, dtype=np.int64)
+        local[val_batch.cells] = np.arange(val_batch.cells.size)
+
+        def inside(e: np.ndarray) -> torch.Tensor:
+            e = local[e]
+            return torch.from_numpy(e[:, (e >= 0).all(axis=0)][:, :5000]).to(device)
+
+        val_pos_l, val_neg_l = inside(val_pos), inside(val_neg)
+
+        def evaluate() -> dict[str, float]:
+            net.eval()
+            with torch.no_grad():
+                _, mu, _ = encode(val_batch)
+            return {f"val_{k}": v for k, v in link_scores(mu, val_pos_l, val_neg_l).items()}
+
+        has_val = split.val_pos.shape[1] > 0 and val_pos_l.shape[1] > 0 and val_neg_l.shape[1] > 0
+        extra = {"parts": n_parts, "parts_edges_within": round(batches_of.within_share, 4)}
+        return _batch_stage(net, optimizer, step, evaluate if has_val else None, p, trainer, steps, extra)
 
     def train(
         self,
@@ -574,6 +720,7 @@ class CellVGAE(Model):
         if trained.steps_per_epoch:
             scores["steps_per_epoch"] = trained.steps_per_epoch
             scores["lr_per_step"] = trained.lr_per_step
+        scores.update(trained.batch_info or {})
         if trained.ranks:
             scores["processes"] = trained.ranks["world_size"]
             scores["processes_in_sync"] = trained.ranks["in_sync"]
