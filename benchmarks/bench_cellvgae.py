@@ -35,7 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-PBMC3K = REPO.parent / "shared" / "data" / "pbmc3k_seurat250.h5ad"
+PBMC3K = (
+    Path(os.environ.get("SCGRAPH_SHARED_DATA", REPO.parent / "shared" / "data")) / "pbmc3k_seurat250.h5ad"
+)
 EPOCHS = {2638: 8, 20000: 4, 50000: 3, 100000: 3}
 
 

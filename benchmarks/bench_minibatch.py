@@ -62,10 +62,15 @@ def quality_run(args: argparse.Namespace, batch: int, seed: int) -> dict:
     return {"wall_seconds": wall, **{k: m.get(k) for k in keep}}
 
 
-def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str, mode: str) -> dict:
-    """In this (fresh) process: recipe, graph and ``epochs`` passes of training; peak RSS before and after."""
+def memory_run(
+    source: str, n_cells: int, batch: int, epochs: int, preset: str, mode: str, gpu_budget_gb: float = 0.0
+) -> dict:
+    """In this (fresh) process: recipe, graph and ``epochs`` passes of training; peak RSS before and after.
+    On a CUDA machine training runs on the GPU (the engine's device "auto"); ``gpu_budget_gb`` then caps what
+    PyTorch may allocate there (``torch.cuda.set_per_process_memory_fraction``) and the peak is recorded."""
     sys.path.insert(0, str(REPO))
     import anndata as ad
+    import torch
 
     from scgraph_core import pipeline, synthetic
     from scgraph_core.models import base
@@ -85,6 +90,10 @@ def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str, 
     del adata, real
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trainer = Trainer(config.train)
+    gpu = trainer.device.type == "cuda"
+    if gpu and gpu_budget_gb:
+        total = torch.cuda.get_device_properties(trainer.device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_budget_gb * 2**30 / total), trainer.device)
     started = time.perf_counter()
     trained = model.train_net(prepared, graph, config.params, trainer)
     seconds = time.perf_counter() - started
@@ -92,6 +101,9 @@ def memory_run(source: str, n_cells: int, batch: int, epochs: int, preset: str, 
     extra = {k: v for k, v in (trained.batch_info or {}).items()}
     return {
         **extra,
+        "device": trainer.device.type,
+        "gpu_budget_gb": gpu_budget_gb if gpu else None,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if gpu else None,
         "n_cells": n_cells,
         "n_edges": int(graph.edge_index.shape[1]),
         "peak_rss_mb_before_training": before,
@@ -202,18 +214,26 @@ def table(rows: list[dict]) -> str:
             ),
         ),
         "memory": (
-            "| cells | edges | batch size | peak RSS before training, MB | peak RSS, MB | s per pass |",
+            "| cells | edges | batch size | peak RSS before training, MB | peak RSS, MB | s per pass | GPU peak, MB |",
             lambda r: (
                 f"| {r['n_cells']:,} | {r['n_edges']:,} | {_batch(r)} | "
-                f"{r['peak_rss_mb_before_training']:.0f} | {r['peak_rss_mb']:.0f} | {r['seconds_per_epoch']:.1f} |"
+                f"{r['peak_rss_mb_before_training']:.0f} | {r['peak_rss_mb']:.0f} | {r['seconds_per_epoch']:.1f} | "
+                f"{_gpu(r)} |"
             ),
         ),
     }
     for mode, (head, line) in sections.items():
         found = sorted((r for r in rows if r["mode"] == mode), key=lambda r: (r["n_cells"], r["batch_size"]))
         if found:
-            lines += ["", head, "|---:|---:|---:|---:|---:|---:|", *map(line, found)]
+            lines += ["", head, "|" + "---:|" * (head.count("|") - 1), *map(line, found)]
     return "\n".join(lines)
+
+
+def _gpu(row: dict) -> str:
+    if row.get("gpu_peak_mb") is None:
+        return "(CPU)"
+    cap = f" of {row['gpu_budget_gb']:g} GB allowed" if row.get("gpu_budget_gb") else ""
+    return f"{row['gpu_peak_mb']:.0f}{cap}"
 
 
 def _batch(row: dict) -> str:
@@ -253,8 +273,14 @@ def main() -> None:
     parser.add_argument(
         "--batch-mode",
         choices=("neighbours", "parts"),
-        default="neighbours",
+        default="parts",
         help="the engine's batch_mode for the mini-batch runs (sampled neighbourhoods or partition batches)",
+    )
+    parser.add_argument(
+        "--gpu-budget-gb",
+        type=float,
+        default=0.0,
+        help="memory mode on a CUDA machine: cap PyTorch's GPU memory at this many GB (0 = no cap)",
     )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one memory run, JSON on stdout
@@ -262,7 +288,10 @@ def main() -> None:
     path = Path(args.jsonl)
     if args.single:
         cells, batch = (int(v) for v in args.single.split(","))
-        print(json.dumps(memory_run(args.input, cells, batch, args.epochs, args.preset, args.batch_mode)))
+        row = memory_run(
+            args.input, cells, batch, args.epochs, args.preset, args.batch_mode, args.gpu_budget_gb
+        )
+        print(json.dumps(row))
         return
     if args.table:
         print(table(_done(path)))
@@ -316,6 +345,8 @@ def main() -> None:
                 f"{cells},{batch}",
                 "--batch-mode",
                 args.batch_mode,
+                "--gpu-budget-gb",
+                str(args.gpu_budget_gb),
             ]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=7200)
             row = json.loads(proc.stdout.strip().splitlines()[-1])

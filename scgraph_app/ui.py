@@ -300,8 +300,15 @@ def chart_config(extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def chart(where: Any, fig: Any, *, config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """Draw a plotly figure in ``where`` (st or a column) with the download settings of :func:`chart_config`."""
-    return where.plotly_chart(fig, config=chart_config(config), **kwargs)
+    """Draw a plotly figure in ``where`` (st or a column) with the download settings of :func:`chart_config`;
+    a figure that draws only a sample of the cells (a very large run) says so under it."""
+    from scgraph_core.plots import drawn_note
+
+    event = where.plotly_chart(fig, config=chart_config(config), **kwargs)
+    note = drawn_note(fig) if hasattr(fig, "layout") else None
+    if note:
+        where.caption(note)
+    return event
 
 
 def figure_format_picker() -> None:

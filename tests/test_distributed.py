@@ -35,13 +35,17 @@ def _train(cmd: list[str], out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_two_gloo_processes_train_like_one_and_only_rank_0_writes(toy_file, tmp_path):
-    one = _train([sys.executable, "-m", "scgraph_core", "train", "--input", str(toy_file), *ARGS,
+@pytest.mark.parametrize("mode", ["neighbours", "parts"])
+def test_two_gloo_processes_train_like_one_and_only_rank_0_writes(toy_file, tmp_path, mode):
+    args = [*ARGS, "--batch-mode", mode]
+    one = _train([sys.executable, "-m", "scgraph_core", "train", "--input", str(toy_file), *args,
                   "--out", str(tmp_path / "one")], tmp_path / "one")  # fmt: skip
     runs = tmp_path / "runs"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two = _train([*launcher, "-m", "scgraph_core", "train", "--input", str(toy_file), *ARGS,
+    two = _train([*launcher, "-m", "scgraph_core", "train", "--input", str(toy_file), *args,
                   "--out", str(runs / "two")], runs / "two")  # fmt: skip
+    if mode == "parts":  # both processes cut the cells into the same parts
+        assert two["parts"] == one["parts"] and two["parts_edges_within"] == one["parts_edges_within"]
     assert two["processes"] == 2 and two["processes_in_sync"] is True  # gradients averaged every step
     assert "processes" not in one
     # Each process takes half of every epoch's batches (rounded up).

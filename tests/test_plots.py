@@ -306,3 +306,36 @@ def test_attention_colour_scale_rises_monotonically_in_lightness():
     assert len(luminance) >= 5
     assert all(b > a for a, b in itertools.pairwise(luminance))
     assert luminance[-1] - luminance[0] > 0.5  # low and high are far apart
+
+
+def test_a_large_scatter_draws_a_fixed_sample_and_still_maps_back_to_every_cell():
+    rng = np.random.default_rng(1)
+    n = 1_000
+    xy = rng.normal(size=(n, 2))
+    labels = np.array(["T", "B", "NK", "rare"])[
+        np.r_[np.zeros(600, int), np.ones(300, int), np.full(97, 2), [3] * 3]
+    ]
+    fig = plots.embedding_scatter(xy, labels, name="type", max_points=200)
+    drawn = np.concatenate([np.asarray(t.customdata) for t in fig.data])
+    assert drawn.size == 200 and np.unique(drawn).size == 200 and drawn.max() < n
+    for t in fig.data:  # every drawn point sits at its own cell and in its own cell's group
+        rows = np.asarray(t.customdata)
+        assert np.allclose(np.asarray(t.x), xy[rows, 0], atol=1e-6)
+        assert set(labels[rows]) == {t.name.split(" (")[0]}
+    # Legend counts are those of all cells, not of the sample.
+    assert {t.name for t in fig.data} >= {"T (600)", "B (300)", "NK (97)"}
+    note = plots.drawn_note(fig)
+    assert note is not None and "200" in note and "1,000" in note
+    again = plots.embedding_scatter(xy, labels, name="type", max_points=200)
+    assert np.array_equal(
+        np.sort(drawn), np.sort(np.concatenate([np.asarray(t.customdata) for t in again.data]))
+    )
+    # A selection on the drawn points comes back as rows of all cells.
+    picked = {"points": [{"customdata": int(drawn[0])}, {"customdata": int(drawn[5])}]}
+    assert set(plots.selected_cells(fig, picked)) == {int(drawn[0]), int(drawn[5])}
+    # Numbers: the colour of each drawn point is its own cell's value; small figures are drawn whole.
+    values = rng.normal(size=n)
+    fig = plots.embedding_scatter(xy, values, categorical=False, max_points=200)
+    rows = np.asarray(fig.data[-1].customdata)
+    assert rows.size == 200 and np.allclose(np.asarray(fig.data[-1].marker.color), values[rows], atol=1e-5)
+    assert plots.drawn_note(plots.embedding_scatter(xy, labels)) is None  # under the default limit

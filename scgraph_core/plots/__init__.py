@@ -22,6 +22,8 @@ from .attention_graph import (  # noqa: F401
 )
 from .embedding import (  # noqa: F401
     Panel,
+    drawn_note,
+    drawn_rows,
     embedding_panels,
     embedding_scatter,
     selected_cells,

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from . import style
 from .style import (
     LAYOUT,
     MAX_LEGEND,
@@ -43,14 +44,27 @@ def embedding_scatter(
     dragmode: str | None = None,
     axis_names: tuple[str, str] = ("UMAP 1", "UMAP 2"),
     cmid: float | None = None,
+    max_points: int | None = None,
 ) -> go.Figure:
     """Cells on a 2-D layout (UMAP), coloured by a category or a number, drawn with WebGL.
 
     Categorical ``values`` get one trace per category (click the legend to hide one); numbers get a
     colour bar. ``customdata`` of every point is its row number in ``coords``.
+
+    Above ``max_points`` cells (default ``style.MAX_DRAWN``, read at each call; 0 = never) a fixed random sample of that many is
+    drawn, so a browser opens a million-cell run; legend counts stay those of all cells, ``customdata`` still
+    holds rows of ``coords``, and ``fig.layout.meta`` says ``{"drawn": k, "cells": n}`` (see
+    :func:`drawn_note`).
     """
     xy = np.asarray(coords, dtype=np.float32)
     n = xy.shape[0]
+    limit = style.MAX_DRAWN if max_points is None else int(max_points)
+    if 0 < limit < n:
+        return _sampled_scatter(
+            xy, values, limit, name=name, categorical=categorical, colors=colors, colorscale=colorscale,
+            hover=hover, title=title, height=height, point_size=point_size, dragmode=dragmode,
+            axis_names=axis_names, cmid=cmid,
+        )  # fmt: skip
     size = point_size or marker_size(n)
     fig = go.Figure()
     index = np.arange(n, dtype=np.int32)  # int32 and float32 keep the page small at 100k cells
@@ -172,6 +186,56 @@ def embedding_scatter(
         title=axis_names[1], showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x"
     )
     return fig
+
+
+def drawn_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """``k`` of ``n`` rows, sorted, the same for the same (n, k, seed): the cells a large figure draws."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(np.int32)
+
+
+def _take(values: Any, rows: np.ndarray) -> Any:
+    if isinstance(values, (pd.Series, pd.Categorical, pd.Index)):
+        return pd.Series(values).iloc[rows].reset_index(drop=True)
+    return np.asarray(values)[rows]
+
+
+def _sampled_scatter(xy: np.ndarray, values: Any, limit: int, **kw: Any) -> go.Figure:
+    n = xy.shape[0]
+    keep = drawn_rows(n, limit)
+    counts = None
+    if values is not None:
+        if kw["categorical"] is None:
+            kw["categorical"] = is_categorical(values)
+        if kw["categorical"]:
+            labels = as_labels(values)
+            counts = labels.value_counts()
+            if kw["colors"] is None:  # the colours of all categories, also those the sample misses
+                kw["colors"] = dict(category_colors(category_order(labels)))
+        values = _take(values, keep)
+    hover = kw.pop("hover")
+    fig = embedding_scatter(
+        xy[keep], values, hover=None if hover is None else _take(hover, keep), max_points=0, **kw
+    )
+    for trace in fig.data:
+        if trace.customdata is not None:
+            trace.customdata = keep[np.asarray(trace.customdata, dtype=np.int64)]
+        if counts is not None and trace.showlegend is not False and trace.name and " (" in trace.name:
+            cat = trace.name.rsplit(" (", 1)[0]
+            if cat in counts.index:
+                trace.name = f"{cat} ({int(counts[cat]):,})"
+    fig.update_layout(meta={"drawn": int(limit), "cells": int(n)})
+    return fig
+
+
+def drawn_note(fig: go.Figure) -> str | None:
+    """ "Drawn: a random k of n cells ..." when the figure shows a sample of the cells, else None."""
+    meta = fig.layout.meta
+    if not isinstance(meta, dict) or "drawn" not in meta:
+        return None
+    return (
+        f"Drawn: a fixed random {meta['drawn']:,} of the {meta['cells']:,} cells (a browser stays responsive); "
+        "colours, legend counts and statistics use every cell, a lasso selects among the drawn ones."
+    )
 
 
 class Panel(NamedTuple):

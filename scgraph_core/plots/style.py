@@ -54,6 +54,7 @@ LAYOUT = {"template": "plotly_white", "margin": {"l": 10, "r": 10, "t": 40, "b":
 ATTENTION_COLORSCALE = "Viridis"
 # A figure with at most this many points in all draws SVG markers (no WebGL context); above it, WebGL.
 SVG_MAX_POINTS = 30_000
+MAX_DRAWN = 200_000  # cells a scatter draws at most; above, a fixed random sample (a note says so)
 
 
 def natural_key(text: str) -> tuple:

@@ -79,3 +79,14 @@ def test_the_verdict_on_the_active_run_opens_the_page(app_home):
     metrics = json.loads((app_home.store.open(run_id).file("metrics.json")).read_text())
     assert f"(ARI {metrics['ari']:.2f}" in shown[first]
     assert "for 3 annotated types" in shown[first] and "with 'celltype'" in shown[first]
+
+
+def test_a_run_larger_than_the_drawing_limit_draws_a_sample_and_says_so(app_home, monkeypatch):
+    from scgraph_core.plots import style
+
+    monkeypatch.setattr(style, "MAX_DRAWN", 100)  # the toy run has 150 cells
+    at = open_page("embedding", active=app_home.runs["cellvgae"])
+    assert_clean(at)
+    fig = plotly_figures(at)[0]
+    assert sum(len(plotly_array(t["x"])) for t in fig["data"]) == 100
+    assert any("a fixed random 100 of the 150 cells" in c for c in texts(at.caption))

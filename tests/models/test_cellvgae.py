@@ -354,7 +354,8 @@ def test_quick_graph_is_built_on_pcs_of_the_demo():
 
 def test_mini_batch_training_steps_through_every_edge_and_keeps_the_outputs(tmp_path):
     adata = toy_counts()
-    overrides = {**TINY, "model": {**TINY["model"], "batch_size": 200, "fanout": 4, "epochs": 3}}
+    model = {**TINY["model"], "batch_size": 200, "batch_mode": "neighbours", "fanout": 4, "epochs": 3}
+    overrides = {**TINY, "model": model}
     config = pipeline.resolve_config("cellvgae", "quick", overrides, label_key="celltype")
     run = Run.create_at(tmp_path / "mb", model="cellvgae")
     out, result = pipeline.execute(adata, config, run=run)
@@ -377,7 +378,8 @@ def test_mini_batch_training_steps_through_every_edge_and_keeps_the_outputs(tmp_
 
 def test_mini_batch_learning_rate_spread_over_the_steps_of_a_pass_with_scale_lr():
     adata = toy_counts()
-    model = {**TINY["model"], "batch_size": 200, "fanout": 4, "epochs": 1, "scale_lr": True}
+    model = {**TINY["model"], "batch_size": 200, "batch_mode": "neighbours", "fanout": 4, "epochs": 1}
+    model["scale_lr"] = True
     config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": model}, label_key="celltype")
     _, result = pipeline.execute(adata, config)
     steps = result.metrics["steps_per_epoch"]

@@ -90,12 +90,12 @@ class CellVGAEParams:
         max=10_000_000,
     )
     batch_mode: str = param(
-        "neighbours",
-        "mini-batch training: how a batch's graph is drawn: each cell's sampled neighbourhood (GraphSAGE-style; a "
-        "step on a kNN graph reaches most cells) or the subgraph among a few k-means parts of the cells "
-        "(Cluster-GCN-style; a step's memory depends on the parts' size alone, edges between parts not chosen "
-        "together are not trained on)",
-        choices=("neighbours", "parts"),
+        "parts",
+        "mini-batch training: how a batch's graph is drawn: the subgraph among a few k-means parts of the cells "
+        "(Cluster-GCN-style; a step's memory and time depend on the parts' size alone; edges between parts not "
+        "chosen together are not trained on) or each cell's sampled neighbourhood (GraphSAGE-style; on a kNN "
+        "graph a step reaches most cells, so a pass costs about one full-batch epoch per step)",
+        choices=("parts", "neighbours"),
         advanced=True,
         shown_if={"batch_size": True},
     )
@@ -106,15 +106,16 @@ class CellVGAEParams:
         min=1,
         max=1000,
         advanced=True,
-        shown_if={"batch_size": True},
+        shown_if={"batch_size": True, "batch_mode": "parts"},
     )
     fanout: int = param(
         15,
-        "mini-batch training: incoming edges sampled per cell at each graph layer (-1 = all of them)",
+        "mini-batch training with batch_mode neighbours: incoming edges sampled per cell at each graph layer "
+        "(-1 = all of them)",
         min=-1,
         max=1000,
         advanced=True,
-        shown_if={"batch_size": True},
+        shown_if={"batch_size": True, "batch_mode": "neighbours"},
     )
     scale_lr: bool = param(
         False,
