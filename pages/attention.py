@@ -206,8 +206,20 @@ with ui.guard("the attention graph"):
         ["both", "either"],
         format_func={"both": "both cells", "either": "either cell"}.get,
         key="att_match",
-        help="With 'Only these cell types': both ends of an edge must be of those types, or at least one.",
+        help="With 'Only these cell types' or a selection: both ends of an edge must be among those cells, or at "
+        "least one.",
     )
+    kept = st.session_state.get(f"selections:{run.id}", {}) or {}
+    selection = st.selectbox(
+        "Cells",
+        ["all cells", *kept],
+        key="att_selection",
+        help="Only the edges among the cells of a selection kept on the Embedding page (lasso there, then "
+        "'Keep this selection'): on a large run, the graph of one region.",
+    )
+    selected_cells = np.asarray(kept[selection], dtype=np.int64) if selection in kept else None
+    if not kept:
+        st.caption("Keep a lasso selection on the Embedding page to draw the graph of those cells only.")
     relative = False
     if amap.keys is not None and statistic != "std":
         relative = (
@@ -269,6 +281,7 @@ with ui.guard("the attention graph"):
         weight_range=weight_range,
         top_n=top_n,
         drop_self_loops=not self_loops,
+        cells=selected_cells,
     )
     if edges.empty:
         st.info(

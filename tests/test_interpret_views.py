@@ -94,6 +94,12 @@ def test_attention_edges_filters():
     assert len(either) == 2
     assert interpret.attention_edges(ei, w, labels=labels, exclude=["NK"])["weight"].tolist() == [0.9, 0.8]
     assert interpret.attention_edges(ei, w, weight_range=(0.3, 0.85))["weight"].tolist() == [0.8, 0.4]
+    # A selection of cells: the edges among them, or touching them with match="either".
+    among = interpret.attention_edges(ei, w, cells=[0, 1, 3])
+    assert among["weight"].tolist() == [0.9, 0.8]
+    touching = interpret.attention_edges(ei, w, cells=[3], match="either")
+    assert touching["weight"].tolist() == [0.4, 0.1]
+    assert interpret.attention_edges(ei, w, cells=[]).empty
     with pytest.raises(ValueError, match="weights for"):
         interpret.attention_edges(ei, w[:2])
 

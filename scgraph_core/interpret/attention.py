@@ -265,12 +265,15 @@ def attention_edges(
     weight_range: tuple[float, float] | None = None,
     top_n: int | None = None,
     drop_self_loops: bool = True,
+    cells: Sequence[int] | np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Filter attention edges for display, strongest first (MODELS.md 1.6 aggregation (a), with filters).
 
     ``weights`` is one value per edge (e.g. :meth:`AttentionMap.weights`). With ``labels`` (one cell type
     or cluster per cell), ``include`` keeps edges whose cells are of those types (``match="both"``: both
     cells, ``"either"``: at least one) and ``exclude`` drops every edge touching one of those types.
+    ``cells`` (row numbers, e.g. a selection made on the UMAP) keeps the edges among those cells, with the
+    same ``match`` rule.
     ``weight_range`` (low, high) keeps weights in that closed range; ``top_n`` then keeps the strongest.
     Columns: source, target, weight (and source_label, target_label with ``labels``).
     """
@@ -293,6 +296,11 @@ def attention_edges(
         if exclude:
             exc = [str(v) for v in exclude]
             keep &= ~np.isin(src_lab, exc) & ~np.isin(dst_lab, exc)
+    if cells is not None:
+        chosen = np.zeros(int(max(ei.max(initial=-1), np.max(cells, initial=-1))) + 1, dtype=bool)
+        chosen[np.asarray(cells, dtype=np.int64)] = True
+        ends = chosen[ei[0]], chosen[ei[1]]
+        keep &= (ends[0] & ends[1]) if match == "both" else (ends[0] | ends[1])
     if weight_range is not None:
         lo, hi = weight_range
         keep &= (w >= lo) & (w <= hi)

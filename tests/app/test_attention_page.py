@@ -99,3 +99,18 @@ def test_fusion_attention_of_attentionae(app_home):
     ratio = relative / raw
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
     assert ratio[0] >= n_cells and float(ratio[0]).is_integer()
+
+
+def test_the_graph_of_a_selection_kept_on_the_embedding_page(app_home):
+    run_id = app_home.runs["cellvgae"]
+    picked = list(range(0, 150, 3))  # 50 of the toy run's 150 cells
+    at = open_page("attention", active=run_id, state={f"selections:{run_id}": {"every third cell": picked}})
+    assert_clean(at)
+    box = at.selectbox(key="att_selection")
+    assert box.options == ["all cells", "every third cell"]
+    box.set_value("every third cell").run()
+    assert_clean(at)
+    table = edge_table(at)
+    assert len(table) > 0
+    assert set(table["source"]) <= set(picked) and set(table["target"]) <= set(picked)
+    assert len(plots.graph_data_json(graph_html(at))["edges"]) == len(table)
