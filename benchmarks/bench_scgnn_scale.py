@@ -1,14 +1,17 @@
-"""scGNN time and memory against the number of cells (issue #24: 2k, 20k, 100k cells on the 2-core CPU).
+"""scGNN (#24) or scBiGNN (#23) time and memory against the number of cells (2k, 20k, 100k on the 2-core CPU).
 
 Cells are synthesised from ``../shared/data/pbmc4k_top2000.h5ad`` (raw counts, 2,000 genes) as
 ``../shared/data/README.md`` describes (:func:`scgraph_core.synthetic.synthesize_adata`); every run is the
 engine's ``pipeline.execute`` in its own fresh process, so its peak memory (``ru_maxrss``, data and imports
 included) is its own. Per run: wall seconds, seconds per stage family (feature AE, cluster AEs, per-round
-retraining, graph AE, imputation), rounds, peak RSS.
+retraining, graph AE, imputation), rounds, peak RSS. ``--model scbignn`` trains on 80 % of the inherited labels
+(``holdout_fraction`` 0.2) and adds accuracy and macro-F1 on the hidden fifth; its stage families are the
+q_phi pre-training, the E-steps and the M-steps.
 
-Resumable: one JSON line per finished run in ``--jsonl``; a rerun skips the (cells, preset) already there.
+Resumable: one JSON line per finished run in ``--jsonl``; a rerun skips the (model, cells, preset) already there.
 
     python benchmarks/bench_scgnn_scale.py --sizes 2000,20000 --preset quick
+    python benchmarks/bench_scgnn_scale.py --model scbignn --sizes 2000,20000,100000 --preset quick
     python benchmarks/bench_scgnn_scale.py --table
 """
 
@@ -31,10 +34,11 @@ SOURCE = "pbmc4k_top2000"
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def single(n_cells: int, preset: str) -> dict:
+def single(n_cells: int, preset: str, model: str = "scgnn") -> dict:
     import anndata as ad
 
     from scgraph_core import pipeline, synthetic
+    from scgraph_core.labels import LabelSpec
 
     real = ad.read_h5ad(DATA / f"{SOURCE}.h5ad")
     adata = real if n_cells == real.n_obs else synthetic.synthesize_adata(real, n_cells, seed=0)
@@ -45,11 +49,15 @@ def single(n_cells: int, preset: str) -> dict:
             family = event["stage"].split("_r")[0] if "_r" in event["stage"] else event["stage"]
             stages[family] += float(event["seconds"])
 
-    config = pipeline.resolve_config("scgnn", preset, {"train": {"seed": 0}})
+    labels = LabelSpec(key="celltype", holdout_fraction=0.2) if model == "scbignn" else None
+    config = pipeline.resolve_config(model, preset, {"train": {"seed": 0}}, labels=labels)
     started = time.perf_counter()
     _, result = pipeline.execute(adata, config, callbacks=[on_event])
     m = result.metrics
     return {
+        "model": model,
+        "accuracy": m.get("accuracy"),
+        "macro_f1": m.get("macro_f1"),
         "n_cells": n_cells,
         "preset": preset,
         "n_genes": int(m.get("n_features", 0)),
@@ -84,6 +92,13 @@ def table(rows: list[dict]) -> str:
     ]
     for r in sorted((r for r in rows if "error" not in r), key=lambda r: (r["preset"], r["n_cells"])):
         s = r["stage_seconds"]
+        if r.get("model", "scgnn") != "scgnn":
+            stages = ", ".join(f"{k} {v:.0f} s" for k, v in s.items())
+            lines.append(
+                f"| {r['n_cells']:,} | {r['preset']} | {r['seconds_total'] / 60:.1f} | {r['model']}: {stages}; "
+                f"accuracy {r['accuracy']:.3f} | | | | | {r['rounds']} | {r['peak_rss_mb'] / 1024:.2f} |"
+            )
+            continue
         lines.append(
             f"| {r['n_cells']:,} | {r['preset']} | {r['seconds_total'] / 60:.1f} | {s.get('feature_ae', 0):.0f} | "
             f"{s.get('cluster', 0):.0f} | {s.get('em', 0):.0f} | {s.get('gae', 0):.0f} | {s.get('imputation_ae', 0):.0f} | "
@@ -98,32 +113,39 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="2000,20000")
     parser.add_argument("--preset", default="quick")
+    parser.add_argument("--model", default="scgnn", choices=("scgnn", "scbignn"))
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--jsonl", default=str(RESULTS / "scgnn_scale.jsonl"))
     parser.add_argument("--table", action="store_true")
-    parser.add_argument("--single", nargs=2, metavar=("CELLS", "PRESET"), help=argparse.SUPPRESS)
+    parser.add_argument("--single", nargs=3, metavar=("CELLS", "PRESET", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
-        print(json.dumps(single(int(args.single[0]), args.single[1])))
+        print(json.dumps(single(int(args.single[0]), args.single[1], args.single[2])))
         return
     path = Path(args.jsonl)
     if args.table:
         print(table(_done(path)))
         return
-    done = {(r["n_cells"], r["preset"]) for r in _done(path) if "error" not in r}
+    done = {(r.get("model", "scgnn"), r["n_cells"], r["preset"]) for r in _done(path) if "error" not in r}
     for size in (int(s) for s in args.sizes.split(",")):
-        if (size, args.preset) in done:
+        if (args.model, size, args.preset) in done:
             continue
-        cmd = [sys.executable, __file__, "--single", str(size), args.preset]
+        cmd = [sys.executable, __file__, "--single", str(size), args.preset, args.model]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             row = (
                 json.loads(proc.stdout.strip().splitlines()[-1])
                 if proc.returncode == 0
-                else {"n_cells": size, "preset": args.preset, "error": proc.stderr.strip()[-800:]}
+                else {
+                    "model": args.model,
+                    "n_cells": size,
+                    "preset": args.preset,
+                    "error": proc.stderr.strip()[-800:],
+                }
             )
         except subprocess.TimeoutExpired:
             row = {
+                "model": args.model,
                 "n_cells": size,
                 "preset": args.preset,
                 "error": f"did not finish within {args.timeout:.0f} s",

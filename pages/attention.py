@@ -325,7 +325,7 @@ with ui.guard("the attention graph"):
         d = st.columns(3)
         d[0].download_button(
             "Edges (CSV)",
-            table.to_csv(index=False),
+            lambda: table.to_csv(index=False),  # built on the click, not on every rerun
             file_name=f"{run.id}_{name}_attention_edges.csv",
             mime="text/csv",
             key="dl_edges",
@@ -339,7 +339,7 @@ with ui.guard("the attention graph"):
         )
         d[2].download_button(
             "Per-cell scores (CSV)",
-            pd.DataFrame(
+            lambda: pd.DataFrame(
                 {"cell": names, "score": score, **({"group": groups} if groups is not None else {})}
             ).to_csv(index=False),
             file_name=f"{run.id}_{name}_attention_per_cell.csv",

@@ -90,13 +90,17 @@ else:
     with ui.guard("the download"):
         import pandas as pd
 
-        table = pd.DataFrame({"cell": adata.obs_names})
-        for gene in chosen:
-            table[f"{gene}_observed"] = cache.expression(adata, gene)
-            table[f"{gene}_learnt"] = interpret.learnt_expression(emb, weights, genes.index(gene))
+        def expression_csv() -> str:
+            """Built when the button is clicked, not on every rerun (100k cells: seconds)."""
+            table = pd.DataFrame({"cell": adata.obs_names})
+            for gene in chosen:
+                table[f"{gene}_observed"] = cache.expression(adata, gene)
+                table[f"{gene}_learnt"] = interpret.learnt_expression(emb, weights, genes.index(gene))
+            return table.to_csv(index=False)
+
         st.download_button(
             "Observed and learnt expression (CSV)",
-            table.to_csv(index=False),
+            expression_csv,
             file_name=f"{run.id}_learnt_expression.csv",
             mime="text/csv",
             key="dl_expr",

@@ -168,7 +168,7 @@ with ui.guard("the gene-gene plot"):
         table[f"{g}_imputed"] = cache.expression(adata, g, layer)
     st.download_button(
         "Observed and imputed values of these genes (CSV)",
-        table.to_csv(index=False),
+        lambda: table.to_csv(index=False),  # built on the click, not on every rerun
         file_name=f"{run.id}_imputed_genes.csv",
         mime="text/csv",
         key="dl_imputed",

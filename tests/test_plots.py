@@ -218,6 +218,27 @@ def test_panels_share_one_figure_and_switch_to_webgl_only_for_many_points():
     assert {t.type for t in plots.embedding_panels(xy, panels[:1], webgl=True).data} == {"scattergl"}
 
 
+def test_panels_above_the_drawing_limit_draw_one_sample_with_rows_of_all_cells():
+    rng = np.random.default_rng(1)
+    xy = rng.normal(size=(1_000, 2))
+    values = [rng.random(1_000) for _ in range(4)]
+    values[2][[7, 8, 9]] = np.nan
+    fig = plots.embedding_panels(xy, [plots.Panel(str(i), v) for i, v in enumerate(values)], max_points=800)
+    assert fig.layout.meta == {"drawn": 200, "cells": 1_000}
+    assert "200 of the 1,000 cells" in plots.drawn_note(fig)
+    per_axes: dict[str, set[int]] = {}
+    for t in fig.data:
+        rows = np.asarray(t.customdata, dtype=np.int64)
+        per_axes.setdefault(t.xaxis, set()).update(rows.tolist())
+        # each point sits where its cell is and carries its cell's value
+        np.testing.assert_allclose(np.asarray(t.x), xy[rows, 0], rtol=1e-6)
+        if t.marker.showscale:
+            panel = int(t.name)
+            np.testing.assert_allclose(np.asarray(t.marker.color), values[panel][rows], rtol=1e-6)
+    assert len(per_axes) == 4 and all(rows == per_axes["x"] for rows in per_axes.values())
+    assert plots.embedding_panels(xy, [plots.Panel("0", values[0])], max_points=0).layout.meta is None
+
+
 def _relative_luminance(colour: str) -> float:
     """WCAG relative luminance of '#rrggbb' or 'rgb(r, g, b)'."""
     colour = colour.strip()

@@ -255,16 +255,31 @@ def embedding_panels(
     panel_height: int = 380,
     axis_names: tuple[str, str] = ("UMAP 1", "UMAP 2"),
     webgl: bool | None = None,
+    max_points: int | None = None,
 ) -> go.Figure:
     """Several numeric colourings of the same cells in ONE figure: a subplot per panel, row by row,
     each with its own colour bar (highest values on top, missing values grey).
 
     One figure holds at most one WebGL context however many panels it has; ``webgl=None`` draws SVG
     markers (none at all) when ``len(coords) * len(panels) <= SVG_MAX_POINTS``. ``customdata`` of
-    every point is its row number in ``coords``.
+    every point is its row number in ``coords``. Above ``max_points`` points in all panels together
+    (default ``style.MAX_DRAWN``; 0 = never) every panel draws the same fixed random sample of the cells,
+    and ``fig.layout.meta`` says so as :func:`embedding_scatter`'s does (colour ranges are the sample's).
     """
     xy = np.asarray(coords, dtype=np.float32)
     n = xy.shape[0]
+    limit = style.MAX_DRAWN if max_points is None else int(max_points)
+    if panels and 0 < limit < n * len(panels):
+        keep = drawn_rows(n, max(limit // len(panels), 1))
+        fig = embedding_panels(
+            xy[keep],
+            [p._replace(values=np.asarray(p.values).reshape(-1)[keep]) for p in panels],
+            columns=columns, panel_height=panel_height, axis_names=axis_names, webgl=webgl, max_points=0,
+        )  # fmt: skip
+        for trace in fig.data:
+            trace.customdata = keep[np.asarray(trace.customdata, dtype=np.int64)]
+        fig.update_layout(meta={"drawn": int(keep.size), "cells": int(n)})
+        return fig
     columns = max(1, min(columns, len(panels) or 1))
     n_rows = max(1, math.ceil(len(panels) / columns))
     use_gl = n * len(panels) > SVG_MAX_POINTS if webgl is None else webgl

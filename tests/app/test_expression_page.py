@@ -78,3 +78,18 @@ def test_a_model_without_gene_weights_points_elsewhere(app_home):
     at = open_page("expression", active=run_id)
     assert not at.exception
     assert any("Imputation page" in m for m in texts(at.info))
+
+
+def test_panels_of_a_large_run_draw_one_sample_of_cells_and_say_so(app_home, monkeypatch):
+    from scgraph_core.plots import style
+
+    monkeypatch.setattr(style, "MAX_DRAWN", 200)  # 4 panels of the 150-cell toy run: 600 points
+    at = open_page("expression", active=app_home.runs["cellvgae"])
+    genes = at.multiselect(key="ex_genes")
+    genes.set_value([g for g in genes.options if g.startswith("gene")][:2]).run()
+    assert_clean(at)
+    fig = plotly_figures(at)[0]
+    cells = [sorted(plotly_array(t["customdata"]).astype(int).tolist()) for t in fig["data"]]
+    assert len(cells) == 4 and all(c == cells[0] for c in cells)  # the same 50 cells in every panel
+    assert len(cells[0]) == 50 and len(set(cells[0])) == 50 and max(cells[0]) < 150
+    assert any("a fixed random 50 of the 150 cells" in c for c in texts(at.caption))

@@ -72,6 +72,37 @@ def test_a_cell_is_the_same_alone_or_batched_with_a_longer_one():
     torch.testing.assert_close(together[1][:1], alone[1])
 
 
+def test_groups_of_similar_length_give_the_padded_batchs_outputs_and_gradients():
+    from scgraph_core.models.scbignn.model import forward_by_length
+
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(0.4, size=(23, 10)).astype(np.float32)
+    dense[:3] = rng.poisson(3.0, size=(3, 10))  # a few long cells among short ones
+    dense[5] = 0  # and an empty one
+    seqs = GeneSequences(sp.csr_matrix(dense), 10)
+    cells = rng.permutation(23)[:19]
+    groups = seqs.by_length(cells, 4)
+    assert sorted(np.concatenate([g for _, g in groups]).tolist()) == sorted(cells.tolist())
+    assert all(len(g) <= 4 for _, g in groups) and len(groups) == 5
+    widths = [int(seqs.lengths[g].max()) for _, g in groups]
+    assert (
+        widths == sorted(widths) and widths[0] < widths[-1]
+    )  # short cells are no longer padded to the longest
+
+    net = _net()
+    target = torch.from_numpy(rng.integers(0, 3, cells.size))
+    logits, h = net(*seqs.batch(cells))
+    torch.nn.functional.cross_entropy(logits, target).backward()
+    padded_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    grouped, grouped_h = forward_by_length(net, seqs, cells, 4, torch.device("cpu"))
+    torch.testing.assert_close(grouped, logits)
+    torch.testing.assert_close(grouped_h, h)
+    torch.nn.functional.cross_entropy(grouped, target).backward()
+    for a, b in zip(padded_grads, (p.grad for p in net.parameters()), strict=True):
+        torch.testing.assert_close(b, a)
+
+
 def test_attention_rows_sum_to_one_over_the_real_genes_only():
     net = _net()
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])

@@ -84,8 +84,9 @@ class CellVGAEParams:
     epochs: int = param(200, "training epochs (passes over every cell)", min=1, max=100000)
     batch_size: int = param(
         0,
-        "training edges per step, each cell of a batch with its neighbourhood sampled (for data too large for "
-        "one step; the progress then counts steps); 0 = the whole graph in every step (full batch, the paper)",
+        "training edges per step, drawn as batch_mode says (for data too large for one step; epochs then count "
+        "passes over the edges and the progress counts steps); 0 = the whole graph in every step (full batch, "
+        "the paper)",
         min=0,
         max=10_000_000,
     )
