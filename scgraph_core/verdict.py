@@ -49,6 +49,7 @@ FEW_GENES_SHARE = 0.25
 MANY_GENES = 2000
 COUNT_MODEL = "attentionae"
 NOISE_LABELS = ("noise", "-1")
+CHANCE_AUC = 0.55  # validation AUC of the edge decoder at or below this: the latent learnt no structure
 
 _OTHER_NAMES = {
     "leiden": "Leiden on the embedding",
@@ -255,12 +256,38 @@ def assess(
 
     # ---- next steps --------------------------------------------------------------------------
     ari = _num(metrics.get("ari"))
+    auc = _num(metrics.get("val_auc"))
+    collapsed = auc is not None and auc <= CHANCE_AUC
+    if collapsed:
+        v.level = "poor"
+        v.findings.insert(
+            0,
+            f"The model learnt no structure: its held-out edges score AUC {auc:.2f} (0.5 is chance), so its "
+            "embedding, and every clustering of it, is noise.",
+        )
+        batches = _num(metrics.get("steps_per_epoch"))
+        v.next_steps.append(
+            NextStep(
+                "retrain",
+                "Train again with a lower learning rate"
+                + (
+                    f" (each epoch here was {int(batches):,} steps at the preset's rate: turn on scale_lr, or "
+                    "lower lr)"
+                    if batches and batches > 1
+                    else " (lr)"
+                )
+                + " on the Model & graph page; re-clustering cannot help.",
+                "model",
+            )
+        )
     better = [
         s
         for s in v.scores
         if not s.chosen and s.ari is not None and ari is not None and s.ari >= ari + BETTER_BY
     ]
-    if better:
+    if collapsed:
+        pass
+    elif better:
         b = better[0]
         v.next_steps.append(
             NextStep(

@@ -214,3 +214,21 @@ def test_a_label_learning_run_is_judged_on_its_hidden_labels():
     none_hidden = verdict.assess({"labels": {"n_train": 600, "n_held_out": 0, "n_unlabelled": 100}})
     assert none_hidden.level == "unknown" and "no accuracy" in none_hidden.headline
     assert none_hidden.next_steps[0].kind == "holdout" and none_hidden.next_steps[0].page == "annotate"
+
+
+def test_a_latent_at_chance_says_so_and_asks_for_training_again_not_reclustering():
+    labels = [f"t{i % 8}" for i in range(80)]
+    a = result([i % 40 for i in range(80)], labels)
+    metrics = {"ari": 0.0, "n_clusters": 40, "val_auc": 0.5, "steps_per_epoch": 220}
+    metrics["other_clusterings"] = {"leiden": {"ari": 0.2, "nmi": 0.3, "n_clusters": 9}}
+    v = assess(metrics, a, label_key="celltype")
+    assert v.level == "poor" and "learnt no structure" in v.findings[0] and "AUC 0.50" in v.findings[0]
+    assert kinds(v)[0] == "retrain" and "recluster" not in kinds(v)
+    assert "220 steps" in v.next_steps[0].text and "scale_lr" in v.next_steps[0].text
+    # full batch: the step only asks for a lower rate; a healthy AUC changes nothing
+    assert (
+        "steps"
+        not in assess({**metrics, "steps_per_epoch": None}, a, label_key="celltype").next_steps[0].text
+    )
+    healthy = assess({**metrics, "val_auc": 0.93}, a, label_key="celltype")
+    assert "retrain" not in kinds(healthy) and not any("no structure" in f for f in healthy.findings)
