@@ -23,16 +23,15 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from scgraph_app import devserver  # noqa: E402
+
 SHARED = Path(os.environ.get("SCGRAPH_SHARED_DATA", REPO.parent / "shared" / "data"))
 CHROMIUM = os.environ.get("SCGRAPH_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
@@ -69,12 +68,6 @@ def make_run(args: argparse.Namespace, home: Path, data: Path) -> tuple[Path, fl
     cmd += ["--preset", args.preset, "--seed", "0", "--label-key", "celltype", "--out", str(run)]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=3600, env={**os.environ, "SCGRAPH_HOME": str(home)})
     return run, float(json.loads((run / "metrics.json").read_text())["seconds_total"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -118,55 +111,21 @@ def visit(page, title: str, selector: str) -> float:
 def time_pages(args: argparse.Namespace, home: Path, run: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    env = {**os.environ, "SCGRAPH_HOME": str(home), "SCGRAPH_DATA_ROOTS": str(home)}
-    log = open(home / "streamlit.log", "wb")  # noqa: SIM115 (closed in the finally below)
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
-    cmd += [
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
+    env = {"SCGRAPH_HOME": str(home), "SCGRAPH_DATA_ROOTS": str(home)}
     out: dict = {"first": {}, "again": {}}
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start; see " + str(home / "streamlit.log"))
-            time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = browser.new_page(viewport={"width": 1440, "height": 1100})
-            started = time.perf_counter()
-            page.goto(f"{url}/?run={run.name}&model=cellvgae")
-            page.wait_for_selector("h1:has-text('Data')", timeout=300_000)
-            settle(page)
-            out["open"] = round(time.perf_counter() - started, 2)
-            for rnd in ("first", "again"):
-                for title, selector in PAGES:
-                    out[rnd][title] = visit(page, title, selector)
-            out["server_rss_mb"] = round(tree_rss_mb(proc.pid), 1)
-            browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    with devserver.serve(env, home / "streamlit.log") as (url, pid), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        started = time.perf_counter()
+        page.goto(f"{url}/?run={run.name}&model=cellvgae")
+        page.wait_for_selector("h1:has-text('Data')", timeout=300_000)
+        settle(page)
+        out["open"] = round(time.perf_counter() - started, 2)
+        for rnd in ("first", "again"):
+            for title, selector in PAGES:
+                out[rnd][title] = visit(page, title, selector)
+        out["server_rss_mb"] = round(tree_rss_mb(pid), 1)
+        browser.close()
     return out
 
 

@@ -44,10 +44,20 @@ def single(n_cells: int, preset: str, model: str = "scgnn") -> dict:
     adata = real if n_cells == real.n_obs else synthetic.synthesize_adata(real, n_cells, seed=0)
     stages: dict[str, float] = defaultdict(float)
 
+    progress = os.environ.get("SCGRAPH_BENCH_PROGRESS")
+    last_stage = [""]
+
     def on_event(event: dict) -> None:
         if event.get("kind") == "epoch":
             family = event["stage"].split("_r")[0] if "_r" in event["stage"] else event["stage"]
             stages[family] += float(event["seconds"])
+        stage = str(event.get("stage") or event.get("step") or "")
+        if progress and stage and stage != last_stage[0]:
+            last_stage[0] = stage
+            with open(
+                progress, "a"
+            ) as fh:  # one line per new stage: which stage a long run is in, and since when
+                fh.write(f"{time.strftime('%H:%M:%S')} {n_cells} {stage}\n")
 
     labels = LabelSpec(key="celltype", holdout_fraction=0.2) if model == "scbignn" else None
     config = pipeline.resolve_config(model, preset, {"train": {"seed": 0}}, labels=labels)

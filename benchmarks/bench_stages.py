@@ -21,6 +21,8 @@ One JSON line per finished repeat in ``--jsonl`` (a rerun skips what is done); `
     python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --repeats 3
     python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --cells 100000 \
         --preset quick --modes machine --repeats 1
+    python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --cells 100000 \
+        --preset quick --modes machine --repeats 1 --flags "--k 32"
     python benchmarks/bench_stages.py --summary
 """
 
@@ -46,6 +48,7 @@ def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
     cmd += ["--preset", args.preset, "--seed", "0", "--out", str(out)]
     if args.label_key:
         cmd += ["--label-key", args.label_key]
+    cmd += args.flags.split()
     started = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - started
@@ -59,6 +62,8 @@ def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
         "analysis_parts",
         "peak_memory_mb",
         "cluster_rule",
+        "val_auc",
+        "graph",
     )
     return {"wall_seconds": wall, **{k: metrics.get(k) for k in STAGES}, **{k: metrics.get(k) for k in keep}}
 
@@ -90,6 +95,7 @@ def summary(path: Path) -> str:
     for r in rows:
         path, _, cells = r["input"].partition("@")
         name = Path(path).stem + (f" ({int(cells):,} cells)" if cells else "")
+        name += f" {r['flags']}" if r.get("flags") else ""
         groups.setdefault((name, r["model"], r["preset"], r["mode"]), []).append(r)
     head = "| input | model | preset | numba cache | runs | wall | graph | train | analysis | write | ARI [clusters] |"
     lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -123,6 +129,9 @@ def main() -> None:
         default=0,
         help="synthesise this many cells from --input first (0: the input as is)",
     )
+    parser.add_argument(
+        "--flags", default="", help="more train flags, e.g. '--k 32' (part of what a rerun skips as done)"
+    )
     parser.add_argument("--synth-dir", default=str(Path(tempfile.gettempdir()) / "scgraph_synth"))
     args = parser.parse_args()
     source = args.input
@@ -140,12 +149,12 @@ def main() -> None:
     if path.exists():
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            key = (r["input"], r["model"], r["preset"], r["mode"])
+            key = (r["input"], r["model"], r["preset"], r["mode"], r.get("flags", ""))
             done[key] = done.get(key, 0) + 1
     with tempfile.TemporaryDirectory() as tmp:
         warm_cache = Path(tmp) / "warm"
         for mode in args.modes.split(","):
-            key = (label, args.model, args.preset, mode)
+            key = (label, args.model, args.preset, mode, args.flags)
             todo = args.repeats - done.get(key, 0)
             if todo <= 0:
                 continue
@@ -161,6 +170,7 @@ def main() -> None:
                     env["NUMBA_CACHE_DIR"] = str(Path(tmp) / f"cold{r}")  # empty: nothing to load
                 row = one_run(args, env, Path(tmp) / f"{mode}{r}")
                 line = {"input": label, "model": args.model, "preset": args.preset, "mode": mode, **row}
+                line["flags"] = args.flags
                 line["cpus"] = os.cpu_count()
                 line["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
                 with path.open("a", encoding="utf-8") as fh:

@@ -184,14 +184,14 @@ with ui.guard("the downloads"):
     frame.insert(0, "cell", result.obs_names)
     c[0].download_button(
         "Predictions (CSV)",
-        lambda: frame.to_csv(index=False).encode(),  # built on the click, not on every rerun
+        ui.on_click(lambda: frame.to_csv(index=False).encode(), "the predictions"),  # built on the click
         file_name=f"{run.id}_predictions.csv",
         mime="text/csv",
         key="ann_csv",
     )
     c[1].download_button(
         "result.h5ad",
-        lambda: run.file("result.h5ad").read_bytes(),
+        ui.on_click(lambda: run.file("result.h5ad").read_bytes(), "result.h5ad"),
         file_name=f"{run.id}.h5ad",
         key="ann_h5ad",
     )

@@ -325,7 +325,7 @@ with ui.guard("the attention graph"):
         d = st.columns(3)
         d[0].download_button(
             "Edges (CSV)",
-            lambda: table.to_csv(index=False),  # built on the click, not on every rerun
+            ui.on_click(lambda: table.to_csv(index=False), "the edge table"),  # built on the click
             file_name=f"{run.id}_{name}_attention_edges.csv",
             mime="text/csv",
             key="dl_edges",
@@ -339,9 +339,12 @@ with ui.guard("the attention graph"):
         )
         d[2].download_button(
             "Per-cell scores (CSV)",
-            lambda: pd.DataFrame(
-                {"cell": names, "score": score, **({"group": groups} if groups is not None else {})}
-            ).to_csv(index=False),
+            ui.on_click(
+                lambda: pd.DataFrame(
+                    {"cell": names, "score": score, **({"group": groups} if groups is not None else {})}
+                ).to_csv(index=False),
+                "the per-cell scores",
+            ),
             file_name=f"{run.id}_{name}_attention_per_cell.csv",
             mime="text/csv",
             key="dl_scores",

@@ -181,7 +181,7 @@ def umap_view() -> None:
             table.insert(0, "cell", adata.obs_names[chosen])
             st.download_button(
                 "Download the selected cells (CSV)",
-                lambda: table.to_csv(index=False),  # built on the click, not on every rerun
+                ui.on_click(lambda: table.to_csv(index=False), "the cell table"),  # built on the click
                 file_name=f"{run.id}_selected_cells.csv",
                 mime="text/csv",
                 key="dl_selected",

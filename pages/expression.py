@@ -100,7 +100,7 @@ else:
 
         st.download_button(
             "Observed and learnt expression (CSV)",
-            expression_csv,
+            ui.on_click(expression_csv, "the expression table"),
             file_name=f"{run.id}_learnt_expression.csv",
             mime="text/csv",
             key="dl_expr",

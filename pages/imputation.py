@@ -168,7 +168,7 @@ with ui.guard("the gene-gene plot"):
         table[f"{g}_imputed"] = cache.expression(adata, g, layer)
     st.download_button(
         "Observed and imputed values of these genes (CSV)",
-        lambda: table.to_csv(index=False),  # built on the click, not on every rerun
+        ui.on_click(lambda: table.to_csv(index=False), "the imputed values"),  # built on the click
         file_name=f"{run.id}_imputed_genes.csv",
         mime="text/csv",
         key="dl_imputed",

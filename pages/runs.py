@@ -237,7 +237,7 @@ with ui.guard("the downloads"):
         result_path = run.file("result.h5ad")
         d[0].download_button(
             f"result.h5ad ({result_path.stat().st_size / 2**20:.1f} MB)",
-            data=lambda: result_path.read_bytes(),
+            data=ui.on_click(lambda: result_path.read_bytes(), "result.h5ad"),
             file_name=f"{run.id}.h5ad",
             mime="application/octet-stream",
             key="dl_h5ad",
@@ -255,7 +255,7 @@ with ui.guard("the downloads"):
     if files:
         d[1].download_button(
             f"All tables and logs ({len(files)} files, zip)",
-            data=tables_zip,
+            data=ui.on_click(tables_zip, "the zip of tables and logs"),
             file_name=f"{run.id}_tables.zip",
             mime="application/zip",
             key="dl_zip",

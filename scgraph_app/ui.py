@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import streamlit as st
@@ -77,6 +77,26 @@ def guard(what: str = "this page") -> Iterator[None]:
         )
         with st.expander("Technical details"):
             st.code("".join(traceback.format_exception(exc)), language="text")
+
+
+def on_click(build: Callable[[], str | bytes], what: str) -> Callable[[], str | bytes]:
+    """``build`` for a download button's deferred data, with the guard's promise kept.
+
+    Streamlit calls deferred data when the button is clicked, outside the page's script, where ``guard``
+    cannot show a message. If building fails (a result file deleted or changed since the page was drawn, a
+    bug), the download is a short text file saying what went wrong and what to do, not a stack trace."""
+
+    def safe() -> str | bytes:
+        try:
+            return build()
+        except Exception as exc:  # any failure becomes the message below
+            return (
+                f"scgraph could not build {what}: {type(exc).__name__}: {exc}\n\n"
+                "The run's files may have been moved, deleted or rewritten since the page was drawn. "
+                "Reload the page and download again; the Runs page shows every run on disk and its state.\n"
+            )
+
+    return safe
 
 
 DEEP_LINK = "_deep_link"

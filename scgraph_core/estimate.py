@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from . import graphs
 from .train import Trainer
 
 __all__ = [
@@ -339,7 +340,9 @@ def estimate(
         features = calibration.n_features
     else:
         features = min(int(config.prepare.n_hvg or genes), genes)
-    edges = int(n_edges) if n_edges is not None else typical_edges(n_cells, config.graph.k)
+    edges = (
+        int(n_edges) if n_edges is not None else typical_edges(n_cells, graphs.k_for(config.graph, n_cells))
+    )
     epochs = _epochs_of(config.params)
     max_rounds = getattr(config.params, "max_rounds", None)  # a model with a refinement loop (scGNN)
     notes: list[str] = []

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,16 @@ class GraphSpec:
         label="graph type",
     )
     k: int = param(5, "Neighbours per cell (knn, pknn, gaussian)", min=1, label="neighbours (k)")
+    k_reference_cells: int | None = param(
+        None,
+        "Above this many cells k grows with the square root of the cell count, k x sqrt(cells / this), up to "
+        "k_max: a neighbour count is a number of cells, and denser data needs more of them to reach as far "
+        "(empty = k as set at any size)",
+        min=2,
+        advanced=True,
+        label="k grows above (cells)",
+    )
+    k_max: int = param(50, "The most neighbours k_reference_cells lets k grow to", min=1, advanced=True)
     metric: str = param("euclidean", "Distance between cells for knn and gaussian", choices=METRICS)
     use: str = param(
         "graph_genes",
@@ -156,6 +166,10 @@ class GraphSpec:
             )
         if self.kind == "linear" and self.percentile >= 100.0:
             raise ConfigError("percentile must be below 100: at 100 the linear kernel keeps no cell pairs.")
+        if self.k_reference_cells is not None and self.kind not in ("knn", "pknn", "gaussian"):
+            raise ConfigError(
+                f"k_reference_cells scales k; kind = {self.kind} has no k. Clear k_reference_cells."
+            )
         if self.backend == "approx" and self.kind in ("linear", "edgelist"):
             raise ConfigError(f"kind = {self.kind} has no neighbour search; set backend = auto or exact.")
 
@@ -840,6 +854,15 @@ def read_edge_list(path: str | Path, n_cells: int, cell_names: Sequence[str] | N
     return src, dst, ("names" if by_name else "ids")
 
 
+def k_for(spec: GraphSpec, n_cells: int) -> int:
+    """The k a kNN-type graph on ``n_cells`` cells uses: ``spec.k``, grown as k x sqrt(n / k_reference_cells)
+    above k_reference_cells cells (never past k_max, never below k)."""
+    ref = spec.k_reference_cells
+    if ref is None or n_cells <= ref or spec.kind not in ("knn", "pknn", "gaussian"):
+        return spec.k
+    return max(spec.k, min(spec.k_max, int(round(spec.k * math.sqrt(n_cells / ref)))))
+
+
 def build_graph(X: Any, spec: GraphSpec, *, cell_names: list[str] | None = None) -> Graph:
     """Build the cell graph described by ``spec`` on ``X`` (cells x dims, dense or sparse).
 
@@ -869,6 +892,14 @@ def build_graph(X: Any, spec: GraphSpec, *, cell_names: list[str] | None = None)
             info["backend"] = "blockwise-linear"
             g = _finish(src, dst, n, spec, info=info)
         else:
+            grown = k_for(spec, n)
+            if grown != spec.k:
+                info["deviations"].append(
+                    f"k = {grown} for {n:,} cells: k = {spec.k} x sqrt({n:,} / {spec.k_reference_cells:,}) "
+                    f"(k_reference_cells; at most k_max = {spec.k_max})"
+                )
+                spec = replace(spec, k=grown)
+            info["k"] = spec.k
             if n < spec.k + 1:
                 raise GraphError(
                     f"A {spec.k}-nearest-neighbour graph needs at least k+1 = {spec.k + 1} cells; the data has {n}. "

@@ -407,3 +407,19 @@ def test_pynndescent_fallback_recall(monkeypatch):
     assert info["backend"] == "pynndescent"
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx.tolist(), exact.tolist(), strict=True)])
     assert recall >= 0.9 and not np.any(approx == np.arange(3000)[:, None])
+
+
+def test_k_grows_with_the_square_root_of_the_cells_above_the_reference(blobs):
+    # 240 cells; k grows only above k_reference_cells cells, as k * sqrt(cells / reference), up to k_max
+    assert G.k_for(spec(k=4), 240) == 4
+    assert G.k_for(spec(k=4, k_reference_cells=240), 240) == 4
+    assert G.k_for(spec(k=4, k_reference_cells=60), 240) == 8
+    assert G.k_for(spec(k=10, k_reference_cells=10_000), 100_000) == 32
+    assert G.k_for(spec(k=10, k_reference_cells=10_000, k_max=20), 100_000) == 20
+    g = G.build_graph(blobs, spec(k=4, k_reference_cells=60, symmetrize="none"))
+    assert g.info["k"] == 8 and g.n_edges == 240 * 8
+    assert any("k = 8 for 240 cells" in d for d in g.info["deviations"])
+    plain = G.build_graph(blobs, spec(k=4, symmetrize="none"))
+    assert plain.info["k"] == 4 and plain.n_edges == 240 * 4 and not plain.info["deviations"]
+    with pytest.raises(ConfigError, match="k_reference_cells"):
+        spec(kind="linear", k_reference_cells=100).check()

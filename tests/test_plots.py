@@ -235,6 +235,8 @@ def test_panels_above_the_drawing_limit_draw_one_sample_with_rows_of_all_cells()
         if t.marker.showscale:
             panel = int(t.name)
             np.testing.assert_allclose(np.asarray(t.marker.color), values[panel][rows], rtol=1e-6)
+            # the colour bar spans every cell's values, not only the drawn ones' (the note says so)
+            assert (t.marker.cmin, t.marker.cmax) == (np.nanmin(values[panel]), np.nanmax(values[panel]))
     assert len(per_axes) == 4 and all(rows == per_axes["x"] for rows in per_axes.values())
     assert plots.embedding_panels(xy, [plots.Panel("0", values[0])], max_points=0).layout.meta is None
 

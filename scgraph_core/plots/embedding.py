@@ -245,6 +245,8 @@ class Panel(NamedTuple):
     values: Any
     name: str = ""
     colorscale: str = "Viridis"
+    # (low, high) of the colour bar; None = the values' own range. A sampled figure sets it from every cell.
+    color_range: tuple[float, float] | None = None
 
 
 def embedding_panels(
@@ -264,7 +266,7 @@ def embedding_panels(
     markers (none at all) when ``len(coords) * len(panels) <= SVG_MAX_POINTS``. ``customdata`` of
     every point is its row number in ``coords``. Above ``max_points`` points in all panels together
     (default ``style.MAX_DRAWN``; 0 = never) every panel draws the same fixed random sample of the cells,
-    and ``fig.layout.meta`` says so as :func:`embedding_scatter`'s does (colour ranges are the sample's).
+    and ``fig.layout.meta`` says so as :func:`embedding_scatter`'s does (colour ranges still span every cell).
     """
     xy = np.asarray(coords, dtype=np.float32)
     n = xy.shape[0]
@@ -273,7 +275,7 @@ def embedding_panels(
         keep = drawn_rows(n, max(limit // len(panels), 1))
         fig = embedding_panels(
             xy[keep],
-            [p._replace(values=np.asarray(p.values).reshape(-1)[keep]) for p in panels],
+            [p._replace(values=_values(p)[keep], color_range=p.color_range or _range(_values(p))) for p in panels],
             columns=columns, panel_height=panel_height, axis_names=axis_names, webgl=webgl, max_points=0,
         )  # fmt: skip
         for trace in fig.data:
@@ -327,6 +329,11 @@ def embedding_panels(
                     "size": size,
                     "color": vals[rows].astype(np.float32),
                     "colorscale": panel.colorscale,
+                    **(
+                        {"cmin": panel.color_range[0], "cmax": panel.color_range[1]}
+                        if panel.color_range
+                        else {}
+                    ),
                     "showscale": True,
                     "colorbar": {
                         "title": {"text": title_safe(panel.name)},
@@ -355,6 +362,15 @@ def embedding_panels(
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_layout(**LAYOUT, height=panel_height * n_rows, uirevision="keep")
     return fig
+
+
+def _values(panel: Panel) -> np.ndarray:
+    return np.asarray(panel.values, dtype=np.float64).reshape(-1)
+
+
+def _range(values: np.ndarray) -> tuple[float, float] | None:
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
 
 
 def selected_cells(fig: go.Figure, selection: Mapping[str, Any] | None) -> np.ndarray:

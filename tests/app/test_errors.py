@@ -40,3 +40,44 @@ def test_an_unexpected_error_shows_its_details_in_a_collapsed_box(app_home, monk
     assert any(e.label == "Technical details" for e in at.expander)
     # The rest of the page (scores) is still drawn.
     assert at.dataframe
+
+
+def test_a_download_built_on_the_click_fails_with_a_message(tmp_path):
+    """Deferred download data runs outside the page's script; a failure must still read as a message."""
+    from scgraph_app import ui
+
+    gone = tmp_path / "result.h5ad"
+    gone.write_bytes(b"h5")
+    build = ui.on_click(gone.read_bytes, "result.h5ad")
+    assert build() == b"h5"
+    gone.unlink()
+    message = build()
+    assert isinstance(message, str) and "Traceback" not in message
+    assert message.startswith("scgraph could not build result.h5ad: FileNotFoundError")
+    assert "Reload the page" in message
+
+
+def test_every_deferred_download_on_the_pages_is_guarded():
+    """A download button whose data is a function (built on the click) passes it through ui.on_click."""
+    import ast
+    from pathlib import Path
+
+    pages = Path(__file__).resolve().parents[2] / "pages"
+    unguarded, deferred = [], 0
+    for path in sorted(pages.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        for call in ast.walk(tree):
+            if not (isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "download_button"):
+                continue
+            data = next((k.value for k in call.keywords if k.arg == "data"), None)
+            data = data if data is not None else (call.args[1] if len(call.args) > 1 else None)
+            is_wrapped = isinstance(data, ast.Call) and getattr(data.func, "attr", "") == "on_click"
+            is_function = isinstance(data, ast.Lambda) or (
+                isinstance(data, ast.Name) and data.id in functions
+            )
+            deferred += is_wrapped
+            if is_function:
+                unguarded.append(f"{path.name}:{call.lineno}")
+    assert not unguarded, f"deferred downloads outside ui.on_click: {unguarded}"
+    assert deferred >= 8

@@ -20,16 +20,13 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from scgraph_app import devserver
 from scgraph_core.runs import Run
 from tests.conftest import SHARED_DATA
 
@@ -57,12 +54,6 @@ TRAIN_TIMEOUT_S = 420
 VIEW_HEIGHT = 1100
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
@@ -80,58 +71,16 @@ def browser():
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     home = tmp_path_factory.mktemp("browser_home")
-    port = _free_port()
     env = {
-        **os.environ,
         "SCGRAPH_HOME": str(home),
         # The app reads typed paths only inside its data roots: pytest's temp folder and the shared datasets.
         "SCGRAPH_DATA_ROOTS": os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(SHARED_DATA)]),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
-    log = open(home / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(home / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url, home
+        with devserver.serve(env, home / "streamlit.log") as (url, _pid):
+            yield url, home
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
         # The training worker runs in its own session; the run has finished here, but be sure.
         for worker in home.glob("runs/*/worker.json"):
             import json
