@@ -63,7 +63,14 @@ def quality_run(args: argparse.Namespace, batch: int, seed: int) -> dict:
 
 
 def memory_run(
-    source: str, n_cells: int, batch: int, epochs: int, preset: str, mode: str, gpu_budget_gb: float = 0.0
+    source: str,
+    n_cells: int,
+    batch: int,
+    epochs: int,
+    preset: str,
+    mode: str,
+    gpu_budget_gb: float = 0.0,
+    readout: int = -1,
 ) -> dict:
     """In this (fresh) process: recipe, graph and ``epochs`` passes of training; peak RSS before and after.
     On a CUDA machine training runs on the GPU (the engine's device "auto"); ``gpu_budget_gb`` then caps what
@@ -81,7 +88,15 @@ def memory_run(
     config = pipeline.resolve_config(
         "cellvgae",
         preset,
-        {"model": {"batch_size": batch, "epochs": epochs, "batch_mode": mode}, "train": {"eval_every": 0}},
+        {
+            "model": {
+                "batch_size": batch,
+                "epochs": epochs,
+                "batch_mode": mode,
+                "readout_cells": max(readout, 0),
+            },
+            "train": {"eval_every": 0},
+        },
     )
     model = base.get("cellvgae")()
     config, _ = model.adapt(config, adata)
@@ -99,6 +114,21 @@ def memory_run(
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     extra = {k: v for k, v in (trained.batch_info or {}).items()}
+    if (
+        readout >= 0
+    ):  # the embedding of every cell and every layer's attention, as a run reads them after training
+        started = time.perf_counter()
+        model.read_out(trained, prepared, config.params, trainer)
+        maps = model.attention()
+        extra.update(
+            readout_cells=readout,
+            readout_seconds=time.perf_counter() - started,
+            readout_groups=model.training_metrics().get("readout_groups"),
+            readout_layers=len(maps),
+            peak_rss_mb_after_readout=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+        if gpu:
+            extra["gpu_peak_mb_after_readout"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
     return {
         **extra,
         "device": trainer.device.type,
@@ -282,6 +312,13 @@ def main() -> None:
         default=0.0,
         help="memory mode on a CUDA machine: cap PyTorch's GPU memory at this many GB (0 = no cap)",
     )
+    parser.add_argument(
+        "--readout-cells",
+        type=int,
+        default=-1,
+        help="memory mode: also read every cell's embedding and attention after training, as a run does, in groups "
+        "of this many cells (the model's readout_cells; 0 = one pass over the whole graph; -1 = no read-out)",
+    )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one memory run, JSON on stdout
     args = parser.parse_args()
@@ -289,7 +326,14 @@ def main() -> None:
     if args.single:
         cells, batch = (int(v) for v in args.single.split(","))
         row = memory_run(
-            args.input, cells, batch, args.epochs, args.preset, args.batch_mode, args.gpu_budget_gb
+            args.input,
+            cells,
+            batch,
+            args.epochs,
+            args.preset,
+            args.batch_mode,
+            args.gpu_budget_gb,
+            args.readout_cells,
         )
         print(json.dumps(row))
         return
@@ -297,7 +341,16 @@ def main() -> None:
         print(table(_done(path)))
         return
     done = {
-        (r["mode"], r["input"], r.get("n_cells"), r["batch_size"], r.get("seed"), _scaled(r), _mode(r))
+        (
+            r["mode"],
+            r["input"],
+            r.get("n_cells"),
+            r["batch_size"],
+            r.get("seed"),
+            _scaled(r),
+            _mode(r),
+            r.get("readout_cells", -1),
+        )
         for r in _done(path)
     }
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -322,6 +375,7 @@ def main() -> None:
             seed,
             args.mode == "quality" and bool(batch) and args.scale_lr,
             args.batch_mode if batch else "full",
+            args.readout_cells if args.mode == "memory" else -1,
         )
         if key in done:
             continue
@@ -348,6 +402,7 @@ def main() -> None:
                 "--gpu-budget-gb",
                 str(args.gpu_budget_gb),
             ]
+            cmd += ["--readout-cells", str(args.readout_cells)]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=7200)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(mode=args.mode, input=args.input, batch_size=batch, seed=seed, preset=args.preset)

@@ -34,6 +34,17 @@ SOURCE = "pbmc4k_top2000"
 RESULTS = REPO / "benchmarks" / "results"
 
 
+def _memory() -> str:
+    """Resident memory now and the peak so far (MB), for the progress lines: where a large run's memory grows."""
+    try:
+        with open("/proc/self/statm") as fh:
+            now = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        now = float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return f"rss {now:.0f} MB, peak {peak:.0f} MB"
+
+
 def single(n_cells: int, preset: str, model: str = "scgnn") -> dict:
     import anndata as ad
 
@@ -57,7 +68,7 @@ def single(n_cells: int, preset: str, model: str = "scgnn") -> dict:
             with open(
                 progress, "a"
             ) as fh:  # one line per new stage: which stage a long run is in, and since when
-                fh.write(f"{time.strftime('%H:%M:%S')} {n_cells} {stage}\n")
+                fh.write(f"{time.strftime('%H:%M:%S')} {n_cells} {stage} {_memory()}\n")
 
     labels = LabelSpec(key="celltype", holdout_fraction=0.2) if model == "scbignn" else None
     config = pipeline.resolve_config(model, preset, {"train": {"seed": 0}}, labels=labels)

@@ -22,7 +22,7 @@ One JSON line per finished repeat in ``--jsonl`` (a rerun skips what is done); `
     python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --cells 100000 \
         --preset quick --modes machine --repeats 1
     python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --cells 100000 \
-        --preset quick --modes machine --repeats 1 --flags "--k 32"
+        --preset quick --modes machine --repeats 1 --flags "--k 32" --keep /tmp/kept_runs
     python benchmarks/bench_stages.py --summary
 """
 
@@ -132,6 +132,11 @@ def main() -> None:
     parser.add_argument(
         "--flags", default="", help="more train flags, e.g. '--k 32' (part of what a rerun skips as done)"
     )
+    parser.add_argument(
+        "--keep",
+        default="",
+        help="keep each timed run's folder under this directory (default: a temporary one, deleted after)",
+    )
     parser.add_argument("--synth-dir", default=str(Path(tempfile.gettempdir()) / "scgraph_synth"))
     args = parser.parse_args()
     source = args.input
@@ -168,9 +173,15 @@ def main() -> None:
                 if mode == "cold":
                     env["SCGRAPH_NUMBA_CACHE"] = "0"
                     env["NUMBA_CACHE_DIR"] = str(Path(tmp) / f"cold{r}")  # empty: nothing to load
-                row = one_run(args, env, Path(tmp) / f"{mode}{r}")
+                where = Path(tmp) / f"{mode}{r}"
+                if args.keep:
+                    where = Path(args.keep) / f"{time.strftime('%Y%m%d-%H%M%S')}_{mode}{r}"
+                    where.parent.mkdir(parents=True, exist_ok=True)
+                row = one_run(args, env, where)
                 line = {"input": label, "model": args.model, "preset": args.preset, "mode": mode, **row}
                 line["flags"] = args.flags
+                if args.keep:
+                    line["kept"] = str(where)
                 line["cpus"] = os.cpu_count()
                 line["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
                 with path.open("a", encoding="utf-8") as fh:

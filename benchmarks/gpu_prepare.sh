@@ -9,7 +9,7 @@
 # the check on the device.
 #
 #   bash benchmarks/gpu_prepare.sh
-#   then the device tool: run(command="bash benchmarks/gpu_check.sh $OUT", carry=[".whl", ".gpudata"], timeout_s=560)
+#   then the device tool: run(command="bash benchmarks/gpu_check.sh $OUT", carry=[".whl", ".gpudata"], timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${SCGRAPH_SHARED_DATA:-../shared/data}
@@ -42,6 +42,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 "$PY312" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WORK"/wheels/*.whl
 rm -f .whl/*
 tar -cJf .whl/site312.tar.xz -C "$WORK/site" .
-cp "$DATA/pbmc3k_seurat250.h5ad" .gpudata/
+cp "$DATA/pbmc3k_seurat250.h5ad" "$DATA/pbmc4k_top2000.h5ad" .gpudata/
 du -sh .whl .gpudata
 echo "ready: carry .whl and .gpudata; run benchmarks/gpu_check.sh \$OUT on the device"

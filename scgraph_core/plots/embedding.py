@@ -273,9 +273,12 @@ def embedding_panels(
     limit = style.MAX_DRAWN if max_points is None else int(max_points)
     if panels and 0 < limit < n * len(panels):
         keep = drawn_rows(n, max(limit // len(panels), 1))
+        drawn = []
+        for p in panels:
+            values = _values(p)
+            drawn.append(p._replace(values=values[keep], color_range=p.color_range or _range(values)))
         fig = embedding_panels(
-            xy[keep],
-            [p._replace(values=_values(p)[keep], color_range=p.color_range or _range(_values(p))) for p in panels],
+            xy[keep], drawn,
             columns=columns, panel_height=panel_height, axis_names=axis_names, webgl=webgl, max_points=0,
         )  # fmt: skip
         for trace in fig.data:

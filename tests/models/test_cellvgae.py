@@ -401,3 +401,30 @@ def test_partition_batches_train_on_induced_subgraphs_of_a_few_parts(tmp_path):
     z = out.obsm["X_cellvgae"]
     assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
     assert "ari" in result.metrics
+    assert "readout_groups" not in m  # 150 cells: one read-out pass (readout_cells 20,000)
+
+
+def test_after_partition_batches_a_read_out_by_groups_gives_the_whole_graph_pass():
+    # Same seed, deterministic training: the embedding and attention read group by group (each group on its
+    # neighbourhood) are those of one pass over the whole graph.
+    model = {**TINY["model"], "batch_size": 200, "batch_mode": "parts", "parts_per_batch": 2, "epochs": 2}
+    outs = []
+    for readout in (0, 40):
+        config = pipeline.resolve_config(
+            "cellvgae",
+            "quick",
+            {
+                **TINY,
+                "model": {**model, "readout_cells": readout},
+                "train": {"seed": 3, "deterministic": True},
+            },
+            label_key="celltype",
+        )
+        outs.append(pipeline.execute(toy_counts(), config))
+    (whole, r_whole), (grouped, r_grouped) = outs
+    assert "readout_groups" not in r_whole.metrics and r_grouped.metrics["readout_groups"] >= 3
+    np.testing.assert_allclose(grouped.obsm["X_cellvgae"], whole.obsm["X_cellvgae"], rtol=1e-5, atol=1e-5)
+    for layer in ("hidden1", "mu"):
+        a, b = (o.uns["cellvgae"]["attention"][layer] for o in (whole, grouped))
+        assert (a["edge_index"] == b["edge_index"]).all()
+        np.testing.assert_allclose(b["alpha"], a["alpha"], rtol=1e-5, atol=1e-6)

@@ -126,6 +126,15 @@ class CellVGAEParams:
         advanced=True,
         shown_if={"batch_size": True},
     )
+    readout_cells: int = param(
+        20000,
+        "mini-batch training: the embedding and attention are read in groups of about this many cells, each with "
+        "its neighbourhood (the same numbers as one pass over the whole graph, with memory bounded by the group); "
+        "0 = one pass over the whole graph",
+        min=0,
+        advanced=True,
+        shown_if={"batch_size": True},
+    )
     val_fraction: float = param(0.1, "share of edges held out to monitor link prediction", min=0.0, max=0.5)
     test_fraction: float = param(
         0.0, "share of edges held out as a final link-prediction test", min=0.0, max=0.5
@@ -183,6 +192,7 @@ class Trained:
     ranks: dict | None = None  # distributed training: the number of processes and whether they agree
     lr_per_step: float | None = None  # mini-batch training: the learning rate each step used
     batch_info: dict | None = None  # partition batches: the number of parts, the share of edges inside one
+    parts: np.ndarray | None = None  # partition batches: each cell's part (read-out groups are made of parts)
 
 
 @dataclass
@@ -497,6 +507,7 @@ class CellVGAE(Model):
                 steps_per_epoch=stage.extra["steps_per_epoch"],
                 lr_per_step=stage.extra["lr_per_step"],
                 batch_info={k: v for k, v in stage.extra.items() if k.startswith("parts")},
+                parts=stage.extra.get("cell_parts"),
             )
             if distributed.active():
                 trained.ranks = {"world_size": distributed.world_size(), "in_sync": distributed.in_sync(net)}
@@ -682,7 +693,11 @@ class CellVGAE(Model):
             return {f"val_{k}": v for k, v in link_scores(mu, val_pos_l, val_neg_l).items()}
 
         has_val = split.val_pos.shape[1] > 0 and val_pos_l.shape[1] > 0 and val_neg_l.shape[1] > 0
-        extra = {"parts": n_parts, "parts_edges_within": round(batches_of.within_share, 4)}
+        extra = {
+            "parts": n_parts,
+            "parts_edges_within": round(batches_of.within_share, 4),
+            "cell_parts": parts,
+        }
         return _batch_stage(net, optimizer, step, evaluate if has_val else None, p, trainer, steps, extra)
 
     def train(
@@ -695,20 +710,37 @@ class CellVGAE(Model):
         cluster: Any = None,
         labels: Any = None,
     ) -> None:
+        self.read_out(self.train_net(prepared, graph, params, trainer), prepared, params, trainer)
+
+    def read_out(self, trained: Trained, prepared: Any, params: CellVGAEParams, trainer: Trainer) -> None:
+        """After training: the embedding of every cell, link-prediction scores and the metrics; the attention
+        is read later by :meth:`attention`. After mini-batch training of more than ``readout_cells`` cells,
+        group by group (:mod:`scgraph_core.nn.halo`), so memory stays bounded."""
         p = params
         device = trainer.device
-        trained = self.train_net(prepared, graph, p, trainer)
         net, x, split, message = trained.net, trained.x, trained.split, trained.message
         # Link prediction is scored on an eval-mode pass over the training edges (the held-out edges
         # unseen); the embedding is read over every edge unless embed_edges = train (MODELS.md 1.5: the
         # authors' code reads it over the training edges, which drops 10 % of a k = 5 graph's edges).
         net.eval()
-        with torch.no_grad():
-            mu_t, s_t = net.encode(x, message)
+        self._groups = self._readout_groups(trained, p, trainer.spec.seed)
+        self._grouped_maps = None
+        if self._groups is not None:  # group by group: the attention is read in the same pass
+            want = p.attention and p.conv != "gcn"
+            mu_t, s_t, self._grouped_maps = self._read_groups(
+                net, x, message, want and p.embed_edges != "all"
+            )
             mu_link = mu_t
             if p.embed_edges == "all":
-                message = split.every_edge().to(device)  # also the graph the attention is read over
+                message = split.every_edge().to(device)
+                mu_t, s_t, self._grouped_maps = self._read_groups(net, x, message, want)
+        else:
+            with torch.no_grad():
                 mu_t, s_t = net.encode(x, message)
+                mu_link = mu_t
+                if p.embed_edges == "all":
+                    message = split.every_edge().to(device)  # also the graph the attention is read over
+                    mu_t, s_t = net.encode(x, message)
         n_cells, n_genes = x.shape
         outcome = trained.outcome
         scores: dict[str, Any] = {
@@ -723,6 +755,8 @@ class CellVGAE(Model):
             scores["steps_per_epoch"] = trained.steps_per_epoch
             scores["lr_per_step"] = trained.lr_per_step
         scores.update(trained.batch_info or {})
+        if self._groups is not None:
+            scores["readout_groups"] = len(self._groups)
         if trained.ranks:
             scores["processes"] = trained.ranks["world_size"]
             scores["processes_in_sync"] = trained.ranks["in_sync"]
@@ -740,6 +774,69 @@ class CellVGAE(Model):
         self._scores = scores
         self._feature_genes = list(prepared.feature_genes)
 
+    @staticmethod
+    def _readout_groups(trained: Trained, p: CellVGAEParams, seed: int) -> list[np.ndarray] | None:
+        """Groups of cells the embedding and attention are read in (:mod:`scgraph_core.nn.halo`), or None for
+        one pass over the whole graph: full-batch training held the whole graph anyway, and a graph of at most
+        ``readout_cells`` cells is one group."""
+        from ...nn.halo import cores
+        from ...nn.partition import kmeans_parts
+
+        n_cells = trained.x.shape[0]
+        if not trained.steps_per_epoch or not p.readout_cells or n_cells <= p.readout_cells:
+            return None
+        parts = trained.parts
+        if parts is None:  # sampled neighbourhoods: parts of neighbouring cells for the read-out only
+            want = max(2, -(-n_cells // max(p.readout_cells // 8, 1)))
+            parts = kmeans_parts(trained.x.detach().cpu().numpy(), min(want, n_cells), seed=seed)
+        return cores(parts, p.readout_cells)
+
+    def _read_groups(
+        self, net: CellVGAENet, x: torch.Tensor, edge_index: torch.Tensor, attention: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple] | None]:
+        """(mu, s) of every cell and, with ``attention``, :meth:`CellVGAENet.attention` of the whole graph, read
+        group by group on each group's neighbourhood (:mod:`scgraph_core.nn.halo`): the same numbers as one pass.
+        Every edge points into one cell, whose group reads its attention; the edges come back in the order one
+        pass reports them. ``net`` must be in eval mode."""
+        from ...nn.halo import halo_groups, self_loop_order
+
+        ei = edge_index.cpu().numpy().astype(np.int64)
+        n_cells = x.shape[0]
+        where = self_loop_order(ei)
+        kept = ei[:, where >= 0]
+        n_kept = kept.shape[1]
+        mu = s = None
+        out: dict[str, np.ndarray] = {}
+        for g in halo_groups(ei, n_cells, self._groups, net.receptive_hops()):
+            sub = g.edge_index
+            collected: dict[str, tuple] | None = {} if attention else None
+            with torch.no_grad():
+                m, v = net._encode(
+                    x[torch.from_numpy(g.nodes).to(x.device)], torch.from_numpy(sub).to(x.device), collected
+                )
+            c = g.core.size
+            if mu is None:
+                mu = torch.empty((n_cells, m.shape[1]), dtype=m.dtype, device=m.device)
+                s = torch.empty_like(mu)
+            core = torch.from_numpy(g.core).to(x.device)
+            mu[core], s[core] = m[:c], v[:c]
+            if collected is None:
+                continue
+            sub_keep = sub[0] != sub[1]
+            ids = g.edge_ids[sub_keep]
+            into_core = sub[1, sub_keep] < c
+            n_sub = int(sub_keep.sum())
+            for name in net.layer_names():
+                alpha = collected[name][1].detach().float().cpu().numpy()
+                if name not in out:
+                    out[name] = np.empty((n_kept + n_cells, alpha.shape[1]), dtype=np.float32)
+                out[name][where[ids[into_core]]] = alpha[:n_sub][into_core]
+                out[name][n_kept + g.core] = alpha[n_sub : n_sub + c]
+        if not attention:
+            return mu, s, None
+        full_ei = np.concatenate([kept, np.stack([np.arange(n_cells)] * 2)], axis=1)
+        return mu, s, {name: (full_ei, alpha) for name, alpha in out.items()}
+
     def embed(self) -> Embedding:
         return Embedding("X_cellvgae", self._mu, extra={"X_cellvgae_log_sigma": self._log_sigma})
 
@@ -754,7 +851,9 @@ class CellVGAE(Model):
 
         net, x = self._trained.net, self._trained.x
         maps = []
-        for layer, (ei, alpha) in net.attention(x, self._message).items():
+        grouped = getattr(self, "_grouped_maps", None)
+        read = grouped if grouped is not None else net.attention(x, self._message)
+        for layer, (ei, alpha) in read.items():
             ei = _np(ei).astype(np.int64)
             alpha = _np(alpha).astype(np.float32)
             n_cells = x.shape[0]

@@ -131,6 +131,11 @@ class CellVGAENet(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
 
+    def receptive_hops(self) -> int:
+        """How many hops along incoming edges a cell's (μ, s) depends on (:mod:`scgraph_core.nn.halo`): one per
+        message-passing layer, and one more for GCN, whose weight on an edge also uses the sender's degree."""
+        return len(self.hidden_layers) + 1 + (self.conv == "gcn")
+
     def layer_names(self) -> list[str]:
         """Names of the attention layers, in order: hidden1, hidden2[, hidden3], mu, sigma."""
         return [f"hidden{i + 1}" for i in range(len(self.hidden))] + ["mu", "sigma"]
