@@ -2,16 +2,18 @@
 
 After mini-batch training (:mod:`scgraph_core.nn.partition`) the embedding and the attention of every cell are
 still needed. One full-graph pass holds every layer's activations for every cell at once (at 1,000,000 cells the
-paper preset's 1,280-wide hidden layer alone is 5 GB), so the memory of the whole run would again grow with the
-cells. Instead the cells are read in groups ("cores"): an encoder of L message-passing layers gives a cell an
-output that depends only on the cells within L hops along incoming edges, so each core is run on the subgraph
-induced by itself and its L-hop halo, and only the core's outputs are kept. Halo cells near the edge of the
+paper preset's 1,280-wide hidden layer alone is 5 GB). Here the cells can be read in groups ("cores") instead: an
+encoder of L message-passing layers gives a cell an output that depends only on the cells within L hops along
+incoming edges, so each core is run on the subgraph induced by itself and its L-hop halo, and only the core's
+outputs are kept. Halo cells near the edge of the
 subgraph miss some of their own neighbours and get wrong values, but a wrong value travels one hop per layer and
 never reaches the core: the core's outputs, and the attention on every edge into a core cell, are exactly those
 of the full pass. Every edge points into exactly one cell, so the attention of the whole graph is put back
 together edge by edge, in the order the full pass reports it.
 
-Memory per group is (core + halo) x layer width; cores made of neighbouring parts keep the halo small.
+Memory per group is (core + halo) x layer width, so this pays only where the halos are much smaller than the
+graph: cores made of neighbouring parts help, but on a kNN graph three hops spread far (at 100,000 cells, cores of
+20,000 had halos of nearly the whole graph, and reading by groups took more memory than one pass; benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

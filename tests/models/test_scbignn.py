@@ -72,6 +72,20 @@ def test_a_cell_is_the_same_alone_or_batched_with_a_longer_one():
     torch.testing.assert_close(together[1][:1], alone[1])
 
 
+def test_widths_rounded_up_to_a_multiple_change_no_output():
+    rng = np.random.default_rng(1)
+    seqs = GeneSequences(sp.csr_matrix(rng.poisson(0.6, size=(9, 10)).astype(np.float32)), 10)
+    cells = np.arange(9)
+    exact, rounded = seqs.batch(cells), seqs.batch(cells, pad_to=16)
+    assert rounded[0].shape == (9, 16) and exact[0].shape[1] < 16
+    assert (rounded[2][:, : exact[2].shape[1]] == exact[2]).all() and not rounded[2][
+        :, exact[2].shape[1] :
+    ].any()
+    net = _net()
+    for a, b in zip(net(*exact), net(*rounded), strict=True):
+        torch.testing.assert_close(b, a)
+
+
 def test_groups_of_similar_length_give_the_padded_batchs_outputs_and_gradients():
     from scgraph_core.models.scbignn.model import forward_by_length
 
