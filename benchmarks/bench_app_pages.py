@@ -15,6 +15,7 @@ new measurement of the same run, e.g. after a change to the app).
 
     python benchmarks/bench_app_pages.py --cells 100000
     python benchmarks/bench_app_pages.py --cells 3000 --jsonl /tmp/pages.jsonl     # a quick check
+    python benchmarks/bench_app_pages.py --cells 1000000 --resample --flags "--batch-size 4096 --epochs 5"
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,7 +50,7 @@ PAGES = (
 
 
 def make_input(args: argparse.Namespace, work: Path) -> Path:
-    path = work / f"synthetic_{args.cells}.h5ad"
+    path = work / f"synthetic_{args.cells}{'_resample' if args.resample else ''}.h5ad"
     if path.exists():
         return path
     import anndata
@@ -56,17 +58,27 @@ def make_input(args: argparse.Namespace, work: Path) -> Path:
     from scgraph_core import synthetic
 
     real = anndata.read_h5ad(args.input)
-    synthetic.synthesize_adata(real, args.cells, seed=0).write_h5ad(path)
+    synthetic.synthesize_adata(real, args.cells, seed=0, resample=args.resample).write_h5ad(path)
     return path
 
 
+def run_name(args: argparse.Namespace) -> str:
+    """The run's folder name: the cells, and what else makes it a different run."""
+    name = f"cells{args.cells}" + ("_resample" if args.resample else "")
+    if args.flags:
+        name += "_" + "-".join(re.findall(r"[A-Za-z0-9.]+", args.flags))
+    return name
+
+
 def make_run(args: argparse.Namespace, home: Path, data: Path) -> tuple[Path, float]:
-    run = home / "runs" / f"cells{args.cells}"
+    run = home / "runs" / run_name(args)
     if (run / "result.h5ad").exists():
         return run, float(json.loads((run / "metrics.json").read_text()).get("seconds_total", 0.0))
     cmd = [sys.executable, "-m", "scgraph_core", "train", "--model", "cellvgae", "--input", str(data)]
     cmd += ["--preset", args.preset, "--seed", "0", "--label-key", "celltype", "--out", str(run)]
-    subprocess.run(cmd, cwd=REPO, check=True, timeout=3600, env={**os.environ, "SCGRAPH_HOME": str(home)})
+    cmd += args.flags.split()
+    limit = 3600 if args.cells <= 200_000 else 4 * 3600
+    subprocess.run(cmd, cwd=REPO, check=True, timeout=limit, env={**os.environ, "SCGRAPH_HOME": str(home)})
     return run, float(json.loads((run / "metrics.json").read_text())["seconds_total"])
 
 
@@ -135,6 +147,14 @@ def main() -> None:
     parser.add_argument("--input", default=str(SHARED / "pbmc3k_seurat250.h5ad"))
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--tag", default="", help="names a new measurement of the same run")
+    parser.add_argument(
+        "--resample", action="store_true", help="draw the cells as fresh counts (synthetic, resample=True)"
+    )
+    parser.add_argument(
+        "--flags",
+        default="",
+        help="more train flags, e.g. '--batch-size 4096 --epochs 5' for 1,000,000 cells",
+    )
     parser.add_argument("--work", default="/tmp/scgraph_app_pages")
     parser.add_argument("--jsonl", default=str(REPO / "benchmarks" / "results" / "app_pages.jsonl"))
     args = parser.parse_args()
@@ -145,10 +165,16 @@ def main() -> None:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if (row.get("cells"), row.get("preset"), row.get("tag", "")) == (
+            if (
+                row.get("cells"),
+                row.get("preset"),
+                row.get("tag", ""),
+                row.get("run", f"cells{args.cells}"),
+            ) == (
                 args.cells,
                 args.preset,
                 args.tag,
+                run_name(args),
             ):
                 print(f"done already: {row}")
                 return
@@ -162,6 +188,8 @@ def main() -> None:
         "cells": args.cells,
         "preset": args.preset,
         "tag": args.tag,
+        "run": run.name,
+        "flags": args.flags,
         "git": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip(),

@@ -12,8 +12,8 @@ included). Modes:
 * ``machine``: this machine's own cache as it stands (what a user's next run sees; for large ``--cells``
   runs, where a fill run would double the time).
 
-``--cells N`` synthesises N cells from ``--input`` first (:mod:`scgraph_core.synthetic`, seed 0; the cells
-inherit their anchors' labels) to time the analysis at scale; each line then also holds the label-free ARI,
+``--cells N`` synthesises N cells from ``--input`` first (:mod:`scgraph_core.synthetic`, seed 0, by
+interpolation, or as fresh counts with ``--resample``; the cells inherit their anchors' labels) to time the analysis at scale; each line then also holds the label-free ARI,
 the cluster count and where the analysis time went (``analysis_parts``).
 
 One JSON line per finished repeat in ``--jsonl`` (a rerun skips what is done); ``--summary`` prints medians.
@@ -68,16 +68,17 @@ def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
     return {"wall_seconds": wall, **{k: metrics.get(k) for k in STAGES}, **{k: metrics.get(k) for k in keep}}
 
 
-def synthesized(source: str, n_cells: int, folder: Path) -> str:
+def synthesized(source: str, n_cells: int, folder: Path, resample: bool = False) -> str:
     """``n_cells`` cells made from ``source`` (scgraph_core.synthetic, seed 0), written once and reused."""
     import anndata as ad
 
     from scgraph_core import synthetic
 
-    path = folder / f"{Path(source).stem}_{n_cells}.h5ad"
+    path = folder / f"{Path(source).stem}_{n_cells}{'_resample' if resample else ''}.h5ad"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        synthetic.synthesize_adata(ad.read_h5ad(source), n_cells, seed=0).write_h5ad(path)
+        adata = synthetic.synthesize_adata(ad.read_h5ad(source), n_cells, seed=0, resample=resample)
+        adata.write_h5ad(path)
     return str(path)
 
 
@@ -94,7 +95,10 @@ def summary(path: Path) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         path, _, cells = r["input"].partition("@")
-        name = Path(path).stem + (f" ({int(cells):,} cells)" if cells else "")
+        cells, _, recipe = cells.partition(":")
+        name = Path(path).stem + (
+            f" ({int(cells):,} cells{', ' + recipe if recipe else ''})" if cells else ""
+        )
         name += f" {r['flags']}" if r.get("flags") else ""
         groups.setdefault((name, r["model"], r["preset"], r["mode"]), []).append(r)
     head = "| input | model | preset | numba cache | runs | wall | graph | train | analysis | write | ARI [clusters] |"
@@ -130,6 +134,11 @@ def main() -> None:
         help="synthesise this many cells from --input first (0: the input as is)",
     )
     parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="with --cells: draw the new cells as fresh counts (scgraph_core.synthetic, resample=True)",
+    )
+    parser.add_argument(
         "--flags", default="", help="more train flags, e.g. '--k 32' (part of what a rerun skips as done)"
     )
     parser.add_argument(
@@ -142,8 +151,8 @@ def main() -> None:
     source = args.input
     if args.cells:
         sys.path.insert(0, str(REPO))
-        args.input = synthesized(source, args.cells, Path(args.synth_dir))
-        label = f"{source}@{args.cells}"
+        args.input = synthesized(source, args.cells, Path(args.synth_dir), args.resample)
+        label = f"{source}@{args.cells}" + (":resample" if args.resample else "")
     else:
         label = source
     path = Path(args.jsonl)

@@ -39,9 +39,14 @@ def _index_files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*.nbi")}
 
 
-def test_compiled_code_is_written_once_and_reused_with_the_same_layout(tmp_path):
+def test_compiled_code_is_written_once_reused_and_can_be_switched_off(tmp_path):
+    """One test, so the two cold compiles (about 30 s each) are not repeated for a second test."""
     cache = tmp_path / "numba"
+    plain = _run({"NUMBA_CACHE_DIR": str(tmp_path / "off"), "SCGRAPH_NUMBA_CACHE": "0"})
+    # Switched off: only the few functions the packages themselves mark for caching may be written.
+    assert not any(OPTIMISER in f for f in _index_files(tmp_path / "off"))
     first = _run({"NUMBA_CACHE_DIR": str(cache)})
+    assert first == plain  # the cache does not change the layout
     written = _index_files(cache)
     # pynndescent's distances (compiled eagerly at import) and umap's layout optimiser are both cached.
     assert any("pynndescent" in f and "distances" in f for f in written), sorted(written)[:20]
@@ -51,12 +56,3 @@ def test_compiled_code_is_written_once_and_reused_with_the_same_layout(tmp_path)
     assert second == first  # loaded machine code gives the same layout
     # Nothing was compiled again: no data file was added or rewritten.
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.nbc")} == data_files
-
-
-def test_switched_off_it_writes_nothing_and_the_layout_is_unchanged(tmp_path):
-    cache = tmp_path / "numba"
-    plain = _run({"NUMBA_CACHE_DIR": str(cache), "SCGRAPH_NUMBA_CACHE": "0"})
-    # Only the few functions the packages themselves mark for caching may be written.
-    assert not any(OPTIMISER in f for f in _index_files(cache))
-    cached = _run({"NUMBA_CACHE_DIR": str(tmp_path / "other")})
-    assert cached == plain

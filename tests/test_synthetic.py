@@ -138,3 +138,73 @@ def test_pbmc3k_synthetic_graph_holds_together():
     tiled = np.maximum(np.tile(X, (3, 1)) + rng.normal(scale=0.01, size=(3 * X.shape[0], X.shape[1])), 0)
     t = G.build_graph(tiled.astype(np.float32), params.from_dict(G.GraphSpec, {"k": 5})).stats()
     assert t["largest_component_fraction"] < 0.8 and t["n_components"] > s["n_components"]
+
+
+def _same_anchor_share(X_new, anchor: np.ndarray, *, log: bool = True, k: int = 10) -> float:
+    """Share of each new cell's k nearest new cells (euclidean, on log1p values) from the same real cell."""
+    dense = np.asarray(X_new.toarray() if sp.issparse(X_new) else X_new, dtype=np.float32)
+    nn, _, _ = G.nearest_neighbors(np.log1p(dense) if log else dense, k, metric="euclidean", backend="exact")
+    return float((anchor[nn] == anchor[:, None]).mean())
+
+
+def test_resampled_counts_follow_the_plan_and_break_up_copies(real):
+    X, _ = real
+    n_new = 3000
+    anchor, partner, lam = synthesis_plan(X, n_new, seed=6)
+    smooth1, _ = synthesize(X, n_new, seed=6, counts=True, resample=True, smooth=1)
+    assert smooth1.shape == (n_new, 20) and np.all(smooth1 == np.rint(smooth1)) and smooth1.min() >= 0
+    # smooth = 1: each new cell is a Poisson draw around the plan's interpolated counts, at its depth.
+    depth = X.sum(1)
+    d_new = (1 - lam) * depth[anchor] + lam * depth[partner]
+    per = X / depth[:, None]
+    mean = d_new[:, None] * ((1 - lam)[:, None] * per[anchor] + lam[:, None] * per[partner])
+    assert np.all(smooth1[mean == 0] == 0)
+    z = (smooth1.sum(0) - mean.sum(0)) / np.sqrt(mean.sum(0))  # Poisson: variance = mean
+    assert np.abs(z).max() < 5
+    assert not np.allclose(smooth1, np.rint(mean))  # fresh noise, not the rounded mean
+    # Interpolated copies of one real cell crowd each other's neighbourhoods; fresh counts much less.
+    interp, _ = synthesize(X, n_new, seed=6, counts=True, noise=0.0)
+    resampled, _ = synthesize(X, n_new, seed=6, counts=True, resample=True)
+    assert _same_anchor_share(resampled, anchor) < 0.5 * _same_anchor_share(interp, anchor)
+    # Sparse input gives the same cells.
+    again, _ = synthesize(sp.csr_matrix(X), n_new, seed=6, counts=True, resample=True)
+    assert sp.issparse(again) and np.array_equal(again.toarray(), resampled)
+
+
+def test_resampling_log_normalised_values_keeps_their_scale(real):
+    X, _ = real
+    X = X.copy()
+    X[:, 0] = 1  # every cell holds a single molecule somewhere, so its size factor can be read back
+    depth = X.sum(1)
+    logged = np.log1p(X * (1e4 / depth)[:, None]).astype(np.float32)
+    new, _ = synthesize(logged, 2000, seed=7, resample=True)
+    assert new.dtype == np.float32 and new.min() >= 0
+    # Written the same way: log1p(c / d) with c whole molecules and d the depth between the two real cells.
+    anchor, partner, lam = synthesis_plan(logged, 2000, seed=7)
+    d_new = (1 - lam) * depth[anchor] / 1e4 + lam * depth[partner] / 1e4
+    c = np.expm1(new.astype(np.float64)) * d_new[:, None]
+    assert np.abs(c - np.rint(c)).max() < 0.02 and c.max() > 3
+    # Same gene-wise level as the real cells (per 10,000 molecules).
+    real_level = np.expm1(logged.astype(np.float64)).mean(0)
+    new_level = np.expm1(new.astype(np.float64)).mean(0) * (
+        1e4 / np.expm1(new.astype(np.float64)).sum(1).mean()
+    )
+    assert np.corrcoef(real_level, new_level)[0, 1] > 0.95
+    # Values that are not log1p(counts x factor) are refused with what to do instead.
+    with pytest.raises(DataError, match="raw counts"):
+        synthesize(logged * 0.37, 10, resample=True)
+    with pytest.raises(DataError, match="smooth"):
+        synthesize(X, 10, counts=True, resample=True, smooth=0)
+
+
+def test_pbmc3k_resampled_cells_are_not_clouds_of_copies():
+    import anndata as ad
+
+    a = ad.read_h5ad(shared_file("pbmc3k_seurat250.h5ad"))
+    interp = synthesize_adata(a, 8000, seed=0)
+    fresh = synthesize_adata(a, 8000, seed=0, resample=True)
+    assert fresh.uns["synthetic"]["resample"] is True and fresh.uns["synthetic"]["smooth"] == 5
+    anchor = fresh.obs["synthetic_anchor"].to_numpy()
+    assert np.array_equal(anchor, interp.obs["synthetic_anchor"].to_numpy())  # one plan
+    share_fresh = _same_anchor_share(fresh.X, anchor, log=False)
+    assert share_fresh < 0.05 < _same_anchor_share(interp.X, anchor, log=False)
