@@ -45,14 +45,17 @@ def _memory() -> str:
     return f"rss {now:.0f} MB, peak {peak:.0f} MB"
 
 
-def single(n_cells: int, preset: str, model: str = "scgnn") -> dict:
+def single(n_cells: int, preset: str, model: str = "scgnn", resample: bool = False) -> dict:
     import anndata as ad
 
     from scgraph_core import pipeline, synthetic
     from scgraph_core.labels import LabelSpec
 
     real = ad.read_h5ad(DATA / f"{SOURCE}.h5ad")
-    adata = real if n_cells == real.n_obs else synthetic.synthesize_adata(real, n_cells, seed=0)
+    if n_cells == real.n_obs:
+        adata = real
+    else:
+        adata = synthetic.synthesize_adata(real, n_cells, seed=0, resample=resample)
     stages: dict[str, float] = defaultdict(float)
 
     progress = os.environ.get("SCGRAPH_BENCH_PROGRESS")
@@ -81,6 +84,7 @@ def single(n_cells: int, preset: str, model: str = "scgnn") -> dict:
         "macro_f1": m.get("macro_f1"),
         "n_cells": n_cells,
         "preset": preset,
+        "synthesis": "resample" if resample else "interpolate",
         "n_genes": int(m.get("n_features", 0)),
         "seconds_total": time.perf_counter() - started,
         "seconds_train": m.get("seconds_train"),
@@ -106,6 +110,10 @@ def _done(path: Path) -> list[dict]:
     return rows
 
 
+def _drawn(row: dict) -> str:
+    return " (resampled)" if row.get("synthesis") == "resample" else ""
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| cells | preset | wall min | feature AE s | cluster AEs s | retraining s | graph AE s | imputation s | rounds | peak GB |",
@@ -116,12 +124,12 @@ def table(rows: list[dict]) -> str:
         if r.get("model", "scgnn") != "scgnn":
             stages = ", ".join(f"{k} {v:.0f} s" for k, v in s.items())
             lines.append(
-                f"| {r['n_cells']:,} | {r['preset']} | {r['seconds_total'] / 60:.1f} | {r['model']}: {stages}; "
+                f"| {r['n_cells']:,}{_drawn(r)} | {r['preset']} | {r['seconds_total'] / 60:.1f} | {r['model']}: {stages}; "
                 f"accuracy {r['accuracy']:.3f} | | | | | {r['rounds']} | {r['peak_rss_mb'] / 1024:.2f} |"
             )
             continue
         lines.append(
-            f"| {r['n_cells']:,} | {r['preset']} | {r['seconds_total'] / 60:.1f} | {s.get('feature_ae', 0):.0f} | "
+            f"| {r['n_cells']:,}{_drawn(r)} | {r['preset']} | {r['seconds_total'] / 60:.1f} | {s.get('feature_ae', 0):.0f} | "
             f"{s.get('cluster', 0):.0f} | {s.get('em', 0):.0f} | {s.get('gae', 0):.0f} | {s.get('imputation_ae', 0):.0f} | "
             f"{r['rounds']} | {r['peak_rss_mb'] / 1024:.2f} |"
         )
@@ -138,20 +146,31 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--jsonl", default=str(RESULTS / "scgnn_scale.jsonl"))
     parser.add_argument("--table", action="store_true")
-    parser.add_argument("--single", nargs=3, metavar=("CELLS", "PRESET", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--resample", action="store_true", help="draw the cells as fresh counts (synthetic, resample=True)"
+    )
+    parser.add_argument(
+        "--single", nargs=4, metavar=("CELLS", "PRESET", "MODEL", "SYNTH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.single:
-        print(json.dumps(single(int(args.single[0]), args.single[1], args.single[2])))
+        cells, preset, model, synth = args.single
+        print(json.dumps(single(int(cells), preset, model, synth == "resample")))
         return
     path = Path(args.jsonl)
     if args.table:
         print(table(_done(path)))
         return
-    done = {(r.get("model", "scgnn"), r["n_cells"], r["preset"]) for r in _done(path) if "error" not in r}
+    synth = "resample" if args.resample else "interpolate"
+    done = {
+        (r.get("model", "scgnn"), r["n_cells"], r["preset"], r.get("synthesis", "interpolate"))
+        for r in _done(path)
+        if "error" not in r
+    }
     for size in (int(s) for s in args.sizes.split(",")):
-        if (args.model, size, args.preset) in done:
+        if (args.model, size, args.preset, synth) in done:
             continue
-        cmd = [sys.executable, __file__, "--single", str(size), args.preset, args.model]
+        cmd = [sys.executable, __file__, "--single", str(size), args.preset, args.model, synth]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             row = (
@@ -161,6 +180,7 @@ def main() -> None:
                     "model": args.model,
                     "n_cells": size,
                     "preset": args.preset,
+                    "synthesis": synth,
                     "error": proc.stderr.strip()[-800:],
                 }
             )
@@ -169,6 +189,7 @@ def main() -> None:
                 "model": args.model,
                 "n_cells": size,
                 "preset": args.preset,
+                "synthesis": synth,
                 "error": f"did not finish within {args.timeout:.0f} s",
             }
         path.parent.mkdir(parents=True, exist_ok=True)

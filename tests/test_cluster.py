@@ -274,6 +274,19 @@ def test_umap_is_seeded_when_the_graph_falls_apart():
     assert np.array_equal(a, umap_embedding(points, seed=0, n_epochs=50))
 
 
+def test_umap_starts_from_pca_above_the_spectral_limit(blobs10d, monkeypatch):
+    """Large inputs skip the spectral start (its eigenproblem stalled at 1,000,000 cells): "auto" is "pca"."""
+    from scgraph_core.cluster import layout
+
+    points, _ = blobs10d
+    spectral = umap_embedding(points, seed=0, n_epochs=30, init="spectral")
+    pca = umap_embedding(points, seed=0, n_epochs=30, init="pca")
+    assert not np.allclose(spectral, pca)
+    assert np.array_equal(umap_embedding(points, seed=0, n_epochs=30), spectral)  # below the limit
+    monkeypatch.setattr(layout, "SPECTRAL_MAX_CELLS", len(points) - 1)
+    assert np.array_equal(umap_embedding(points, seed=0, n_epochs=30), pca)
+
+
 # --- the dispatcher ----------------------------------------------------------------------------------
 
 
