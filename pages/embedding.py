@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -138,9 +139,16 @@ def umap_view() -> None:
             selection_mode=("box", "lasso"),
             config={"displaylogo": False, "scrollZoom": True},
         )
+        laid = adata.uns.get("umap_sample")
+        laid_note = (
+            f" The layout was computed on a random sample of {int(laid['cells']):,} cells; every other cell "
+            f"sits at the mean position of its {int(laid['k'])} nearest sampled cells in the embedding."
+            if isinstance(laid, Mapping) and {"cells", "k"} <= set(laid)
+            else ""
+        )
         st.caption(
             f"{adata.n_obs:,} cells. Drag with the lasso (or the box tool) to select cells; double-click to clear. "
-            "Click a legend entry to hide a group."
+            f"Click a legend entry to hide a group.{laid_note}"
         )
         chosen = plots.selected_cells(fig, (event or {}).get("selection") if event else None)
         if chosen.size:

@@ -84,9 +84,10 @@ def analyse(
     knn = clustering.shared_neighbours(space, cluster.n_neighbors, seed=seed)
     if knn is not None:
         parts["neighbours"], tick = time.perf_counter() - tick, time.perf_counter()
-    # A 2-D UMAP of what is analysed, to draw.
-    umap_xy = clustering.umap_embedding(
+    # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
+    umap_xy, layout_sample = clustering.drawn_layout(
         space,
+        sample=cluster.umap_sample,
         n_neighbors=cluster.n_neighbors,
         min_dist=cluster.umap_min_dist,
         n_epochs=cluster.umap_n_epochs,
@@ -111,6 +112,14 @@ def analyse(
     if emb.space is not None and emb.space_key:
         a.obsm[emb.space_key] = emb.space
     a.obsm["X_umap"] = umap_xy
+    if layout_sample is not None:
+        a.uns["umap_sample"] = layout_sample
+        a.metrics["notes"] = [
+            *a.metrics.get("notes", []),
+            f"The drawn UMAP laid out a random sample of {layout_sample['cells']:,} of the "
+            f"{layout_sample['of']:,} cells; every other cell sits at the mean position of its "
+            f"{layout_sample['k']} nearest sampled cells in the embedding.",
+        ]
     a.views.update(umap="X_umap", other_clusters=[])
 
     scored_on = space  # where silhouettes are computed
@@ -267,7 +276,8 @@ def _attention(model: Model, prepared: Prepared, a: Analysis) -> None:
         alpha = np.asarray(att.alpha, dtype=np.float32)
         if alpha.ndim == 1:
             alpha = alpha[:, None]
-        mean, std = interpret.head_summary(alpha)
+        # Computed in float64, stored in float32 (α itself is float32): half the file's largest arrays.
+        mean, std = (v.astype(np.float32) for v in interpret.head_summary(alpha))
         key = f"{model.name}_attention_{att.name}"
         a.obsp[key] = sp.csr_matrix((mean, (ei[1], ei[0])), shape=(n, n))
         a.obsp[f"{key}_std"] = sp.csr_matrix((std, (ei[1], ei[0])), shape=(n, n))

@@ -170,12 +170,18 @@ def _molecules(X: Any, counts: bool) -> tuple[sp.csr_matrix, np.ndarray, bool]:
         )
     if counts:
         return C, np.asarray(C.sum(axis=1)).ravel(), False
+    whole = bool(np.all(np.mod(C.data, 1) == 0))  # raw counts passed with counts=False?
     rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
     smallest = np.full(C.shape[0], np.inf)
     np.minimum.at(smallest, rows, C.data)
     r = np.where(np.isfinite(smallest), np.expm1(np.where(np.isfinite(smallest), smallest, 0.0)), 1.0)
     C.data = np.expm1(C.data) / r[rows]
     off = np.abs(C.data - np.rint(C.data)).max(initial=0.0)
+    if off > 0.01 and whole:
+        raise DataError(
+            "X holds whole numbers, so it looks like raw counts, but it was passed as log values "
+            "(counts=False): pass counts=True to resample raw counts."
+        )
     if off > 0.01:
         raise DataError(
             "Resampling draws new molecule counts, so it needs counts or log1p-normalised values "

@@ -287,6 +287,29 @@ def test_umap_starts_from_pca_above_the_spectral_limit(blobs10d, monkeypatch):
     assert np.array_equal(umap_embedding(points, seed=0, n_epochs=30), pca)
 
 
+def test_drawn_layout_of_a_sample_places_the_other_cells_in_their_clouds():
+    """Above ``sample`` cells the 2-D layout is one of a random sample; the others sit among their neighbours."""
+    from scgraph_core.cluster import drawn_layout, extend
+    from scgraph_core.errors import ConfigError
+
+    points, truth = make_blobs(n_samples=2000, centers=5, n_features=10, cluster_std=1.5, random_state=3)
+    whole, info = drawn_layout(points, sample=None, seed=0, n_epochs=40)
+    assert info is None and np.array_equal(whole, umap_embedding(points, seed=0, n_epochs=40))
+    assert drawn_layout(points, sample=2000, seed=0, n_epochs=40)[1] is None  # not above the sample size
+    xy, info = drawn_layout(points, sample=600, seed=0, n_epochs=40)
+    assert xy.shape == (2000, 2) and xy.dtype == np.float32 and np.isfinite(xy).all()
+    assert info == {"cells": 600, "of": 2000, "k": 10}
+    sampled = extend.sample_rows(2000, 600, 0)
+    assert np.array_equal(xy[sampled], umap_embedding(points[sampled], seed=0, n_epochs=40))
+    rest = np.setdiff1d(np.arange(2000), sampled)
+    # Each placed cell's nearest laid-out cell in the picture is of its own blob.
+    d = ((xy[rest, None, :] - xy[None, sampled, :]) ** 2).sum(-1)
+    assert (truth[sampled][d.argmin(1)] == truth[rest]).mean() > 0.98
+    assert np.array_equal(xy, drawn_layout(points, sample=600, seed=0, n_epochs=40)[0])  # seeded
+    with pytest.raises(ConfigError, match="sample"):
+        drawn_layout(points, sample=10, seed=0)
+
+
 # --- the dispatcher ----------------------------------------------------------------------------------
 
 

@@ -193,6 +193,9 @@ def test_resampling_log_normalised_values_keeps_their_scale(real):
     # Values that are not log1p(counts x factor) are refused with what to do instead.
     with pytest.raises(DataError, match="raw counts"):
         synthesize(logged * 0.37, 10, resample=True)
+    # Raw counts given as log values (counts=False, the default) are told to pass counts=True.
+    with pytest.raises(DataError, match="pass counts=True"):
+        synthesize(X, 10, resample=True)
     with pytest.raises(DataError, match="smooth"):
         synthesize(X, 10, counts=True, resample=True, smooth=0)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from .common import EXACT_KNN_MAX_CELLS, NOISE
 from .embedding import ClusterParams, ClusterResult, cluster_embedding, scaled_grid
 from .grid import SELECT_RULES, GridResult, best_with_labels, consensus_scores, hdbscan_grid, pair_agreement
-from .layout import shared_neighbours, umap_embedding
+from .layout import drawn_layout, shared_neighbours, umap_embedding
 from .partition import kmeans, leiden, scanpy_baseline
 from .refine import refine_clusters
 
@@ -43,6 +43,7 @@ __all__ = [
     "best_with_labels",
     "cluster_embedding",
     "consensus_scores",
+    "drawn_layout",
     "hdbscan_grid",
     "kmeans",
     "leiden",

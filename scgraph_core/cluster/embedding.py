@@ -102,6 +102,13 @@ class ClusterParams:
     umap_n_epochs: int | None = param(
         None, "UMAP epochs (empty: umap-learn's default); fewer is faster", min=1, advanced=True
     )
+    umap_sample: int | None = param(
+        100_000,
+        "Above this many cells the drawn 2-D UMAP lays out a random sample of this many cells and puts "
+        "every other cell at the mean position of its 10 nearest sampled cells (empty: always all cells)",
+        min=100,
+        advanced=True,
+    )
     resolution: float = param(1.0, "Leiden resolution: higher gives more clusters", min=0.0)
     k: int | None = param(None, "k-means: number of clusters", min=1)
     n_init: int = param(10, "k-means: restarts, the best is kept", min=1, advanced=True)

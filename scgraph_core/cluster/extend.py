@@ -23,8 +23,14 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
 
 
-def nearest_sampled(X: np.ndarray, sampled: np.ndarray, rest: np.ndarray, k: int) -> np.ndarray:
-    """For each row in ``rest``: its ``k`` nearest rows among ``sampled`` (positions in ``sampled``), nearest first."""
+def nearest_sampled(
+    X: np.ndarray, sampled: np.ndarray, rest: np.ndarray, k: int, *, approx: bool = False, seed: int = 0
+) -> np.ndarray:
+    """For each row in ``rest``: its ``k`` nearest rows among ``sampled`` (positions in ``sampled``), nearest first.
+
+    ``approx`` searches a faiss HNSW index of the sample (the settings of :mod:`scgraph_core.graphs`)
+    instead of comparing every pair, for samples of 100,000 cells and more (exact when faiss is missing).
+    """
     base = np.ascontiguousarray(X[sampled], dtype=np.float32)
     query = np.ascontiguousarray(X[rest], dtype=np.float32)
     k = min(k, len(sampled))
@@ -34,8 +40,17 @@ def nearest_sampled(X: np.ndarray, sampled: np.ndarray, rest: np.ndarray, k: int
         from sklearn.neighbors import NearestNeighbors
 
         return NearestNeighbors(n_neighbors=k).fit(base).kneighbors(query, return_distance=False)
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(base)
+    if approx:
+        from .. import graphs
+
+        index = faiss.IndexHNSWFlat(base.shape[1], graphs.HNSW_M)
+        index.hnsw.rng = faiss.RandomGenerator(seed)
+        index.hnsw.efConstruction = graphs.HNSW_EF_CONSTRUCTION
+        index.add(base)
+        index.hnsw.efSearch = max(graphs.HNSW_EF_SEARCH_MIN, 2 * k)
+    else:
+        index = faiss.IndexFlatL2(base.shape[1])
+        index.add(base)
     _, idx = index.search(query, k)
     return idx.astype(np.int64)
 

@@ -151,3 +151,55 @@ def umap_embedding(
         # Without a search index umap-learn cannot transform new cells; we never ask it to.
         warnings.filterwarnings("ignore", message="precomputed_knn", category=UserWarning)
         return np.asarray(reducer.fit_transform(X), dtype=np.float32)
+
+
+#: Placed cells take the mean position of this many nearest laid-out cells (see :func:`drawn_layout`).
+PLACE_K = 10
+
+
+def drawn_layout(
+    X: Any,
+    *,
+    sample: int | None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    n_epochs: int | None = None,
+    seed: int = 0,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, dict | None]:
+    """The 2-D UMAP drawn for the cells: (coordinates [N, 2], how it was made or None).
+
+    Up to ``sample`` cells (or with ``sample=None``) it is :func:`umap_embedding` of all of them and the
+    second value is None. Above, umap-learn lays out a random ``sample`` of the cells (seeded) and every
+    other cell is put at the mean position of its :data:`PLACE_K` nearest laid-out cells in ``X`` (a
+    faiss HNSW search of the sample): umap-learn's seeded optimisation runs on one thread and took over
+    30 minutes on 1,000,000 cells (2 CPU cores), against 72 s for 100,000. The placed cells sit inside
+    the sampled ones' clouds, so the picture and its clusters keep their shape; the second value is
+    ``{"cells": sample, "of": N, "k": PLACE_K}`` for the note the app shows.
+    """
+    from . import extend
+
+    X = matrix(X, "The embedding")
+    n = X.shape[0]
+    if sample is None or n <= sample:
+        xy = umap_embedding(
+            X, n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs, seed=seed, knn=knn
+        )
+        return xy, None
+    if sample < n_neighbors + 2:
+        raise ConfigError(f"The UMAP sample must hold more than {n_neighbors + 1} cells; got {sample}.")
+    dense = X.toarray() if sp.issparse(X) else np.asarray(X)
+    sampled = extend.sample_rows(n, sample, seed)
+    rest = np.setdiff1d(np.arange(n), sampled, assume_unique=True)
+    part = dense[sampled]
+    xy = umap_embedding(
+        part,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        n_epochs=n_epochs,
+        seed=seed,
+        knn=shared_neighbours(part, n_neighbors, seed=seed),
+    )
+    near = extend.nearest_sampled(dense, sampled, rest, PLACE_K, approx=True, seed=seed)
+    coords = extend.extend_coords(xy, near, sampled, rest, n)
+    return coords, {"cells": int(len(sampled)), "of": int(n), "k": int(near.shape[1])}

@@ -52,19 +52,46 @@ class HeadBlocks:
         # Segment lengths of the softmax: one segment per (target node, head) row.
         self.lengths = graph.in_degree.repeat_interleave(k)
 
-        # Aᵀ: rows j·K + k hold the outgoing edges of j; perm_t maps Aᵀ's value slots to A's.
-        out_deg, rowptr_t, order_t = graph.out_degree, graph.rowptr_t, graph.order_t
-        src_sorted = graph.src[order_t]
-        start_t = rowptr_t[src_sorted]
-        pos_t = (start_t * k).unsqueeze(1) + ar_k * out_deg[src_sorted].unsqueeze(1)
-        pos_t = (pos_t + (torch.arange(e, device=dev) - start_t).unsqueeze(1)).reshape(-1)
-        col_t = torch.empty(nnz, dtype=torch.long, device=dev)
-        col_t[pos_t] = (graph.dst[order_t].unsqueeze(1) * k + ar_k).reshape(-1)
-        perm_t = torch.empty(nnz, dtype=torch.long, device=dev)
-        perm_t[pos_t] = pos.view(e, k)[order_t].reshape(-1)
-        self.crow_t = row_pointer(out_deg, k).to(self.idx_dtype)
-        self.col_t = col_t.to(self.idx_dtype)
-        self.perm_t = perm_t.to(self.idx_dtype)
+        # Aᵀ is only needed by backward passes: built on first use (:meth:`transposed`), so a read-out
+        # without gradients never holds it (three more index arrays of nnz entries, and their build).
+        self._graph = _TransposeInputs(graph)
+        self._transposed: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def transposed(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(crow_t, col_t, perm_t) of Aᵀ: rows j·K + k hold the outgoing edges of j; perm_t maps Aᵀ's value
+        slots to A's. Built on the first call and kept."""
+        if self._transposed is None:
+            g, k, e = self._graph, self.heads, self._graph.num_edges
+            dev = g.src.device
+            ar_k = torch.arange(k, device=dev)
+            pos = self.slot_positions(g, k)
+            src_sorted = g.src[g.order_t]
+            start_t = g.rowptr_t[src_sorted]
+            pos_t = (start_t * k).unsqueeze(1) + ar_k * g.out_degree[src_sorted].unsqueeze(1)
+            pos_t = (pos_t + (torch.arange(e, device=dev) - start_t).unsqueeze(1)).reshape(-1)
+            col_t = torch.empty(self.nnz, dtype=torch.long, device=dev)
+            col_t[pos_t] = (g.dst[g.order_t].unsqueeze(1) * k + ar_k).reshape(-1)
+            perm_t = torch.empty(self.nnz, dtype=torch.long, device=dev)
+            perm_t[pos_t] = pos.view(e, k)[g.order_t].reshape(-1)
+            del pos, pos_t
+            self._transposed = (
+                row_pointer(g.out_degree, k).to(self.idx_dtype),
+                col_t.to(self.idx_dtype),
+                perm_t.to(self.idx_dtype),
+            )
+        return self._transposed
+
+    @property
+    def crow_t(self) -> Tensor:
+        return self.transposed()[0]
+
+    @property
+    def col_t(self) -> Tensor:
+        return self.transposed()[1]
+
+    @property
+    def perm_t(self) -> Tensor:
+        return self.transposed()[2]
 
     @staticmethod
     def slot_positions(graph: GraphStructure, k: int) -> Tensor:
@@ -91,7 +118,19 @@ class HeadBlocks:
 
     def matrix_t(self, values: Tensor) -> Tensor:
         """Aᵀ as a sparse CSR tensor, given A's values (reordered here)."""
-        return csr_tensor(self.crow_t, self.col_t, values.index_select(0, self.perm_t), self.size)
+        crow_t, col_t, perm_t = self.transposed()
+        return csr_tensor(crow_t, col_t, values.index_select(0, perm_t), self.size)
+
+
+class _TransposeInputs:
+    """The parts of a :class:`GraphStructure` that building Aᵀ (and slot positions) reads, held without
+    a reference back to the structure (which holds the blocks): no reference cycle keeps them alive."""
+
+    def __init__(self, graph: GraphStructure) -> None:
+        self.num_edges = graph.num_edges
+        self.src, self.dst = graph.src, graph.dst
+        self.rowptr, self.in_degree = graph.rowptr, graph.in_degree
+        self.rowptr_t, self.out_degree, self.order_t = graph.rowptr_t, graph.out_degree, graph.order_t
 
 
 def row_pointer(deg: Tensor, k: int) -> Tensor:

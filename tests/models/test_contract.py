@@ -120,3 +120,15 @@ def test_key_added_writes_a_second_result_beside_the_first(toy, tmp_path):
     assert again.uns["scgraph"]["views"]["embedding"] == "X_cellvgae"  # the first result is untouched
     with pytest.raises(Exception, match="key_added"):
         result.write(out, key_added="bad key!")
+
+
+def test_a_run_above_the_umap_sample_draws_a_sampled_layout_and_says_so(toy):
+    """``cluster.umap_sample``: the drawn UMAP of a larger run is laid out on a sample, noted in uns and notes."""
+    smoke = base.get("cellvgae").smoke
+    overrides = {**smoke, "cluster": {**smoke["cluster"], "umap_sample": 100}}
+    config = pipeline.resolve_config("cellvgae", "quick", overrides, label_key="celltype")
+    out, result = pipeline.execute(toy.copy(), config)
+    assert result.uns["umap_sample"] == {"cells": 100, "of": toy.n_obs, "k": 10}
+    assert any("random sample of 100 of the 150 cells" in n for n in result.metrics["notes"])
+    xy = out.obsm[result.views["umap"]]
+    assert xy.shape == (toy.n_obs, 2) and np.isfinite(xy).all()

@@ -209,6 +209,30 @@ def test_graph_cache_reuses_structure_and_sees_in_place_edits() -> None:
     assert graph_structure(ei, 20) is not first
 
 
+def test_transposed_blocks_are_built_by_the_first_backward_only() -> None:
+    """A read-out without gradients never builds Aᵀ; training builds it once and gets the same gradients."""
+    clear_graph_cache()
+    ei = random_graph(30, 120, seed=3)
+    torch.manual_seed(0)
+    layer = GATLayer(6, 4, heads=3, concat=True)
+    x = torch.randn(30, 6)
+    with torch.no_grad():
+        layer(x, ei)
+    blocks = graph_structure(ei, 30).blocks(3)
+    assert blocks._transposed is None
+    x1 = x.clone().requires_grad_(True)
+    layer(x1, ei).square().sum().backward()
+    assert blocks._transposed is not None
+    crow_t, col_t, perm_t = blocks.transposed()
+    assert int(crow_t[-1]) == blocks.nnz == col_t.numel()
+    assert sorted(perm_t.tolist()) == list(range(blocks.nnz))
+    # The same gradient as from a structure built fresh (cache cleared).
+    clear_graph_cache()
+    x2 = x.clone().requires_grad_(True)
+    layer(x2, ei.clone()).square().sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gat_on_cuda_equals_cpu() -> None:

@@ -19,6 +19,7 @@ import torch
 
 from ...errors import ConfigError
 from ...nn.losses import edge_reconstruction_loss, kl_divergence, mmd_loss
+from ...nn.sparse import clear_graph_cache
 from ...params import param
 from ...train import Stage, StageOutcome, Trainer
 from ..base import AttentionMap, Embedding, GeneWeights, Model, register
@@ -737,12 +738,28 @@ class CellVGAE(Model):
                 message = split.every_edge().to(device)
                 mu_t, s_t, self._grouped_maps = self._read_groups(net, x, message, want)
         else:
+            # One pass reads the embedding and the attention together; the cached graph structures are
+            # dropped after each pass (analysis does not need them, and at 1,000,000 cells they are GBs).
+            want = p.attention and p.conv != "gcn"
             with torch.no_grad():
-                mu_t, s_t = net.encode(x, message)
-                mu_link = mu_t
                 if p.embed_edges == "all":
+                    mu_link, _ = net.encode(x, message)
+                    clear_graph_cache()
                     message = split.every_edge().to(device)  # also the graph the attention is read over
-                    mu_t, s_t = net.encode(x, message)
+                collected: dict[str, tuple] | None = {} if want else None
+                mu_t, s_t = net._encode(x, message, collected)
+                if p.embed_edges != "all":
+                    mu_link = mu_t
+            clear_graph_cache()
+            if collected is not None:
+                self._grouped_maps = {
+                    name: (
+                        _np(collected[name][0]).astype(np.int64, copy=False),
+                        _np(collected[name][1].float()),
+                    )
+                    for name in net.layer_names()
+                }
+                del collected
         n_cells, n_genes = x.shape
         outcome = trained.outcome
         scores: dict[str, Any] = {
@@ -856,8 +873,8 @@ class CellVGAE(Model):
         grouped = getattr(self, "_grouped_maps", None)
         read = grouped if grouped is not None else net.attention(x, self._message)
         for layer, (ei, alpha) in read.items():
-            ei = _np(ei).astype(np.int64)
-            alpha = _np(alpha).astype(np.float32)
+            ei = _np(ei).astype(np.int64, copy=False)
+            alpha = _np(alpha).astype(np.float32, copy=False)
             n_cells = x.shape[0]
             node = {
                 "": interpret.node_attention(ei, alpha, n_cells, mode="touching"),
