@@ -257,7 +257,14 @@ def assess(
     # ---- next steps --------------------------------------------------------------------------
     ari = _num(metrics.get("ari"))
     auc = _num(metrics.get("val_auc"))
-    collapsed = auc is not None and auc <= CHANCE_AUC
+    at_chance = auc is not None and auc <= CHANCE_AUC
+    # An embedding that still separates the annotated types has structure: then only the edge decoder failed.
+    collapsed = at_chance and not (ari is not None and ari >= FAIR_ARI)
+    if at_chance and not collapsed:
+        v.findings.append(
+            f"Its held-out edges score AUC {auc:.2f} (0.5 is chance): the edge decoder does not predict links, "
+            f"though the embedding separates the annotated types (ARI {ari:.2f}); its link scores mean little."
+        )
     if collapsed:
         v.level = "poor"
         v.findings.insert(
@@ -273,6 +280,8 @@ def assess(
                 + (
                     f" (each epoch here was {int(batches):,} steps at the preset's rate: turn on scale_lr, or "
                     "lower lr)"
+                    if batches and batches > 1 and not metrics.get("scale_lr")
+                    else f" (lr; each epoch here was {int(batches):,} steps, the rate already divided by them)"
                     if batches and batches > 1
                     else " (lr)"
                 )

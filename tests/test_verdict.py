@@ -225,6 +225,8 @@ def test_a_latent_at_chance_says_so_and_asks_for_training_again_not_reclustering
     assert v.level == "poor" and "learnt no structure" in v.findings[0] and "AUC 0.50" in v.findings[0]
     assert kinds(v)[0] == "retrain" and "recluster" not in kinds(v)
     assert "220 steps" in v.next_steps[0].text and "scale_lr" in v.next_steps[0].text
+    scaled = assess({**metrics, "scale_lr": True}, a, label_key="celltype").next_steps[0].text
+    assert "turn on scale_lr" not in scaled and "already divided" in scaled
     # full batch: the step only asks for a lower rate; a healthy AUC changes nothing
     assert (
         "steps"
@@ -232,3 +234,10 @@ def test_a_latent_at_chance_says_so_and_asks_for_training_again_not_reclustering
     )
     healthy = assess({**metrics, "val_auc": 0.93}, a, label_key="celltype")
     assert "retrain" not in kinds(healthy) and not any("no structure" in f for f in healthy.findings)
+    # Chance link scores, yet clusters that match the types (a mini-batch run's mean embedding): the decoder
+    # failed, the embedding did not; said without calling the run noise.
+    agreeing = result([i % 8 for i in range(80)], labels)
+    decoder_only = assess({**metrics, "ari": 0.74, "n_clusters": 8}, agreeing, label_key="celltype")
+    assert not any("no structure" in f for f in decoder_only.findings)
+    assert any("edge decoder does not predict links" in f for f in decoder_only.findings)
+    assert "retrain" not in kinds(decoder_only)

@@ -355,6 +355,7 @@ def test_quick_graph_is_built_on_pcs_of_the_demo():
 def test_mini_batch_training_steps_through_every_edge_and_keeps_the_outputs(tmp_path):
     adata = toy_counts()
     model = {**TINY["model"], "batch_size": 200, "batch_mode": "neighbours", "fanout": 4, "epochs": 3}
+    model["scale_lr"] = False
     overrides = {**TINY, "model": model}
     config = pipeline.resolve_config("cellvgae", "quick", overrides, label_key="celltype")
     run = Run.create_at(tmp_path / "mb", model="cellvgae")
@@ -373,16 +374,17 @@ def test_mini_batch_training_steps_through_every_edge_and_keeps_the_outputs(tmp_
     assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
     assert "ari" in result.metrics
     assert result.metrics["steps_per_epoch"] == steps
-    assert result.metrics["lr_per_step"] == pytest.approx(config.params.lr)  # as given by default
+    assert result.metrics["lr_per_step"] == pytest.approx(config.params.lr)  # as given with scale_lr off
+    assert result.metrics["scale_lr"] is False
 
 
-def test_mini_batch_learning_rate_spread_over_the_steps_of_a_pass_with_scale_lr():
+def test_mini_batch_learning_rate_spread_over_the_steps_of_a_pass_by_default():
     adata = toy_counts()
     model = {**TINY["model"], "batch_size": 200, "batch_mode": "neighbours", "fanout": 4, "epochs": 1}
-    model["scale_lr"] = True
     config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": model}, label_key="celltype")
     _, result = pipeline.execute(adata, config)
     steps = result.metrics["steps_per_epoch"]
+    assert config.params.scale_lr  # the default
     assert steps > 1 and result.metrics["lr_per_step"] == pytest.approx(config.params.lr / steps)
 
 

@@ -120,10 +120,11 @@ class CellVGAEParams:
         shown_if={"batch_size": True, "batch_mode": "neighbours"},
     )
     scale_lr: bool = param(
-        False,
+        True,
         "mini-batch training: divide the learning rate by the steps in a pass over the edges, so a pass moves "
-        "the weights about as far as one full-batch step (off = the learning rate per step as given; on pbmc3k "
-        "neither matched full batch over three seeds)",
+        "the weights about as far as one full-batch step (off = the learning rate per step as given: at 100,000 "
+        "cells, 211 steps a pass, that collapsed the latent, held-out AUC 0.53 against 0.94 on; on pbmc3k, 3 "
+        "steps, neither matched full batch over three seeds)",
         advanced=True,
         shown_if={"batch_size": True},
     )
@@ -773,6 +774,7 @@ class CellVGAE(Model):
         if trained.steps_per_epoch:
             scores["steps_per_epoch"] = trained.steps_per_epoch
             scores["lr_per_step"] = trained.lr_per_step
+            scores["scale_lr"] = bool(p.scale_lr)
         scores.update(trained.batch_info or {})
         if self._groups is not None:
             scores["readout_groups"] = len(self._groups)
