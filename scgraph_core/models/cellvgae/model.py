@@ -728,16 +728,14 @@ class CellVGAE(Model):
         # authors' code reads it over the training edges, which drops 10 % of a k = 5 graph's edges).
         net.eval()
         self._groups = self._readout_groups(trained, p, trainer.spec.seed)
-        self._grouped_maps = None
+        self._read_maps = None
         if self._groups is not None:  # group by group: the attention is read in the same pass
             want = p.attention and p.conv != "gcn"
-            mu_t, s_t, self._grouped_maps = self._read_groups(
-                net, x, message, want and p.embed_edges != "all"
-            )
+            mu_t, s_t, self._read_maps = self._read_groups(net, x, message, want and p.embed_edges != "all")
             mu_link = mu_t
             if p.embed_edges == "all":
                 message = split.every_edge().to(device)
-                mu_t, s_t, self._grouped_maps = self._read_groups(net, x, message, want)
+                mu_t, s_t, self._read_maps = self._read_groups(net, x, message, want)
         else:
             # One pass reads the embedding and the attention together; the cached graph structures are
             # dropped after each pass (analysis does not need them, and at 1,000,000 cells they are GBs).
@@ -753,7 +751,7 @@ class CellVGAE(Model):
                     mu_link = mu_t
             clear_graph_cache()
             if collected is not None:
-                self._grouped_maps = {
+                self._read_maps = {
                     name: (
                         _np(collected[name][0]).astype(np.int64, copy=False),
                         _np(collected[name][1].float()),
@@ -870,10 +868,12 @@ class CellVGAE(Model):
             return []
         from ... import interpret
 
-        net, x = self._trained.net, self._trained.x
+        x = self._trained.x
         maps = []
-        grouped = getattr(self, "_grouped_maps", None)
-        read = grouped if grouped is not None else net.attention(x, self._message)
+        # Every layer's attention is read with the embedding (read_out); read again only if it was not.
+        read = getattr(self, "_read_maps", None)
+        if read is None:
+            read = self._trained.net.attention(x, self._message)
         for layer, (ei, alpha) in read.items():
             ei = _np(ei).astype(np.int64, copy=False)
             alpha = _np(alpha).astype(np.float32, copy=False)
