@@ -53,12 +53,14 @@ def quality_run(args: argparse.Namespace, batch: int, seed: int) -> dict:
         cmd += ["--batch-size", str(batch)]
         if batch:
             cmd += ["--scale-lr", "true" if args.scale_lr else "false", "--batch-mode", args.batch_mode]
+            if args.batch_mode == "parts":
+                cmd += ["--negatives", args.negatives]
         started = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=7200)
         wall = time.perf_counter() - started
         m = json.loads((out / "metrics.json").read_text())
     keep = ("ari", "nmi", "n_clusters", "noise", "seconds_train", "epochs_run", "best_epoch", "val_auc")
-    keep += ("lr_per_step", "steps_per_epoch", "parts", "parts_edges_within")
+    keep += ("lr_per_step", "steps_per_epoch", "parts", "parts_edges_within", "negatives")
     return {"wall_seconds": wall, **{k: m.get(k) for k in keep}}
 
 
@@ -219,19 +221,21 @@ def table(rows: list[dict]) -> str:
     quality = [r for r in rows if r["mode"] == "quality"]
     if quality:
         lines += [
-            "| input | batch size | learning rate per step | seeds | ARI per seed | median ARI | clusters "
+            "| input | batch size | learning rate per step | negatives | seeds | ARI per seed | median ARI | clusters "
             "| training s (median) |"
         ]
-        lines += ["|---|---:|---|---:|---|---:|---|---:|"]
+        lines += ["|---|---:|---|---|---:|---|---:|---|---:|"]
         groups: dict[tuple, list[dict]] = {}
         for r in quality:
-            groups.setdefault((Path(r["input"]).stem, r["batch_size"], _scaled(r), _mode(r)), []).append(r)
-        for (name, batch, scaled, mode), rs in sorted(groups.items()):
+            key = (Path(r["input"]).stem, r["batch_size"], _scaled(r), _mode(r), _negatives(r) or "")
+            groups.setdefault(key, []).append(r)
+        for (name, batch, scaled, mode, negatives), rs in sorted(groups.items()):
             rs = sorted(rs, key=lambda r: r["seed"])
             per_seed = " / ".join(f"{r['ari']:.3f}" for r in rs)
             rate = "as given" if not batch else ("divided by steps per pass" if scaled else "as given")
             lines.append(
-                f"| {name} | {f'{batch} ({mode})' if batch else 'full'} | {rate} | {len(rs)} | {per_seed} | "
+                f"| {name} | {f'{batch} ({mode})' if batch else 'full'} | {rate} | {_NEG_NAMES[negatives] if batch else 'all cells'} | "
+                f"{len(rs)} | {per_seed} | "
                 f"{np.median([r['ari'] for r in rs]):.3f} | {', '.join(str(r['n_clusters']) for r in rs)} | "
                 f"{np.median([r['seconds_train'] for r in rs]):.0f} |"
             )
@@ -275,6 +279,16 @@ def _mode(row: dict) -> str:
     return row.get("batch_mode", "neighbours") if row["batch_size"] else "full"
 
 
+_NEG_NAMES = {"": "in batch", "batch": "in batch", "all": "all cells (bank)"}
+
+
+def _negatives(row: dict) -> str | None:
+    """A quality row's negatives with partition batches (rows written before the setting drew them in the batch)."""
+    if row["mode"] != "quality" or _mode(row) != "parts":
+        return None
+    return row.get("negatives") or "batch"
+
+
 def _scaled(row: dict) -> bool:
     """Whether a quality row's mini-batch run divided the learning rate by the steps per pass (rows written
     before the setting existed have no key and did not)."""
@@ -305,6 +319,12 @@ def main() -> None:
         choices=("neighbours", "parts"),
         default="parts",
         help="the engine's batch_mode for the mini-batch runs (sampled neighbourhoods or partition batches)",
+    )
+    parser.add_argument(
+        "--negatives",
+        choices=("all", "batch"),
+        default="all",
+        help="quality mode with partition batches: the engine's negatives (pairs over every cell, or within the batch)",
     )
     parser.add_argument(
         "--gpu-budget-gb",
@@ -350,6 +370,7 @@ def main() -> None:
             _scaled(r),
             _mode(r),
             r.get("readout_cells", -1),
+            _negatives(r),
         )
         for r in _done(path)
     }
@@ -376,6 +397,7 @@ def main() -> None:
             args.mode == "quality" and bool(batch) and args.scale_lr,
             args.batch_mode if batch else "full",
             args.readout_cells if args.mode == "memory" else -1,
+            args.negatives if args.mode == "quality" and batch and args.batch_mode == "parts" else None,
         )
         if key in done:
             continue

@@ -404,6 +404,59 @@ def test_partition_batches_train_on_induced_subgraphs_of_a_few_parts(tmp_path):
     assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
     assert "ari" in result.metrics
     assert "readout_groups" not in m  # one read-out pass unless readout_cells is set
+    assert m["negatives"] == "all"  # the default: negative pairs reach cells outside the batch
+
+
+def test_bank_negatives_over_a_batch_of_every_cell_are_the_in_batch_pairs():
+    # When the batch holds every cell no pair needs the bank: the same draws give the in-batch loss exactly.
+    import torch.nn.functional as F
+
+    z = torch.randn(12, 4, requires_grad=True)
+    bank = cv.model.LatentBank(12, 4, torch.device("cpu"))
+    got = bank.negative_loss(z, torch.arange(12), 40, np.random.default_rng(5))
+    pairs = torch.from_numpy(np.random.default_rng(5).integers(0, 12, (2, 40)))
+    pairs = pairs[:, pairs[0] != pairs[1]]
+    want = -F.logsigmoid(-(z[pairs[0]] * z[pairs[1]]).sum(-1)).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert bank.seen.all() and torch.equal(bank.z, z.detach())
+
+
+def test_bank_negatives_reach_cells_outside_the_batch_without_their_gradient():
+    n, dim = 50, 3
+    bank = cv.model.LatentBank(n, dim, torch.device("cpu"))
+    cells = torch.tensor([7, 8, 9])
+    # Before any other cell was encoded, every pair stays in the batch.
+    z = torch.randn(3, dim, requires_grad=True)
+    bank.negative_loss(z, cells, 30, np.random.default_rng(0))
+    assert bank.seen.sum() == 3 and torch.equal(bank.z[cells], z.detach())
+    # Every cell seen: pairs reaching outside use the bank's samples, count twice, and leave the bank without
+    # a gradient; the value follows the draws.
+    bank.z[:] = torch.randn(n, dim)
+    bank.seen[:] = True
+    stored = bank.z.clone()
+    z = torch.randn(3, dim, requires_grad=True)
+    loss = bank.negative_loss(z, cells, 400, np.random.default_rng(1))
+    draw = np.random.default_rng(1)
+    u, v = draw.integers(0, 3, 400), draw.integers(0, n, 400)
+    local = {7: 0, 8: 1, 9: 2}
+    terms, kept = [], 0
+    for a, b in zip(u, v, strict=True):
+        if int(b) in local:
+            if local[int(b)] == a:
+                continue
+            other, weight = z[local[int(b)]], 1.0
+        else:
+            other, weight = stored[b], 2.0
+        kept += 1
+        terms.append(-weight * torch.nn.functional.logsigmoid(-(z[a] * other).sum()))
+    assert sum(int(b) not in local for b in v) > 300  # most pairs reach outside the batch
+    assert loss.item() == pytest.approx((torch.stack(terms).sum() / kept).item(), rel=1e-5)
+    loss.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    assert torch.equal(bank.z[cells], z.detach()) and not bank.z.requires_grad
+    untouched = torch.ones(n, dtype=torch.bool)
+    untouched[cells] = False
+    assert torch.equal(bank.z[untouched], stored[untouched])
 
 
 def test_after_partition_batches_a_read_out_by_groups_gives_the_whole_graph_pass():

@@ -110,6 +110,16 @@ class CellVGAEParams:
         advanced=True,
         shown_if={"batch_size": True, "batch_mode": "parts"},
     )
+    negatives: str = param(
+        "all",
+        "mini-batch training with batch_mode parts: where a negative pair's second cell comes from: any cell "
+        "(cells outside the batch enter with their latent sample from the last step that encoded them, without "
+        "a gradient; as in full batch, most pairs then join different cell types) or the batch's own cells (a "
+        "batch of a few k-means parts holds few types, so about half its pairs join cells of one type)",
+        choices=("all", "batch"),
+        advanced=True,
+        shown_if={"batch_size": True, "batch_mode": "parts"},
+    )
     fanout: int = param(
         15,
         "mini-batch training with batch_mode neighbours: incoming edges sampled per cell at each graph layer "
@@ -328,6 +338,47 @@ ADAPTED_RECIPE: dict[str, dict[str, Any]] = {
 }
 
 
+class LatentBank:
+    """Every cell's latent sample from the last training step that encoded it (no gradient), so a partition
+    batch can draw negatives over all cells: a pair (u, v) takes u from the batch and v from every cell; v in
+    the batch enters fresh, v outside it from the bank (a cell not yet encoded is swapped for a random batch
+    cell). A fresh cell gets gradient from both ends of its in-batch pairs but from one end of a bank pair, so
+    bank pairs count twice: each batch cell's share of the negative gradient is then what it is in full batch.
+    With several processes each keeps its own bank (its own batches' cells)."""
+
+    def __init__(self, n_cells: int, dim: int, device: torch.device) -> None:
+        self.z = torch.zeros(n_cells, dim, device=device)
+        self.seen = torch.zeros(n_cells, dtype=torch.bool, device=device)
+        self.local = torch.full((n_cells,), -1, dtype=torch.long, device=device)
+
+    def negative_loss(
+        self, z: torch.Tensor, cells: torch.Tensor, n_neg: int, rng: np.random.Generator
+    ) -> torch.Tensor | None:
+        """The negative term for the batch whose cells ``cells`` (global ids) are z's first rows; then the
+        bank takes those cells' samples."""
+        import torch.nn.functional as F
+
+        m, device = cells.numel(), z.device
+        self.local[cells] = torch.arange(m, device=device)
+        u = torch.from_numpy(rng.integers(0, m, n_neg)).to(device)
+        v = torch.from_numpy(rng.integers(0, self.z.shape[0], n_neg)).to(device)
+        local_v = self.local[v]
+        stale = (local_v < 0) & self.seen[v]
+        unseen = (local_v < 0) & ~self.seen[v]
+        local_v = torch.where(unseen, torch.from_numpy(rng.integers(0, m, n_neg)).to(device), local_v)
+        keep = stale | (local_v != u)  # no cell paired with itself
+        fresh_v = z[local_v.clamp(min=0)]
+        z_v = torch.where(stale[:, None], self.z[v].to(z.dtype), fresh_v)
+        weight = (1.0 + stale.to(z.dtype)) * keep.to(z.dtype)
+        self.local[cells] = -1
+        with torch.no_grad():
+            self.z[cells] = z[:m].detach().to(self.z.dtype)
+            self.seen[cells] = True
+        if not bool(keep.any()):
+            return None
+        return -(weight * F.logsigmoid(-(z[u] * z_v).sum(-1))).sum() / keep.sum()
+
+
 def _batch_terms(
     net: CellVGAENet,
     trainer: Trainer,
@@ -339,22 +390,29 @@ def _batch_terms(
     neg_ratio: float,
     rng: np.random.Generator,
     batch_x: torch.Tensor | None,
+    bank: tuple[LatentBank, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A mini-batch step's loss terms. The batch's own cells are the first ``m`` rows of the encoded
     subgraph (sampled neighbours follow them); ``pos`` are its positive edges in those rows. Negatives are
     random pairs of the batch's cells, as many per positive as the full loss draws (``neg_ratio``), self
-    pairs left out; the prior term averages over the batch's cells with the full loss's weight ``beta``;
-    ``batch_x`` is the expression decoder's target for those cells."""
+    pairs left out, or with ``bank`` (the bank and the batch cells' global ids) pairs of a batch cell and any
+    cell (:class:`LatentBank`); the prior term averages over the batch's cells with the full loss's weight
+    ``beta``; ``batch_x`` is the expression decoder's target for those cells."""
     import torch.nn.functional as F
 
     z, mu, s = encoded
     device = z.device
     n_neg = max(1, int(round(pos.shape[1] * neg_ratio)))
-    neg = torch.from_numpy(rng.integers(0, m, (2, n_neg))).to(device)
-    neg = neg[:, neg[0] != neg[1]]
     recon = z.sum() * 0.0  # a batch without training edges (a tiny part) still gives a finite loss
-    if neg.shape[1]:
-        recon = recon - F.logsigmoid(-(z[neg[0]] * z[neg[1]]).sum(-1)).mean()
+    if bank is not None:
+        term = bank[0].negative_loss(z, bank[1], n_neg, rng)
+        if term is not None:
+            recon = recon + term
+    else:
+        neg = torch.from_numpy(rng.integers(0, m, (2, n_neg))).to(device)
+        neg = neg[:, neg[0] != neg[1]]
+        if neg.shape[1]:
+            recon = recon - F.logsigmoid(-(z[neg[0]] * z[neg[1]]).sum(-1)).mean()
     if pos.shape[1]:
         recon = recon - F.logsigmoid((z[pos[0]] * z[pos[1]]).sum(-1)).mean()
     terms = {"reconstruction": recon}
@@ -634,8 +692,9 @@ class CellVGAE(Model):
         """The training stage on partition batches (:mod:`scgraph_core.nn.partition`): the cells are cut once
         into k-means parts; one stage epoch (one step) trains on the subgraph induced by ``parts_per_batch``
         parts, a pass visits every part once. Positives are the training edges among the batch's cells,
-        negatives random pairs of them (as many per positive as the full loss draws), the KL term averages over
-        the batch's cells with the full loss's weight."""
+        negatives pairs of a batch cell and any cell (``negatives = all``, :class:`LatentBank`) or of two batch
+        cells (as many per positive as the full loss draws), the KL term averages over the batch's cells with
+        the full loss's weight."""
 
         from ...nn.partition import PartitionBatches, kmeans_parts
 
@@ -654,6 +713,7 @@ class CellVGAE(Model):
             net, optimizer, p, trainer, -(-n_parts // q)
         )
         neg_ratio = 1.0 + n_cells / max(n_edges, 1)
+        bank = LatentBank(n_cells, p.latent, device) if p.negatives == "all" else None
         queue: list[np.ndarray] = []
 
         def encode(batch) -> tuple[torch.Tensor, ...]:
@@ -671,9 +731,21 @@ class CellVGAE(Model):
                 queue.extend(every[rank::world])
             batch = batches_of.batch(queue.pop(0))
             pos = torch.from_numpy(batch.pos).to(device)
-            cells_x = x[torch.from_numpy(batch.cells).to(device)] if p.expr_decoder else None
+            cells = torch.from_numpy(batch.cells).to(device)
+            cells_x = x[cells] if p.expr_decoder else None
+            with_bank = (bank, cells) if bank is not None else None
             return _batch_terms(
-                net, trainer, p, beta, encode(batch), pos, batch.cells.size, neg_ratio, rng, cells_x
+                net,
+                trainer,
+                p,
+                beta,
+                encode(batch),
+                pos,
+                batch.cells.size,
+                neg_ratio,
+                rng,
+                cells_x,
+                with_bank,
             )
 
         # Link prediction on the held-out edges inside a fixed set of parts (the first batch of a fixed
@@ -774,6 +846,8 @@ class CellVGAE(Model):
             scores["lr_per_step"] = trained.lr_per_step
             scores["scale_lr"] = bool(p.scale_lr)
         scores.update(trained.batch_info or {})
+        if trained.batch_info:
+            scores["negatives"] = p.negatives
         if self._groups is not None:
             scores["readout_groups"] = len(self._groups)
         if trained.ranks:
