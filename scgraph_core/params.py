@@ -120,6 +120,7 @@ LABELS: dict[str, str] = {
     "latent": "latent dimensions",
     "regularizer": "prior term",
     "kl_weight": "KL weight",
+    "kl_factor": "KL weight x cells",
     "variance": "variance reading",
     "expr_decoder": "expression decoder size",
     "expr_weight": "expression loss weight",
