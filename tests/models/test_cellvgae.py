@@ -77,7 +77,7 @@ def test_result_slots(tiny_run):
     m = result.metrics
     for key in ("ari", "nmi", "silhouette", "n_clusters", "noise", "seconds_per_epoch", "val_auc"):
         assert key in m
-    assert m["kl_weight"] == pytest.approx(2100 / n)  # the quick preset's weight for this many cells
+    assert m["kl_weight"] == 3.0  # the quick preset's fixed weight at this size
     assert run.state == "done"
     # HDBSCAN ran on its own 10-D UMAP (stored) and the run was chosen by its silhouette, said in the rule.
     uns = out.uns["cellvgae"]
@@ -408,14 +408,13 @@ def test_partition_batches_train_on_induced_subgraphs_of_a_few_parts(tmp_path):
     assert m["negatives"] == "all"  # the default: negative pairs reach cells outside the batch
 
 
-def test_kl_weight_follows_the_number_of_cells_unless_fixed():
-    quick = pipeline.resolve_config("cellvgae", "quick", {}).params
-    assert quick.kl_weight is None and cv.model.kl_beta(quick, 700) == pytest.approx(3.0)  # the demo's size
-    assert cv.model.kl_beta(quick, 100_000) == pytest.approx(0.021)
+def test_kl_weight_is_the_paper_one_over_cells_unless_fixed():
     paper = pipeline.resolve_config("cellvgae", "paper", {}).params
     assert cv.model.kl_beta(paper, 2638) == pytest.approx(1 / 2638)  # the paper's 1 / N
-    fixed = pipeline.resolve_config("cellvgae", "quick", {"model": {"kl_weight": 0.5}}).params
-    assert cv.model.kl_beta(fixed, 100_000) == 0.5
+    scaled = pipeline.resolve_config("cellvgae", "paper", {"model": {"kl_factor": 50}}).params
+    assert cv.model.kl_beta(scaled, 1000) == pytest.approx(0.05)
+    quick = pipeline.resolve_config("cellvgae", "quick", {}).params
+    assert cv.model.kl_beta(quick, 100_000) == 3.0  # a fixed weight is used as given
 
 
 def test_bank_negatives_over_a_batch_of_every_cell_are_the_in_batch_pairs():

@@ -9,6 +9,7 @@ import pytest
 from scgraph_core import pipeline
 from scgraph_core.models import base
 from scgraph_core.models.cellvgae import ADAPTED_RECIPE, RECIPE_MIN_GENES
+from scgraph_core.models.cellvgae.model import LARGE_CELLS, LARGE_KL_FACTOR, kl_beta
 from scgraph_core.runs import Run
 from tests.helpers import toy_counts
 
@@ -69,3 +70,26 @@ def test_finishing_an_adapted_run_reads_the_adapted_config(n_genes):
     again = pipeline.RunConfig.from_dict(adapted.to_dict())
     assert base.get("cellvgae").adapt(again, toy_counts(n_cells=40, n_genes=n_genes))[1] is None
     assert again.graph == adapted.graph and config.graph != adapted.graph
+
+
+def _cells(n: int):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    return ad.AnnData(sp.csr_matrix((n, 20), dtype="float32"))
+
+
+def test_many_cells_turn_the_quick_presets_fixed_kl_weight_into_one_over_cells():
+    config, why = _adapt(_cells(LARGE_CELLS + 1), preset="quick")
+    p = config.params
+    assert p.kl_weight is None and p.kl_factor == LARGE_KL_FACTOR
+    assert kl_beta(p, LARGE_CELLS + 1) == pytest.approx(LARGE_KL_FACTOR / (LARGE_CELLS + 1))
+    assert why and f"{LARGE_CELLS + 1:,} cells" in why and "--kl-weight" in why
+    # At or below the threshold, with a weight the user chose, or with the paper's 1 / N: nothing changes.
+    assert _adapt(_cells(LARGE_CELLS), preset="quick")[0].params.kl_weight == 3.0
+    assert (
+        _adapt(_cells(LARGE_CELLS + 1), {"model": {"kl_weight": 2.0}}, preset="quick")[0].params.kl_weight
+        == 2.0
+    )
+    config, why = _adapt(_cells(LARGE_CELLS + 1))
+    assert config.params.kl_weight is None and config.params.kl_factor == 1.0 and why is None

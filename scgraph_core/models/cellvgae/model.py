@@ -69,8 +69,8 @@ class CellVGAEParams:
     kl_factor: float = param(
         1.0,
         "with kl_weight empty the KL weight is this divided by the number of cells (the paper: 1). A fixed weight "
-        "does not carry across sizes: on cells drawn from pbmc3k the quick preset's former fixed 3 gave ARI 0.88 "
-        "at 2,638 cells but 0.74 at 100,000, where 0.03 or less gave 0.88",
+        "does not carry across sizes: on cells drawn from pbmc3k the quick preset's fixed 3 gave ARI 0.88 at 2,638 "
+        "cells but 0.74 at 100,000, where 0.03 or less gave 0.88; above 20,000 cells the quick preset uses 2,100",
         min=0.0,
         advanced=True,
         shown_if={"regularizer": "kl"},
@@ -298,10 +298,7 @@ def link_scores(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[s
 # recipe's graph for large inputs, where k is 15 since) and scanpy's drawing min_dist (0.5) do the rest. Cells drawn
 # on strings fell from 41 % to 16 % (demo), 19 % to 2 % (pbmc3k_seurat250), 38 % to 12 % (scvgae_sample); ARI
 # 0.48 -> 0.52 (scanpy Leiden 0.52), 0.87 -> 0.86 (0.86-0.87), 0.63 -> 0.75 (0.74-0.79). Training stays a few
-# seconds on the demo. The weight then became kl_factor 2,100 (2,100 / cells: 3 on the 700-cell demo, 0.8 on
-# pbmc3k, 0.021 at 100,000 cells): a fixed 3 merged CD8 T into T at 100,000 cells drawn from pbmc3k (ARI 0.74 against
-# 0.88 at 2,638; weights 0.03 and below gave 0.87-0.88 there, 0.3 gave 0.75), while on the 2,638 real-sized cells
-# weights of 0.3-3 did best (0.88-0.89; 0.03 and below 0.75-0.81). benchmarks/NOTES.md, 2026-12-06 (seventh session).
+# seconds on the demo. Above LARGE_CELLS cells that fixed weight gives way to LARGE_KL_FACTOR / cells (CellVGAE.adapt).
 QUICK = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax"},
     "graph": {"kind": "knn", "k": 10, "metric": "euclidean", "use": "pca", "n_pcs": 50},
@@ -311,7 +308,7 @@ QUICK = {
         "attn_dropout": (0.2,),
         "feature_dropout": 0.2,
         "latent": 16,
-        "kl_factor": 2100.0,
+        "kl_weight": 3.0,
         "lr": 5e-3,
         "epochs": 60,
     },
@@ -348,6 +345,17 @@ ADAPTED_RECIPE: dict[str, dict[str, Any]] = {
     "prepare": {"n_hvg": 1000, "n_graph_genes": 2000},
     "graph": {"use": "pca", "n_pcs": 50, "k": 15},
 }
+
+
+# A preset's fixed KL weight (quick: 3) is kept up to LARGE_CELLS cells; above, unless changed, the weight becomes
+# LARGE_KL_FACTOR / cells (0.021 at 100,000). On cells drawn from pbmc3k a fixed 3 gave ARI 0.879 at 2,638 cells but
+# 0.736 at 100,000 (CD8 T merged into T), where weights of 0.03 and below gave 0.874-0.879 and 0.3 gave 0.754; drawn
+# from pbmc4k, 0.605 at 4,271 cells, 0.422 at 100,000 with 3 and 0.579 with 3.8e-4. On the real sets (1,000-5,685
+# cells) the fixed 3 did better than 2,100 / cells (seed 0: pbmc3k 0.868 vs 0.767, scvgae_sample 0.753 vs 0.579,
+# paul15 level), so below the threshold nothing changes. Nothing was measured between 5,685 and 100,000 cells.
+# benchmarks/NOTES.md, 2026-12-06 (seventh session).
+LARGE_CELLS = 20_000
+LARGE_KL_FACTOR = 2100.0
 
 
 def kl_beta(p: CellVGAEParams, n_cells: int) -> float:
@@ -509,6 +517,33 @@ class CellVGAE(Model):
 
     @classmethod
     def adapt(cls, config: Any, adata: Any) -> tuple[Any, str | None]:
+        """The data recipe for many genes (:meth:`_adapt_recipe`), then the KL weight for many cells
+        (:meth:`_adapt_kl`); returns the config and why (None when nothing changed)."""
+        config, why_recipe = cls._adapt_recipe(config, adata)
+        config, why_kl = cls._adapt_kl(config, adata)
+        why = " ".join(w for w in (why_recipe, why_kl) if w)
+        return config, why or None
+
+    @classmethod
+    def _adapt_kl(cls, config: Any, adata: Any) -> tuple[Any, str | None]:
+        """Above :data:`LARGE_CELLS` cells a preset's fixed KL weight, when not changed, becomes
+        :data:`LARGE_KL_FACTOR` / cells."""
+        p = config.params
+        fixed = cls.presets.get(config.preset, {}).get("model", {}).get("kl_weight")
+        n = adata.n_obs
+        if fixed is None or p.kl_weight != fixed or p.regularizer != "kl" or n <= LARGE_CELLS:
+            return config, None
+        params = dataclasses.replace(p, kl_weight=None, kl_factor=LARGE_KL_FACTOR)
+        why = (
+            f"The input holds {n:,} cells (more than {LARGE_CELLS:,}), so the KL weight became "
+            f"{LARGE_KL_FACTOR:,.0f} / cells = {LARGE_KL_FACTOR / n:.3g} instead of the preset's fixed {fixed:g}: on "
+            "100,000 cells drawn from pbmc3k and from pbmc4k a fixed 3 merged close cell types (ARI 0.74 and 0.42, "
+            "against 0.88 and 0.58 with a weight of 0.03 or less). --kl-weight keeps a fixed weight."
+        )
+        return dataclasses.replace(config, params=params), why
+
+    @classmethod
+    def _adapt_recipe(cls, config: Any, adata: Any) -> tuple[Any, str | None]:
         """With ``recipe = auto`` and more than :data:`RECIPE_MIN_GENES` genes, the :data:`ADAPTED_RECIPE`
         for every preparation and graph setting still at its preset value; returns the config and why."""
         if config.params.recipe != "auto" or adata.n_vars <= RECIPE_MIN_GENES:
