@@ -350,9 +350,10 @@ ADAPTED_RECIPE: dict[str, dict[str, Any]] = {
 # A preset's fixed KL weight (quick: 3) is kept up to LARGE_CELLS cells; above, unless changed, the weight becomes
 # LARGE_KL_FACTOR / cells (0.021 at 100,000). On cells drawn from pbmc3k a fixed 3 gave ARI 0.879 at 2,638 cells but
 # 0.736 at 100,000 (CD8 T merged into T), where weights of 0.03 and below gave 0.874-0.879 and 0.3 gave 0.754; drawn
-# from pbmc4k, 0.605 at 4,271 cells, 0.422 at 100,000 with 3 and 0.579 with 3.8e-4. On the real sets (1,000-5,685
-# cells) the fixed 3 did better than 2,100 / cells (seed 0: pbmc3k 0.868 vs 0.767, scvgae_sample 0.753 vs 0.579,
-# paul15 level), so below the threshold nothing changes. Nothing was measured between 5,685 and 100,000 cells.
+# from pbmc4k, 0.605 at 4,271 cells, 0.422 at 100,000 with 3 and 0.579 with 3.8e-4. On the seven real sets
+# (1,000-5,685 cells, seed 0) 2,100 / cells against the fixed 3 was mixed: better on pbmc4k (+0.18), kidney (+0.06),
+# bladder and worm (+0.01), worse on scvgae_sample (-0.17), pbmc3k (-0.10) and paul15 (-0.01); so below the threshold
+# nothing changes. Nothing was measured between 5,685 and 100,000 cells.
 # benchmarks/NOTES.md, 2026-12-06 (seventh session).
 LARGE_CELLS = 20_000
 LARGE_KL_FACTOR = 2100.0
