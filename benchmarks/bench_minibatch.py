@@ -54,13 +54,13 @@ def quality_run(args: argparse.Namespace, batch: int, seed: int) -> dict:
         if batch:
             cmd += ["--scale-lr", "true" if args.scale_lr else "false", "--batch-mode", args.batch_mode]
             if args.batch_mode == "parts":
-                cmd += ["--negatives", args.negatives]
+                cmd += ["--negatives", args.negatives, "--halo", str(args.halo)]
         started = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=7200)
         wall = time.perf_counter() - started
         m = json.loads((out / "metrics.json").read_text())
     keep = ("ari", "nmi", "n_clusters", "noise", "seconds_train", "epochs_run", "best_epoch", "val_auc")
-    keep += ("lr_per_step", "steps_per_epoch", "parts", "parts_edges_within", "negatives")
+    keep += ("lr_per_step", "steps_per_epoch", "parts", "parts_edges_within", "negatives", "halo")
     return {"wall_seconds": wall, **{k: m.get(k) for k in keep}}
 
 
@@ -73,6 +73,7 @@ def memory_run(
     mode: str,
     gpu_budget_gb: float = 0.0,
     readout: int = -1,
+    halo: int = 0,
 ) -> dict:
     """In this (fresh) process: recipe, graph and ``epochs`` passes of training; peak RSS before and after.
     On a CUDA machine training runs on the GPU (the engine's device "auto"); ``gpu_budget_gb`` then caps what
@@ -96,6 +97,7 @@ def memory_run(
                 "epochs": epochs,
                 "batch_mode": mode,
                 "readout_cells": max(readout, 0),
+                "halo": halo,
             },
             "train": {"eval_every": 0},
         },
@@ -221,21 +223,28 @@ def table(rows: list[dict]) -> str:
     quality = [r for r in rows if r["mode"] == "quality"]
     if quality:
         lines += [
-            "| input | batch size | learning rate per step | negatives | seeds | ARI per seed | median ARI | clusters "
+            "| input | batch size | learning rate per step | negatives | halo hops | seeds | ARI per seed | median ARI | clusters "
             "| training s (median) |"
         ]
-        lines += ["|---|---:|---|---|---:|---|---:|---|---:|"]
+        lines += ["|---|---:|---|---|---:|---:|---|---:|---|---:|"]
         groups: dict[tuple, list[dict]] = {}
         for r in quality:
-            key = (Path(r["input"]).stem, r["batch_size"], _scaled(r), _mode(r), _negatives(r) or "")
+            key = (
+                Path(r["input"]).stem,
+                r["batch_size"],
+                _scaled(r),
+                _mode(r),
+                _negatives(r) or "",
+                _halo(r),
+            )
             groups.setdefault(key, []).append(r)
-        for (name, batch, scaled, mode, negatives), rs in sorted(groups.items()):
+        for (name, batch, scaled, mode, negatives, halo), rs in sorted(groups.items()):
             rs = sorted(rs, key=lambda r: r["seed"])
             per_seed = " / ".join(f"{r['ari']:.3f}" for r in rs)
             rate = "as given" if not batch else ("divided by steps per pass" if scaled else "as given")
             lines.append(
                 f"| {name} | {f'{batch} ({mode})' if batch else 'full'} | {rate} | {_NEG_NAMES[negatives] if batch else 'all cells'} | "
-                f"{len(rs)} | {per_seed} | "
+                f"{halo if mode == 'parts' else ''} | {len(rs)} | {per_seed} | "
                 f"{np.median([r['ari'] for r in rs]):.3f} | {', '.join(str(r['n_clusters']) for r in rs)} | "
                 f"{np.median([r['seconds_train'] for r in rs]):.0f} |"
             )
@@ -289,6 +298,11 @@ def _negatives(row: dict) -> str | None:
     return row.get("negatives") or "batch"
 
 
+def _halo(row: dict) -> int:
+    """A row's halo hops around partition batches (0 for other rows and rows written before the setting)."""
+    return int(row.get("halo") or 0) if _mode(row) == "parts" else 0
+
+
 def _scaled(row: dict) -> bool:
     """Whether a quality row's mini-batch run divided the learning rate by the steps per pass (rows written
     before the setting existed have no key and did not)."""
@@ -327,6 +341,12 @@ def main() -> None:
         help="quality mode with partition batches: the engine's negatives (pairs over every cell, or within the batch)",
     )
     parser.add_argument(
+        "--halo",
+        type=int,
+        default=0,
+        help="partition batches: the engine's halo (hops of neighbours added around a batch's cells as context)",
+    )
+    parser.add_argument(
         "--gpu-budget-gb",
         type=float,
         default=0.0,
@@ -354,6 +374,7 @@ def main() -> None:
             args.batch_mode,
             args.gpu_budget_gb,
             args.readout_cells,
+            args.halo,
         )
         print(json.dumps(row))
         return
@@ -371,6 +392,7 @@ def main() -> None:
             _mode(r),
             r.get("readout_cells", -1),
             _negatives(r),
+            _halo(r),
         )
         for r in _done(path)
     }
@@ -398,6 +420,7 @@ def main() -> None:
             args.batch_mode if batch else "full",
             args.readout_cells if args.mode == "memory" else -1,
             args.negatives if args.mode == "quality" and batch and args.batch_mode == "parts" else None,
+            args.halo if batch and args.batch_mode == "parts" else 0,
         )
         if key in done:
             continue
@@ -424,7 +447,7 @@ def main() -> None:
                 "--gpu-budget-gb",
                 str(args.gpu_budget_gb),
             ]
-            cmd += ["--readout-cells", str(args.readout_cells)]
+            cmd += ["--readout-cells", str(args.readout_cells), "--halo", str(args.halo)]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=7200)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(mode=args.mode, input=args.input, batch_size=batch, seed=seed, preset=args.preset)
@@ -432,6 +455,8 @@ def main() -> None:
             row["scale_lr"] = args.scale_lr
         if batch:
             row["batch_mode"] = args.batch_mode
+            if args.batch_mode == "parts":
+                row["halo"] = args.halo
         row["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         with path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

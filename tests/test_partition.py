@@ -78,3 +78,34 @@ def test_batch_size_does_not_grow_with_the_cells():
         batches = PartitionBatches(parts, edges, edges)
         sizes.append(max(len(batches.batch(np.array([a, a + 1])).cells) for a in range(parts.max())))
     assert max(sizes) <= 150
+
+
+def test_a_halo_adds_every_neighbour_and_a_pass_trains_every_edge_once():
+    x, _ = _blobs()
+    edges = _knn_edges(x)
+    parts = kmeans_parts(x, 12, seed=0)
+    pos = edges[:, edges[0] < edges[1]]
+    pos = np.unique(pos, axis=1)
+    batches = PartitionBatches(parts, edges, pos, halo=1)
+    chosen = np.array([3, 7])
+    b = batches.batch(chosen)
+    own = np.flatnonzero(np.isin(parts, chosen))
+    assert b.n_own == own.size and set(b.cells[: b.n_own]) == set(own)
+    # the halo: every cell with an edge into an own cell, and nothing else
+    sources = set(edges[0, np.isin(edges[1], own)]) - set(own)
+    assert set(b.cells[b.n_own :]) == sources
+    # message edges: all those among the batch's cells (own and halo), local ids
+    inside = np.isin(edges, b.cells).all(axis=0)
+    assert {tuple(e) for e in b.cells[b.edge_index].T} == {tuple(e) for e in edges[:, inside].T}
+    # positives: the training edges whose source is an own cell, whichever part their target is in
+    assert {tuple(e) for e in b.cells[b.pos].T} == {tuple(e) for e in pos[:, np.isin(pos[0], own)].T}
+    assert not np.isin(pos[:, np.isin(pos[0], own)], own).all()  # some cross into other parts
+    # one pass over the parts trains each training edge exactly once
+    seen = []
+    for part in range(batches.n_parts):
+        bb = batches.batch(np.array([part]))
+        seen += [tuple(e) for e in bb.cells[bb.pos].T]
+    assert sorted(seen) == sorted(tuple(e) for e in pos.T)
+    # without a halo, the edges leaving the chosen parts are missing
+    plain = PartitionBatches(parts, edges, pos).batch(chosen)
+    assert plain.n_own == plain.cells.size and plain.pos.shape[1] < b.pos.shape[1]

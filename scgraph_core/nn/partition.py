@@ -9,7 +9,10 @@ encoder sees only edges between the batch's own cells, so a step's cost depends 
 Cluster-GCN partitions the graph with METIS; here the parts are k-means clusters of the cells (faiss) on the top
 principal components of the features the graph was built from, which keeps most kNN edges inside a part (the
 share is reported: edges cut are never seen in training). Choosing several parts per step, as Cluster-GCN does,
-puts back the edges between the chosen parts and keeps the batches from being one cell type each.
+puts back the edges between the chosen parts and keeps the batches from being one cell type each. A halo
+(``halo`` hops) adds every neighbour of the batch's cells as context: the edges leaving the batch are then trained
+too (each once a pass) and a cell's messages come from all its neighbours, at the cost of the halo's cells in
+every step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from .halo import IncomingEdges
 
 
 def kmeans_parts(features: np.ndarray, n_parts: int, *, seed: int, dims: int = 32) -> np.ndarray:
@@ -86,9 +90,14 @@ def _top_directions(centred: np.ndarray, d: int) -> np.ndarray:
 
 @dataclass
 class PartBatch:
-    cells: np.ndarray  # global ids of the batch's cells
+    cells: np.ndarray  # global ids of the batch's cells, its own cells first, then its halo
     edge_index: np.ndarray  # [2, E'] message edges among them, local ids, source -> target
-    pos: np.ndarray  # [2, P'] training edges among them, local ids
+    pos: np.ndarray  # [2, P'] training edges from an own cell (local ids)
+    n_own: int = -1  # the batch's own cells (the chosen parts): cells[:n_own]; -1 = all of cells
+
+    def __post_init__(self) -> None:
+        if self.n_own < 0:
+            self.n_own = int(self.cells.size)
 
 
 class _EdgesByPart:
@@ -101,10 +110,14 @@ class _EdgesByPart:
         self.indptr = np.zeros(n_parts + 1, dtype=np.int64)
         np.cumsum(np.bincount(src_part, minlength=n_parts), out=self.indptr[1:])
 
+    def of(self, chosen: np.ndarray) -> np.ndarray:
+        """The edges whose source is in a chosen part (global ids)."""
+        idx = np.concatenate([np.arange(self.indptr[c], self.indptr[c + 1]) for c in chosen])
+        return self.edges[:, idx]
+
     def among(self, chosen: np.ndarray, inside: np.ndarray) -> np.ndarray:
         """The edges whose source is in a chosen part and whose target is in the batch (global ids)."""
-        idx = np.concatenate([np.arange(self.indptr[c], self.indptr[c + 1]) for c in chosen])
-        e = self.edges[:, idx]
+        e = self.of(chosen)
         return e[:, inside[e[1]]]
 
 
@@ -115,9 +128,15 @@ class PartitionBatches:
         parts: the part of each cell (see :func:`kmeans_parts`).
         message: [2, E] the edges the encoder passes messages along (both directions of an undirected graph).
         train_pos: [2, P] the positive training edges.
+        halo: hops of neighbours (along ``message``) added around a batch's own cells. 0: the subgraph induced by
+            the chosen parts, positives the training edges among them. h > 0: the subgraph induced by the own
+            cells and every cell within h hops, own cells first (:meth:`IncomingEdges.group`); positives are the
+            training edges whose source is an own cell, so a pass over the parts trains every edge exactly once
+            (``train_pos`` must be among the message edges), and an own cell's messages come from all its
+            neighbours, whichever part they are in.
     """
 
-    def __init__(self, parts: np.ndarray, message: np.ndarray, train_pos: np.ndarray) -> None:
+    def __init__(self, parts: np.ndarray, message: np.ndarray, train_pos: np.ndarray, halo: int = 0) -> None:
         self.parts = np.asarray(parts, dtype=np.int64)
         self.n_parts = int(self.parts.max()) + 1
         n = self.parts.size
@@ -131,10 +150,23 @@ class PartitionBatches:
         self._local = np.full(n, -1, dtype=np.int64)
         same = self.parts[message[0]] == self.parts[message[1]]
         self.within_share = float(same.mean()) if same.size else 1.0  # message edges inside one part
+        self.halo = int(halo)
+        self._incoming = IncomingEdges(message, n) if self.halo > 0 else None
 
     def batch(self, chosen: np.ndarray) -> PartBatch:
         chosen = np.asarray(chosen, dtype=np.int64)
         cells = np.concatenate([self._members[c] for c in chosen])
+        if self._incoming is not None:
+            group = self._incoming.group(cells, self.halo)
+            nodes = group.nodes
+            self._local[nodes] = np.arange(nodes.size)
+            try:
+                pos = self._local[self._pos.of(chosen)]
+            finally:
+                self._local[nodes] = -1
+            if pos.size and int(pos.min()) < 0:
+                raise ValueError("a training edge is not among the message edges")
+            return PartBatch(nodes, group.edge_index, pos, n_own=int(cells.size))
         self._inside[cells] = True
         self._local[cells] = np.arange(cells.size)
         try:

@@ -408,6 +408,31 @@ def test_partition_batches_train_on_induced_subgraphs_of_a_few_parts(tmp_path):
     assert m["negatives"] == "all"  # the default: negative pairs reach cells outside the batch
 
 
+def test_partition_batches_with_a_halo_train_the_edges_leaving_the_batch(monkeypatch):
+    from scgraph_core.nn import partition
+
+    seen: list[int] = []
+    real = partition.PartitionBatches.batch
+
+    def counting(self, chosen):
+        b = real(self, chosen)
+        seen.append(b.pos.shape[1])
+        assert self.halo == 1 and b.n_own < b.cells.size  # the halo is there, after the own cells
+        return b
+
+    monkeypatch.setattr(partition.PartitionBatches, "batch", counting)
+    adata = toy_counts()
+    model = {**TINY["model"], "batch_size": 200, "batch_mode": "parts", "parts_per_batch": 2, "epochs": 1}
+    model["halo"] = 1
+    config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": model}, label_key="celltype")
+    out, result = pipeline.execute(adata, config)
+    m = result.metrics
+    assert m["halo"] == 1 and np.isfinite(out.obsm["X_cellvgae"]).all()
+    steps = m["steps_per_epoch"]
+    # the first batch is the fixed validation batch; then one pass: every training edge once
+    assert sum(seen[1 : 1 + steps]) == m["n_train_edges"]
+
+
 def test_kl_weight_is_the_paper_one_over_cells_unless_fixed():
     paper = pipeline.resolve_config("cellvgae", "paper", {}).params
     assert cv.model.kl_beta(paper, 2638) == pytest.approx(1 / 2638)  # the paper's 1 / N

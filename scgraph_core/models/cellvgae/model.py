@@ -104,7 +104,7 @@ class CellVGAEParams:
         "parts",
         "mini-batch training: how a batch's graph is drawn: the subgraph among a few k-means parts of the cells "
         "(Cluster-GCN-style; a step's memory and time depend on the parts' size alone; edges between parts not "
-        "chosen together are not trained on) or each cell's sampled neighbourhood (GraphSAGE-style; on a kNN "
+        "chosen together are not trained on unless halo is set) or each cell's sampled neighbourhood (GraphSAGE-style; on a kNN "
         "graph a step reaches most cells, so a pass costs about one full-batch epoch per step)",
         choices=("parts", "neighbours"),
         advanced=True,
@@ -126,6 +126,19 @@ class CellVGAEParams:
         "a gradient; as in full batch, most pairs then join different cell types) or the batch's own cells (a "
         "batch of a few k-means parts holds few types, so about half its pairs join cells of one type)",
         choices=("all", "batch"),
+        advanced=True,
+        shown_if={"batch_size": True, "batch_mode": "parts"},
+    )
+    halo: int = param(
+        0,
+        "mini-batch training with batch_mode parts: hops of neighbours added around a batch's cells as context "
+        "(0 = the chosen parts alone: edges to other parts are trained only when both parts share a batch, and a "
+        "cell's neighbours in other parts send it no messages; 1 = every neighbour of a batch cell joins the "
+        "step, every edge is trained once a pass, a step costs about as many more cells as the halo holds; on pbmc3k, "
+        "paper preset, batches of 4,096 edges, three seeds: held-out AUC 0.85 against 0.81 without, but label-free "
+        "ARI median 0.82 against 0.86 and 2.9 x the training time)",
+        min=0,
+        max=3,
         advanced=True,
         shown_if={"batch_size": True, "batch_mode": "parts"},
     )
@@ -760,7 +773,7 @@ class CellVGAE(Model):
         asked = int(min(n_cells, max(q, round(q * n_edges / p.batch_size))))
         # Every rank computes the same parts: the same seed on the same features.
         parts = kmeans_parts(x.detach().cpu().numpy(), asked, seed=seed)
-        batches_of = PartitionBatches(parts, split.message.numpy(), train_pos)
+        batches_of = PartitionBatches(parts, split.message.numpy(), train_pos, halo=p.halo)
         n_parts = batches_of.n_parts  # the balancing may have cut large parts
         rank, world, order_rng, rng, forward, steps = _batch_plan(
             net, optimizer, p, trainer, -(-n_parts // q)
@@ -784,7 +797,7 @@ class CellVGAE(Model):
                 queue.extend(every[rank::world])
             batch = batches_of.batch(queue.pop(0))
             pos = torch.from_numpy(batch.pos).to(device)
-            cells = torch.from_numpy(batch.cells).to(device)
+            cells = torch.from_numpy(batch.cells[: batch.n_own]).to(device)  # the halo is context only
             cells_x = x[cells] if p.expr_decoder else None
             with_bank = (bank, cells) if bank is not None else None
             return _batch_terms(
@@ -794,7 +807,7 @@ class CellVGAE(Model):
                 beta,
                 encode(batch),
                 pos,
-                batch.cells.size,
+                batch.n_own,
                 neg_ratio,
                 rng,
                 cells_x,
@@ -807,7 +820,7 @@ class CellVGAE(Model):
         fixed = np.random.default_rng(seed + 1).permutation(n_parts)[: max(q, 1)]
         val_batch = batches_of.batch(fixed)
         local = np.full(n_cells, -1, dtype=np.int64)
-        local[val_batch.cells] = np.arange(val_batch.cells.size)
+        local[val_batch.cells[: val_batch.n_own]] = np.arange(val_batch.n_own)  # scored on own cells alone
 
         def inside(e: np.ndarray) -> torch.Tensor:
             e = local[e]
@@ -893,6 +906,7 @@ class CellVGAE(Model):
             "seconds_per_epoch": outcome.seconds_per_epoch,
             "n_cells": n_cells,
             "n_features": n_genes,
+            "n_train_edges": int(split.train_pos.shape[1]),
         }
         if p.regularizer == "kl":
             scores["kl_weight"] = kl_beta(p, n_cells)
@@ -903,6 +917,7 @@ class CellVGAE(Model):
         scores.update(trained.batch_info or {})
         if trained.batch_info:
             scores["negatives"] = p.negatives
+            scores["halo"] = p.halo
         if self._groups is not None:
             scores["readout_groups"] = len(self._groups)
         if trained.ranks:
