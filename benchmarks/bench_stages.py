@@ -24,10 +24,6 @@ One JSON line per finished repeat in ``--jsonl`` (a rerun skips what is done); `
     python benchmarks/bench_stages.py --input ../shared/data/pbmc3k_seurat250.h5ad --cells 100000 \
         --preset quick --modes machine --repeats 1 --flags "--k 32" --keep /tmp/kept_runs
     python benchmarks/bench_stages.py --summary
-
-The cluster choice runs in a forked child beside the drawn UMAP (:mod:`scgraph_core.background`);
-``--serial-analysis`` runs it after the UMAP instead (``SCGRAPH_SERIAL_ANALYSIS=1``), for the comparison. Rows
-record which (``serial``, and the run's ``analysis_overlapped``).
 """
 
 from __future__ import annotations
@@ -68,7 +64,6 @@ def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
         "cluster_rule",
         "val_auc",
         "graph",
-        "analysis_overlapped",
     )
     return {"wall_seconds": wall, **{k: metrics.get(k) for k in STAGES}, **{k: metrics.get(k) for k in keep}}
 
@@ -105,28 +100,19 @@ def summary(path: Path) -> str:
             f" ({int(cells):,} cells{', ' + recipe if recipe else ''})" if cells else ""
         )
         name += f" {r['flags']}" if r.get("flags") else ""
-        groups.setdefault((name, r["model"], r["preset"], r["mode"], _analysis(r)), []).append(r)
-    head = (
-        "| input | model | preset | numba cache | clustering | runs | wall | graph | train | analysis | write "
-        "| ARI [clusters] |"
-    )
-    lines = [head, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for (name, model, preset, mode, analysis), rs in sorted(groups.items()):
+        groups.setdefault((name, r["model"], r["preset"], r["mode"]), []).append(r)
+    head = "| input | model | preset | numba cache | runs | wall | graph | train | analysis | write | ARI [clusters] |"
+    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (name, model, preset, mode), rs in sorted(groups.items()):
         med = {
             k: float(np.median([r[k] for r in rs if r.get(k) is not None])) for k in ("wall_seconds", *STAGES)
         }
         lines.append(
-            f"| {name} | {model} | {preset} | {mode} | {analysis} | {len(rs)} | {med['wall_seconds']:.1f} | "
+            f"| {name} | {model} | {preset} | {mode} | {len(rs)} | {med['wall_seconds']:.1f} | "
             f"{med['seconds_graph']:.1f} | {med['seconds_train']:.1f} | {med['seconds_analysis']:.1f} | "
             f"{med['seconds_write']:.1f} | {_ari(rs)} |"
         )
     return "\n".join(lines)
-
-
-def _analysis(row: dict) -> str:
-    """How a row's cluster choice ran: in a child beside the drawn UMAP ("beside") or after it ("after";
-    rows written before the overlap existed, or with --serial-analysis)."""
-    return "beside" if row.get("analysis_overlapped") else "after"
 
 
 def main() -> None:
@@ -160,11 +146,6 @@ def main() -> None:
         default="",
         help="keep each timed run's folder under this directory (default: a temporary one, deleted after)",
     )
-    parser.add_argument(
-        "--serial-analysis",
-        action="store_true",
-        help="SCGRAPH_SERIAL_ANALYSIS=1: the cluster choice after the drawn UMAP, not beside it in a child",
-    )
     parser.add_argument("--synth-dir", default=str(Path(tempfile.gettempdir()) / "scgraph_synth"))
     args = parser.parse_args()
     source = args.input
@@ -182,17 +163,16 @@ def main() -> None:
     if path.exists():
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            key = (r["input"], r["model"], r["preset"], r["mode"], r.get("flags", ""), r.get("serial", True))
+            key = (r["input"], r["model"], r["preset"], r["mode"], r.get("flags", ""))
             done[key] = done.get(key, 0) + 1
     with tempfile.TemporaryDirectory() as tmp:
         warm_cache = Path(tmp) / "warm"
         for mode in args.modes.split(","):
-            key = (label, args.model, args.preset, mode, args.flags, args.serial_analysis)
+            key = (label, args.model, args.preset, mode, args.flags)
             todo = args.repeats - done.get(key, 0)
             if todo <= 0:
                 continue
             env = {**os.environ, "SCGRAPH_HOME": str(Path(tmp) / "home")}
-            env["SCGRAPH_SERIAL_ANALYSIS"] = "1" if args.serial_analysis else "0"
             if mode == "machine":
                 pass  # this machine's own numba cache, as the user's runs see it (filled by earlier runs)
             elif mode == "warm":
@@ -209,7 +189,6 @@ def main() -> None:
                 row = one_run(args, env, where)
                 line = {"input": label, "model": args.model, "preset": args.preset, "mode": mode, **row}
                 line["flags"] = args.flags
-                line["serial"] = args.serial_analysis
                 if args.keep:
                     line["kept"] = str(where)
                 line["cpus"] = os.cpu_count()

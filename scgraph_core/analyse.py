@@ -19,7 +19,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import interpret, metrics
-from .background import Background
 from .params import to_dict
 from .results import Result
 
@@ -85,15 +84,6 @@ def analyse(
     knn = clustering.shared_neighbours(space, cluster.n_neighbors, seed=seed)
     if knn is not None:
         parts["neighbours"], tick = time.perf_counter() - tick, time.perf_counter()
-    own = model.clusters()
-    # HDBSCAN's choice on a layout of its own does not need the drawn UMAP: it runs in a forked child while
-    # the drawn UMAP is made here (both single-threaded; the same numbers as one after the other).
-    on_drawing = cluster.cluster_umap_dims == 2 and cluster.cluster_umap_min_dist == cluster.umap_min_dist
-    early = None
-    if own is None and cluster.method == "hdbscan" and not on_drawing:
-        early = Background(
-            clustering.cluster_embedding, space, seed=seed, knn=knn, umap_coords=None, **to_dict(cluster)
-        )
     # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
     umap_xy, layout_sample = clustering.drawn_layout(
         space,
@@ -105,6 +95,7 @@ def analyse(
         knn=knn,
     )
     parts["layout"], tick = time.perf_counter() - tick, time.perf_counter()
+    own = model.clusters()
     a = Analysis(
         prepared=prepared,
         cluster=cluster,
@@ -143,32 +134,17 @@ def analyse(
     else:
         # The configured method; HDBSCAN on the drawn UMAP itself when asked for a 2-D UMAP with the
         # drawing's min_dist (the paper's recipe), else on its own UMAP or on the embedding.
-        if early is not None:
-            # Leiden for comparison while the child still clusters.
-            others["leiden"] = clustering.leiden(
-                space, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed, knn=knn
-            )
-            parts["leiden"], tick = time.perf_counter() - tick, time.perf_counter()
-            found = early.result()
-            waited, tick = time.perf_counter() - tick, time.perf_counter()
-            if early.forked:  # its own time, beside the drawn UMAP, and how long the caller waited for it
-                parts["clusters"], parts["clusters_waited"] = early.seconds, waited
-            else:
-                parts["clusters"] = waited
-            a.metrics["analysis_overlapped"] = early.forked
-            if early.child_peak_mb is not None:
-                a.metrics["analysis_child_peak_rss_mb"] = round(early.child_peak_mb, 1)
-        else:
-            found = clustering.cluster_embedding(
-                space,
-                umap_coords=umap_xy if (on_drawing and cluster.method == "hdbscan") else None,
-                umap_label=f"the drawn 2-D UMAP (min_dist {cluster.umap_min_dist:g}, seed {seed})",
-                seed=seed,
-                knn=knn,
-                **to_dict(cluster),
-            )
-            parts["clusters"], tick = time.perf_counter() - tick, time.perf_counter()
+        on_drawing = cluster.cluster_umap_dims == 2 and cluster.cluster_umap_min_dist == cluster.umap_min_dist
+        found = clustering.cluster_embedding(
+            space,
+            umap_coords=umap_xy if (on_drawing and cluster.method == "hdbscan") else None,
+            umap_label=f"the drawn 2-D UMAP (min_dist {cluster.umap_min_dist:g}, seed {seed})",
+            seed=seed,
+            knn=knn,
+            **to_dict(cluster),
+        )
         labels, method = np.asarray(found.labels, dtype=np.int64), found.method
+        parts["clusters"], tick = time.perf_counter() - tick, time.perf_counter()
         grid = found.grid
         if found.coords is not None:
             scored_on = umap_xy  # silhouettes on the drawn UMAP when HDBSCAN ran on a UMAP (as the paper)
@@ -199,7 +175,7 @@ def analyse(
                     "nmi": best_scores["nmi"],
                     **grid.runs[best],
                 }
-        if method != "leiden" and "leiden" not in others:  # Leiden on the same space, for comparison
+        if method != "leiden":  # Leiden on the same space, always at hand for comparison
             tick = time.perf_counter()
             others["leiden"] = clustering.leiden(
                 space, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed, knn=knn
