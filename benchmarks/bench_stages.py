@@ -50,7 +50,7 @@ def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
         cmd += ["--label-key", args.label_key]
     cmd += args.flags.split()
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=3600)
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=args.timeout)
     wall = time.perf_counter() - started
     metrics = json.loads((out / "metrics.json").read_text())
     keep = (
@@ -145,6 +145,13 @@ def main() -> None:
         "--keep",
         default="",
         help="keep each timed run's folder under this directory (default: a temporary one, deleted after)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=4 * 3600,
+        help="seconds a run may take before it is stopped (the paper preset at 100,000 cells trains for ~85 "
+        "minutes on 2 cores; an hour stopped it)",
     )
     parser.add_argument("--synth-dir", default=str(Path(tempfile.gettempdir()) / "scgraph_synth"))
     args = parser.parse_args()
