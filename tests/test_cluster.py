@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -58,6 +60,22 @@ def test_grid_has_every_run_and_the_choice_obeys_the_rule(blobs2d):
     assert grid.runs[grid.chosen]["silhouette"] == max(grid.runs[i]["silhouette"] for i in eligible)
     assert "best silhouette" in grid.rule
     assert np.array_equal(grid.chosen_labels, grid.labels[grid.chosen])
+
+
+def test_grid_runs_equal_plain_hdbscan_runs_and_leave_no_cache(blobs2d, monkeypatch, tmp_path):
+    import hdbscan
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # read TMPDIR again
+    try:
+        points, _ = blobs2d
+        grid = hdbscan_grid(points, min_cluster_sizes=(10, 40), min_samples=(5, 20))
+    finally:
+        tempfile.tempdir = None
+    for run, labels in zip(grid.runs, grid.labels, strict=True):
+        plain = hdbscan.HDBSCAN(min_cluster_size=run["min_cluster_size"], min_samples=run["min_samples"])
+        assert np.array_equal(labels, plain.fit_predict(points))
+    assert list(tmp_path.iterdir()) == []  # the shared trees' cache is removed
 
 
 def test_noise_is_minus_one(blobs2d):
@@ -329,6 +347,11 @@ def test_cluster_embedding_hdbscan_on_umap(blobs10d):
     assert adjusted_rand_score(truth, voted.labels) > 0.9
     assert result.params["seed"] == 0
     assert adjusted_rand_score(truth, result.labels) > 0.9
+    # The clustered layout's epochs can differ from the drawing's (cluster_umap_n_epochs).
+    shorter = cluster_embedding(points, seed=0, umap_n_epochs=100, cluster_umap_n_epochs=30)
+    direct = umap_embedding(points, n_components=10, min_dist=0.0, n_epochs=30, seed=0)
+    assert np.allclose(shorter.coords, direct) and not np.allclose(shorter.coords, result.coords)
+    assert shorter.params["cluster_umap_n_epochs"] == 30
     # The paper's recipe: the 2-D UMAP, best silhouette.
     paper = cluster_embedding(
         points,

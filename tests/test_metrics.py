@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from scgraph_core.errors import ConfigError
-from scgraph_core.metrics import accuracy, clustering_metrics, imputation_errors, silhouette
+from scgraph_core.metrics import accuracy, clustering_metrics, grid_silhouettes, imputation_errors, silhouette
 
 
 def test_perfect_labels_score_one_whatever_their_names():
@@ -69,6 +69,28 @@ def test_silhouette_subsample_is_seeded():
     assert a == silhouette(points, labels, sample=100, seed=3)
     assert a != silhouette(points, labels, sample=100, seed=4)
     assert abs(a - silhouette(points, labels, sample=None)) < 0.1
+
+
+def test_grid_silhouettes_equal_one_silhouette_per_labeling():
+    rng = np.random.default_rng(2)
+    points = np.vstack([rng.normal(0, 1, (150, 3)), rng.normal(4, 1, (150, 3))]).astype(np.float32)
+    rows = rng.integers(-1, 5, size=(6, 300))
+    rows[1] = np.repeat([0, 1], 150)  # the true split
+    rows[2] = -1  # all noise: undefined
+    rows[3] = np.where(rows[3] >= 0, 7, -1)  # one cluster and noise: undefined
+    rows[4] = np.arange(300)  # every cell its own cluster: undefined
+    rows[5, :3] = [9, 10, 11]  # clusters of one cell score 0, as in scikit-learn
+    found = grid_silhouettes(points, rows)
+    for row, value in zip(rows, found, strict=True):
+        one = silhouette(points, row, sample=None)
+        assert (value is None) == (one is None)
+        if one is not None:
+            assert value == pytest.approx(one, abs=1e-7)
+    assert found[1] > 0.5 and found[0] < 0.1
+    # Above the sample size each labeling is subsampled exactly as silhouette() does it.
+    assert grid_silhouettes(points, rows[:2], sample=100, seed=3) == [
+        silhouette(points, row, sample=100, seed=3) for row in rows[:2]
+    ]
 
 
 def test_accuracy_plain_and_matched():

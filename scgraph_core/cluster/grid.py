@@ -8,6 +8,7 @@ by "silhouette", "consensus" (:func:`consensus_scores`, built on :func:`pair_agr
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics import silhouette
+from ..metrics import grid_silhouettes
 from .common import NOISE, matrix
 
 SELECT_RULES = ("consensus", "silhouette", "dbcv")
@@ -178,21 +179,31 @@ def _choose(runs: list[dict[str, Any]], max_noise: float, select: str = "silhoue
 def _run_grid(
     pts: np.ndarray, sizes: tuple[int, ...], samples: tuple[int, ...], validity: bool
 ) -> tuple[np.ndarray, list[float | None]]:
-    """Labels [len(sizes)·len(samples), N] (min_cluster_size-major) and, if asked, relative validity."""
+    """Labels [len(sizes)·len(samples), N] (min_cluster_size-major) and, if asked, relative validity.
+
+    HDBSCAN's single-linkage tree depends on the points and min_samples only (min_cluster_size just
+    condenses it), so the runs share one tree per min_samples value through hdbscan's own ``memory``
+    cache (a joblib cache in a temporary folder, removed afterwards): 4 trees for the 16-point grid.
+    """
     import hdbscan
+    from joblib import Memory
 
     out = np.empty((len(sizes) * len(samples), pts.shape[0]), dtype=np.int64)
     dbcv: list[float | None] = []
-    for r, (size, ms) in enumerate((a, b) for a in sizes for b in samples):
-        model = hdbscan.HDBSCAN(min_cluster_size=int(size), min_samples=int(ms), gen_min_span_tree=validity)
-        out[r] = model.fit_predict(pts)
-        value = None
-        if validity:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-noise runs divide by zero inside
-                raw = float(model.relative_validity_)
-            value = raw if np.isfinite(raw) else None
-        dbcv.append(value)
+    with tempfile.TemporaryDirectory(prefix="scgraph-hdbscan-") as folder:
+        memory = Memory(folder, verbose=0)
+        for r, (size, ms) in enumerate((a, b) for a in sizes for b in samples):
+            model = hdbscan.HDBSCAN(
+                min_cluster_size=int(size), min_samples=int(ms), gen_min_span_tree=validity, memory=memory
+            )
+            out[r] = model.fit_predict(pts)
+            value = None
+            if validity:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-noise runs divide by zero inside
+                    raw = float(model.relative_validity_)
+                value = raw if np.isfinite(raw) else None
+            dbcv.append(value)
     return out, dbcv
 
 
@@ -245,13 +256,16 @@ def hdbscan_grid(
 
     all_labels, dbcv = _run_grid(pts, sizes, samples, validity=select == "dbcv")
     runs: list[dict[str, Any]] = []
-    scores: dict[bytes, float | None] = {}  # grid points often agree; score each labeling once
+    first: dict[bytes, int] = {}  # grid points often agree; score each labeling once
+    for r in range(len(all_labels)):
+        first.setdefault(all_labels[r].tobytes(), r)
+    distinct = list(first.values())
+    found = grid_silhouettes(pts, all_labels[distinct], sample=silhouette_sample, seed=seed)
+    scores = dict(zip(first, found, strict=True))
     pairs = [(a, b) for a in sizes for b in samples]
     for r, (size, ms) in enumerate(pairs):
         labels = all_labels[r]
         key = labels.tobytes()
-        if key not in scores:
-            scores[key] = silhouette(pts, labels, sample=silhouette_sample, seed=seed)
         noise = int((labels == NOISE).sum())
         n_clusters = len(np.unique(labels[labels != NOISE]))
         runs.append(
