@@ -76,6 +76,12 @@ def test_grid_runs_equal_plain_hdbscan_runs_and_leave_no_cache(blobs2d, monkeypa
         plain = hdbscan.HDBSCAN(min_cluster_size=run["min_cluster_size"], min_samples=run["min_samples"])
         assert np.array_equal(labels, plain.fit_predict(points))
     assert list(tmp_path.iterdir()) == []  # the shared trees' cache is removed
+    # No writable temporary folder: the same labels, each run with its own tree.
+    monkeypatch.setattr(
+        tempfile, "mkdtemp", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only"))
+    )
+    again = hdbscan_grid(points, min_cluster_sizes=(10, 40), min_samples=(5, 20))
+    assert np.array_equal(again.labels, grid.labels)
 
 
 def test_noise_is_minus_one(blobs2d):

@@ -8,6 +8,7 @@ by "silhouette", "consensus" (:func:`consensus_scores`, built on :func:`pair_agr
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -184,13 +185,18 @@ def _run_grid(
     HDBSCAN's single-linkage tree depends on the points and min_samples only (min_cluster_size just
     condenses it), so the runs share one tree per min_samples value through hdbscan's own ``memory``
     cache (a joblib cache in a temporary folder, removed afterwards): 4 trees for the 16-point grid.
+    Without a writable temporary folder each run builds its own tree (same labels, slower).
     """
     import hdbscan
     from joblib import Memory
 
     out = np.empty((len(sizes) * len(samples), pts.shape[0]), dtype=np.int64)
     dbcv: list[float | None] = []
-    with tempfile.TemporaryDirectory(prefix="scgraph-hdbscan-") as folder:
+    with contextlib.ExitStack() as stack:
+        try:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="scgraph-hdbscan-"))
+        except OSError:  # no writable temporary folder: every run builds its own tree, as before
+            folder = None
         memory = Memory(folder, verbose=0)
         for r, (size, ms) in enumerate((a, b) for a in sizes for b in samples):
             model = hdbscan.HDBSCAN(
