@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _done(path: Path) -> set[tuple[str, int, int]]:
+def done_runs(path: Path) -> set[tuple[str, int, int]]:
+    """(file, epochs, seed) of the runs already in ``path``."""
     if not path.exists():
         return set()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -37,7 +38,7 @@ def run(saved: Path, out: Path, epochs: list[int], seeds: list[int]) -> None:
     from scgraph_core.cluster.grid import pair_agreement
     from scgraph_core.metrics import clustering_metrics
 
-    done = _done(out)
+    done = done_runs(out)
     for path in sorted(saved.glob("*.npz")):
         z = np.load(path, allow_pickle=True)
         emb, truth = z["embedding"], z["truth"]
@@ -98,24 +99,21 @@ def table(out: Path) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def command_line(doc: str, default_jsonl: str, default_epochs: str, run_fn, table_fn) -> None:
+    """The studies' shared command line: --saved, --jsonl, --epochs, --seeds, --table."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--saved", default="", help="folder of bench_suite.py --save .npz files")
-    parser.add_argument("--jsonl", default=str(Path(__file__).parent / "results" / "cluster_epochs.jsonl"))
-    parser.add_argument("--epochs", default="0,200,100", help="0 = umap-learn's default")
+    parser.add_argument("--jsonl", default=str(Path(__file__).parent / "results" / default_jsonl))
+    parser.add_argument("--epochs", default=default_epochs, help="0 = umap-learn's default")
     parser.add_argument("--seeds", default="0,1,2", help="layout seeds")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     out = Path(args.jsonl)
     if not args.table:
-        run(
-            Path(args.saved),
-            out,
-            [int(e) for e in args.epochs.split(",")],
-            [int(s) for s in args.seeds.split(",")],
-        )
-    table(out)
+        epochs = [int(e) for e in args.epochs.split(",")]
+        run_fn(Path(args.saved), out, epochs, [int(v) for v in args.seeds.split(",")])
+    table_fn(out)
 
 
 if __name__ == "__main__":
-    main()
+    command_line(__doc__, "cluster_epochs.jsonl", "0,200,100", run, table)

@@ -12,7 +12,6 @@ line per (file, epochs, seed) in ``--jsonl``; a rerun skips what is done; ``--ta
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -22,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study_cluster_epochs import command_line, done_runs
 
 
 def preserved(latent: np.ndarray, xy: np.ndarray, k: int = 15) -> float:
@@ -37,9 +39,7 @@ def run(saved: Path, out: Path, epochs: list[int], seeds: list[int]) -> None:
     from scgraph_core.cluster.layout import umap_embedding
     from scgraph_core.metrics import silhouette
 
-    done = set()
-    if out.exists():
-        done = {(r["file"], r["epochs"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
+    done = done_runs(out)
     for path in sorted(saved.glob("*.npz")):
         z = np.load(path, allow_pickle=True)
         emb, truth = z["embedding"], z["truth"].astype(str)
@@ -86,24 +86,5 @@ def table(out: Path) -> None:
         print(f"| {f} | " + " | ".join(cells) + " |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--saved", default="", help="folder of bench_suite.py --save .npz files")
-    parser.add_argument("--jsonl", default=str(Path(__file__).parent / "results" / "drawn_epochs.jsonl"))
-    parser.add_argument("--epochs", default="0,200", help="0 = umap-learn's default")
-    parser.add_argument("--seeds", default="0,1,2", help="layout seeds")
-    parser.add_argument("--table", action="store_true")
-    args = parser.parse_args()
-    out = Path(args.jsonl)
-    if not args.table:
-        run(
-            Path(args.saved),
-            out,
-            [int(e) for e in args.epochs.split(",")],
-            [int(s) for s in args.seeds.split(",")],
-        )
-    table(out)
-
-
 if __name__ == "__main__":
-    main()
+    command_line(__doc__, "drawn_epochs.jsonl", "0,200", run, table)
