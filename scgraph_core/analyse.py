@@ -84,18 +84,42 @@ def analyse(
     knn = clustering.shared_neighbours(space, cluster.n_neighbors, seed=seed)
     if knn is not None:
         parts["neighbours"], tick = time.perf_counter() - tick, time.perf_counter()
-    # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
-    umap_xy, layout_sample = clustering.drawn_layout(
-        space,
-        sample=cluster.umap_sample,
-        n_neighbors=cluster.n_neighbors,
-        min_dist=cluster.umap_min_dist,
-        n_epochs=cluster.umap_n_epochs,
-        seed=seed,
-        knn=knn,
-    )
-    parts["layout"], tick = time.perf_counter() - tick, time.perf_counter()
     own = model.clusters()
+    # HDBSCAN on the drawn UMAP itself when asked for a 2-D UMAP with the drawing's min_dist (the paper's
+    # recipe) needs the drawing first; otherwise the label-free clusters (their own UMAP) and the Leiden
+    # comparison do not, and run in a second thread while this one draws (see _overlap).
+    on_drawing = (
+        cluster.cluster_umap_dims == 2
+        and cluster.cluster_umap_min_dist == cluster.umap_min_dist
+        and cluster.method == "hdbscan"
+    )
+    background = None
+    pool = None
+    if own is None and not on_drawing and _overlap(space.shape[0]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgraph-clusters")
+        background = pool.submit(_choose_clusters, space, cluster, seed, knn, None)
+    try:
+        # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
+        umap_xy, layout_sample = clustering.drawn_layout(
+            space,
+            sample=cluster.umap_sample,
+            n_neighbors=cluster.n_neighbors,
+            min_dist=cluster.umap_min_dist,
+            n_epochs=cluster.umap_n_epochs,
+            seed=seed,
+            knn=knn,
+        )
+        parts["layout"], tick = time.perf_counter() - tick, time.perf_counter()
+        chosen = None
+        if background is not None:
+            chosen = background.result()
+        elif own is None:
+            chosen = _choose_clusters(space, cluster, seed, knn, umap_xy if on_drawing else None)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)  # an error in the drawing waits for the thread before it is raised
     a = Analysis(
         prepared=prepared,
         cluster=cluster,
@@ -132,19 +156,10 @@ def analyse(
             a.views["probabilities"] = key
             a.views["probability_names"] = [str(c) for c in range(own.probabilities.shape[1])]
     else:
-        # The configured method; HDBSCAN on the drawn UMAP itself when asked for a 2-D UMAP with the
-        # drawing's min_dist (the paper's recipe), else on its own UMAP or on the embedding.
-        on_drawing = cluster.cluster_umap_dims == 2 and cluster.cluster_umap_min_dist == cluster.umap_min_dist
-        found = clustering.cluster_embedding(
-            space,
-            umap_coords=umap_xy if (on_drawing and cluster.method == "hdbscan") else None,
-            umap_label=f"the drawn 2-D UMAP (min_dist {cluster.umap_min_dist:g}, seed {seed})",
-            seed=seed,
-            knn=knn,
-            **to_dict(cluster),
-        )
+        assert chosen is not None
+        found, leiden_labels, seconds = chosen
+        parts.update(seconds)
         labels, method = np.asarray(found.labels, dtype=np.int64), found.method
-        parts["clusters"], tick = time.perf_counter() - tick, time.perf_counter()
         grid = found.grid
         if found.coords is not None:
             scored_on = umap_xy  # silhouettes on the drawn UMAP when HDBSCAN ran on a UMAP (as the paper)
@@ -175,12 +190,8 @@ def analyse(
                     "nmi": best_scores["nmi"],
                     **grid.runs[best],
                 }
-        if method != "leiden":  # Leiden on the same space, always at hand for comparison
-            tick = time.perf_counter()
-            others["leiden"] = clustering.leiden(
-                space, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed, knn=knn
-            )
-            parts["leiden"] = time.perf_counter() - tick
+        if leiden_labels is not None:
+            others["leiden"] = leiden_labels
     a.labels, a.method = labels, method
     main_key = model.cluster_key(method)
     a.obs[main_key] = cluster_categories(labels)
@@ -243,6 +254,8 @@ def analyse(
     seconds = time.perf_counter() - started
     a.metrics["seconds_analysis"] = seconds
     a.metrics["analysis_parts"] = parts
+    # True: "clusters" and "leiden" ran in a second thread beside "layout", so the parts overlap in time.
+    a.metrics["analysis_overlapped"] = background is not None
     a.metrics["seconds_export"] = seconds  # the name earlier runs used
     return Result(
         model=model.name,
@@ -259,6 +272,56 @@ def analyse(
         weights=model.state_dict(),
         views=a.views,
     )
+
+
+#: Up to this many cells the drawn UMAP and the label-free cluster choice run in two threads (see _overlap).
+OVERLAP_MAX_CELLS = 50_000
+
+
+def _overlap(n_cells: int) -> bool:
+    """Whether the drawn UMAP and the cluster choice (with its own UMAP) may run side by side.
+
+    umap-learn's seeded layout runs on one thread; with its optimiser compiled to release the GIL
+    (:func:`scgraph_core.numba_cache.nogil_layout`) two layouts in two threads use two cores and give the
+    same numbers as one after the other. Up to :data:`OVERLAP_MAX_CELLS` cells, on a machine with at least
+    two cores, unless ``SCGRAPH_OVERLAP=0`` (for comparisons). Larger layouts are limited by memory
+    bandwidth, not cores: on 2 vCPUs at 100,000 cells two side by side were no faster (benchmarks/NOTES.md).
+    """
+    import os
+
+    from .numba_cache import nogil_layout
+
+    if os.environ.get("SCGRAPH_OVERLAP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores >= 2 and n_cells <= OVERLAP_MAX_CELLS and nogil_layout()
+
+
+def _choose_clusters(
+    space: Any, cluster: ClusterParams, seed: int, knn: Any, drawn: np.ndarray | None
+) -> tuple[Any, np.ndarray | None, dict[str, float]]:
+    """The label-free clusters of ``space`` (``drawn``: cluster that 2-D UMAP, the paper's recipe) and,
+    when they are not Leiden's, Leiden's communities beside them; with the seconds of each."""
+    from . import cluster as clustering
+
+    seconds: dict[str, float] = {}
+    tick = time.perf_counter()
+    found = clustering.cluster_embedding(
+        space,
+        umap_coords=drawn,
+        umap_label=f"the drawn 2-D UMAP (min_dist {cluster.umap_min_dist:g}, seed {seed})",
+        seed=seed,
+        knn=knn,
+        **to_dict(cluster),
+    )
+    seconds["clusters"], tick = time.perf_counter() - tick, time.perf_counter()
+    leiden = None
+    if found.method != "leiden":  # Leiden on the same space, always at hand for comparison
+        leiden = clustering.leiden(
+            space, resolution=cluster.resolution, n_neighbors=cluster.n_neighbors, seed=seed, knn=knn
+        )
+        seconds["leiden"] = time.perf_counter() - tick
+    return found, leiden, seconds
 
 
 def _attention(model: Model, prepared: Prepared, a: Analysis) -> None:

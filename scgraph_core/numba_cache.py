@@ -57,3 +57,60 @@ def import_umap() -> None:
             import umap.umap_  # noqa: F401
         finally:
             numba.njit = original
+
+
+_nogil_state: dict[str, bool] = {}
+_replaced: dict[str, object] = {}  # umap-learn's own optimiser, kept for the test that compares the two
+
+
+def nogil_layout() -> bool:
+    """Let umap-learn's seeded layout optimisation release the GIL, so two layouts can run in two threads.
+
+    umap-learn's one-thread (seeded) optimiser runs one numba function per epoch, compiled without
+    ``nogil``: two UMAPs in two threads of one process then take turns instead of using two cores. This
+    compiles the same Python function (same bytecode, same ``fastmath``, not parallel) once more with
+    ``nogil=True`` and puts it where umap-learn looks it up at every call, so every layout computes exactly
+    the numbers it did before (a test compares them bit for bit) and holds the GIL only between epochs.
+    The copy gets its own name, so numba's disk cache keeps it apart from umap-learn's own (the cache does
+    not tell compile options apart) and still recompiles it when umap-learn's source changes.
+
+    Returns True when the optimiser releases the GIL, False when this umap-learn does not have the
+    function where 0.5.x keeps it (then layouts run as before, and callers should not overlap them).
+    """
+    import types
+
+    if "ok" in _nogil_state:
+        return _nogil_state["ok"]
+    import_umap()
+    with _lock:
+        if "ok" in _nogil_state:
+            return _nogil_state["ok"]
+        import numba
+
+        layouts = sys.modules.get("umap.layouts")
+        name = "_nb_optimize_layout_euclidean_single_epoch"
+        source = getattr(layouts, "_optimize_layout_euclidean_single_epoch", None)
+        current = getattr(layouts, name, None)
+        if source is None or current is None or not isinstance(source, types.FunctionType):
+            _nogil_state["ok"] = False
+            return False
+        if getattr(current, "targetoptions", {}).get("nogil"):
+            _nogil_state["ok"] = True
+            return True
+        copy = types.FunctionType(
+            source.__code__,
+            source.__globals__,
+            source.__name__ + "_nogil",
+            source.__defaults__,
+            source.__closure__,
+        )
+        copy.__qualname__ = source.__qualname__ + "_nogil"
+        copy.__module__ = source.__module__
+        _replaced["optimiser"] = current
+        setattr(
+            layouts,
+            name,
+            numba.njit(copy, fastmath=True, parallel=False, nogil=True, cache=enabled()),
+        )
+        _nogil_state["ok"] = True
+        return True

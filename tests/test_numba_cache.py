@@ -56,3 +56,24 @@ def test_compiled_code_is_written_once_reused_and_can_be_switched_off(tmp_path):
     assert second == first  # loaded machine code gives the same layout
     # Nothing was compiled again: no data file was added or rewritten.
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.nbc")} == data_files
+
+
+def test_the_layout_optimiser_releases_the_gil_and_gives_the_same_numbers(monkeypatch):
+    """Two layouts may run in two threads (the analysis overlaps the drawn UMAP and the cluster choice's
+    UMAP): the optimiser compiled with nogil computes exactly what umap-learn's own does."""
+    import numpy as np
+    import umap.layouts as layouts
+
+    from scgraph_core import numba_cache
+    from scgraph_core.cluster import umap_embedding
+
+    assert numba_cache.nogil_layout() is True
+    name = "_nb_optimize_layout_euclidean_single_epoch"
+    patched = getattr(layouts, name)
+    assert patched.targetoptions["nogil"] is True and not patched.targetoptions.get("parallel")
+    assert numba_cache.nogil_layout() is True and getattr(layouts, name) is patched  # once per process
+    x = np.random.default_rng(1).normal(size=(150, 6)).astype(np.float32)
+    ours = umap_embedding(x, n_components=3, seed=0, n_epochs=40)
+    monkeypatch.setattr(layouts, name, numba_cache._replaced["optimiser"])
+    theirs = umap_embedding(x, n_components=3, seed=0, n_epochs=40)
+    np.testing.assert_array_equal(ours, theirs)
