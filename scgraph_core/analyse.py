@@ -93,33 +93,37 @@ def analyse(
         and cluster.cluster_umap_min_dist == cluster.umap_min_dist
         and cluster.method == "hdbscan"
     )
-    background = None
-    pool = None
-    if own is None and not on_drawing and _overlap(space.shape[0]):
-        from concurrent.futures import ThreadPoolExecutor
+    # Up to OVERLAP_MAX_CELLS cells the layouts' BLAS calls run on one thread: OpenBLAS splits a long dot
+    # product across its threads, so its last bits (and, through the layouts, the clusters) would depend on
+    # the machine's cores and, with two layouts at once, on their timing (see _one_blas_thread).
+    with _one_blas_thread(space.shape[0]):
+        background = None
+        pool = None
+        if own is None and not on_drawing and _overlap(space.shape[0]):
+            from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgraph-clusters")
-        background = pool.submit(_choose_clusters, space, cluster, seed, knn, None)
-    try:
-        # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
-        umap_xy, layout_sample = clustering.drawn_layout(
-            space,
-            sample=cluster.umap_sample,
-            n_neighbors=cluster.n_neighbors,
-            min_dist=cluster.umap_min_dist,
-            n_epochs=cluster.umap_n_epochs,
-            seed=seed,
-            knn=knn,
-        )
-        parts["layout"], tick = time.perf_counter() - tick, time.perf_counter()
-        chosen = None
-        if background is not None:
-            chosen = background.result()
-        elif own is None:
-            chosen = _choose_clusters(space, cluster, seed, knn, umap_xy if on_drawing else None)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)  # an error in the drawing waits for the thread before it is raised
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgraph-clusters")
+            background = pool.submit(_choose_clusters, space, cluster, seed, knn, None)
+        try:
+            # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
+            umap_xy, layout_sample = clustering.drawn_layout(
+                space,
+                sample=cluster.umap_sample,
+                n_neighbors=cluster.n_neighbors,
+                min_dist=cluster.umap_min_dist,
+                n_epochs=cluster.umap_n_epochs,
+                seed=seed,
+                knn=knn,
+            )
+            parts["layout"], tick = time.perf_counter() - tick, time.perf_counter()
+            chosen = None
+            if background is not None:
+                chosen = background.result()
+            elif own is None:
+                chosen = _choose_clusters(space, cluster, seed, knn, umap_xy if on_drawing else None)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # an error in the drawing waits for the thread before it is raised
     a = Analysis(
         prepared=prepared,
         cluster=cluster,
@@ -295,6 +299,26 @@ def _overlap(n_cells: int) -> bool:
         return False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores >= 2 and n_cells <= OVERLAP_MAX_CELLS and nogil_layout()
+
+
+def _one_blas_thread(n_cells: int) -> Any:
+    """A context in which BLAS runs on one thread, up to :data:`OVERLAP_MAX_CELLS` cells (else nothing).
+
+    OpenBLAS splits a dot product over more than 10,000 numbers across its threads and adds the partial
+    sums, so the result's last bits depend on how many threads took part. umap-learn's spectral start
+    (ARPACK) makes such products, and a layout amplifies a last-bit difference into a different picture:
+    at 50,000 cells two layouts at once gave different clusters from one run to the next (ARI 0.77 and
+    0.88), one after the other they did not. With one BLAS thread the layouts are the same side by side or
+    not, on any number of cores. Above the limit (one after the other anyway) BLAS keeps its threads.
+    """
+    import contextlib
+
+    if n_cells > OVERLAP_MAX_CELLS:
+        return contextlib.nullcontext()
+    import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS must be loaded to be limited)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _choose_clusters(

@@ -573,3 +573,31 @@ def test_overlap_rule(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert analyse._overlap(2_638) is False  # one core: nothing to gain
+
+
+def test_layouts_run_with_one_blas_thread_up_to_the_limit(monkeypatch):
+    """OpenBLAS's threads split long dot products, so their count would change a layout's last bits and,
+    with two layouts at once, make them depend on timing: the layouts run with one BLAS thread."""
+    from threadpoolctl import threadpool_info
+
+    from scgraph_core import analyse
+    from scgraph_core import cluster as clustering
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    seen: list[set[int]] = []
+    real = clustering.drawn_layout
+
+    def drawing(*args, **kwargs):
+        seen.append(blas_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clustering, "drawn_layout", drawing)
+    config = pipeline.resolve_config("cellvgae", "quick", TINY, label_key="celltype")
+    pipeline.execute(toy_counts(), config)
+    assert seen == [{1}]
+    assert blas_threads() == before  # given back after the analysis
+    with analyse._one_blas_thread(analyse.OVERLAP_MAX_CELLS + 1):
+        assert blas_threads() == before  # above the limit (one layout after the other) BLAS keeps its threads
