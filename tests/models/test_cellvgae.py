@@ -410,7 +410,7 @@ def test_partition_batches_train_on_induced_subgraphs_of_a_few_parts(tmp_path):
     assert z.shape == (adata.n_obs, 8) and np.isfinite(z).all()
     assert "ari" in result.metrics
     assert "readout_groups" not in m  # one read-out pass unless readout_cells is set
-    assert m["negatives"] == "all"  # the default: negative pairs reach cells outside the batch
+    assert m["negatives"] == "all"  # auto, few steps a pass: negative pairs reach cells outside the batch
 
 
 def test_partition_batches_with_a_halo_train_the_edges_leaving_the_batch(monkeypatch):
@@ -601,3 +601,28 @@ def test_layouts_run_with_one_blas_thread_up_to_the_limit(monkeypatch):
     assert blas_threads() == before  # given back after the analysis
     with analyse._one_blas_thread(analyse.OVERLAP_MAX_CELLS + 1):
         assert blas_threads() == before  # above the limit (one layout after the other) BLAS keeps its threads
+
+
+def test_auto_negatives_use_the_bank_only_with_few_steps_a_pass(monkeypatch):
+    """With hundreds of steps a pass the bank's old samples left link prediction at chance (100,000 cells):
+    auto draws negatives in the batch there, and from every cell with few steps a pass."""
+    from scgraph_core.models.cellvgae import model as cvm
+
+    assert cvm.bank_or_batch("auto", 4) == "all"
+    assert cvm.bank_or_batch("auto", cvm.BANK_MAX_STEPS) == "all"
+    assert cvm.bank_or_batch("auto", cvm.BANK_MAX_STEPS + 1) == "batch"
+    assert cvm.bank_or_batch("all", 1000) == "all" and cvm.bank_or_batch("batch", 2) == "batch"
+    banks: list[int] = []
+    real = cvm.LatentBank.__init__
+
+    def counted(self, *args, **kwargs):
+        banks.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cvm.LatentBank, "__init__", counted)
+    monkeypatch.setattr(cvm, "BANK_MAX_STEPS", 1)  # the toy's few steps a pass count as many here
+    model = {**TINY["model"], "batch_size": 200, "batch_mode": "parts", "parts_per_batch": 2, "epochs": 2}
+    config = pipeline.resolve_config("cellvgae", "quick", {**TINY, "model": model}, label_key="celltype")
+    _, result = pipeline.execute(toy_counts(), config)
+    assert result.metrics["steps_per_epoch"] > 1
+    assert result.metrics["negatives"] == "batch" and not banks
