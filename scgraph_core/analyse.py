@@ -93,9 +93,7 @@ def analyse(
         and cluster.cluster_umap_min_dist == cluster.umap_min_dist
         and cluster.method == "hdbscan"
     )
-    # Up to OVERLAP_MAX_CELLS cells the layouts' BLAS calls run on one thread: OpenBLAS splits a long dot
-    # product across its threads, so its last bits (and, through the layouts, the clusters) would depend on
-    # the machine's cores and, with two layouts at once, on their timing (see _one_blas_thread).
+    # One BLAS thread for the layouts, so their numbers do not depend on cores or timing (_one_blas_thread).
     with _one_blas_thread(space.shape[0]):
         background = None
         pool = None
