@@ -277,7 +277,7 @@ def analyse(
 
 
 #: Up to this many cells the drawn UMAP and the label-free cluster choice run in two threads (see _overlap).
-OVERLAP_MAX_CELLS = 50_000
+OVERLAP_MAX_CELLS = 100_000
 
 
 def _overlap(n_cells: int) -> bool:
@@ -286,8 +286,9 @@ def _overlap(n_cells: int) -> bool:
     umap-learn's seeded layout runs on one thread; with its optimiser compiled to release the GIL
     (:func:`scgraph_core.numba_cache.nogil_layout`) two layouts in two threads use two cores and give the
     same numbers as one after the other. Up to :data:`OVERLAP_MAX_CELLS` cells, on a machine with at least
-    two cores, unless ``SCGRAPH_OVERLAP=0`` (for comparisons). Larger layouts are limited by memory
-    bandwidth, not cores: on 2 vCPUs at 100,000 cells two side by side were no faster (benchmarks/NOTES.md).
+    two cores, unless ``SCGRAPH_OVERLAP=0`` (for comparisons). On 2 vCPUs the gain shrinks with size, as two
+    layouts then share the memory bandwidth: 44 % at 50,000 cells, 23 % at 100,000; larger sizes were not
+    measured (benchmarks/NOTES.md).
     """
     import os
 
