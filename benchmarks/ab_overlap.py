@@ -1,6 +1,6 @@
 """The drawn UMAP and the label-free cluster choice one after the other against side by side in two threads (issue
 #25), on a saved embedding: the analysis steps of :func:`scgraph_core.analyse.analyse` that the overlap touches
-(shared neighbours, drawn layout, cluster choice, Leiden), ``--cells`` rows drawn (seed 0) from ``--obsm`` of a run's
+(shared neighbours, then :func:`scgraph_core.analyse.draw_and_choose`: drawn layout, cluster choice, Leiden), ``--cells`` rows drawn (seed 0) from ``--obsm`` of a run's
 result.h5ad, with the quick preset's cluster settings. Both arms use one BLAS thread (as the analysis does up to
 ``OVERLAP_MAX_CELLS``); the limit is lifted here so sizes above it can be measured. One JSON line per run in
 ``--jsonl`` with the seconds and checksums of the clusters and the layout (the two arms must agree).
@@ -52,30 +52,9 @@ def main() -> None:
     started = time.perf_counter()
     knn = clustering.shared_neighbours(space, cluster.n_neighbors, seed=seed)
     seconds_knn = time.perf_counter() - started
-    with analyse._one_blas_thread(n):
-        pool = background = None
-        if analyse._overlap(n):
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(max_workers=1)
-            background = pool.submit(analyse._choose_clusters, space, cluster, seed, knn, None)
-        tick = time.perf_counter()
-        xy, _ = clustering.drawn_layout(
-            space,
-            sample=cluster.umap_sample,
-            n_neighbors=cluster.n_neighbors,
-            min_dist=cluster.umap_min_dist,
-            n_epochs=cluster.umap_n_epochs,
-            seed=seed,
-            knn=knn,
-        )
-        seconds_layout = time.perf_counter() - tick
-        if background is not None:
-            chosen = background.result()
-        else:
-            chosen = analyse._choose_clusters(space, cluster, seed, knn, None)
-        if pool is not None:
-            pool.shutdown()
+    xy, _, chosen, seconds_layout, overlapped = analyse.draw_and_choose(
+        space, cluster, seed, knn, choose=True, on_drawing=False
+    )
     found, _, seconds = chosen
     labels = np.asarray(found.labels)
     row = {
@@ -83,7 +62,7 @@ def main() -> None:
         "cells": n,
         "mode": args.mode,
         "rep": args.rep,
-        "overlapped": background is not None,
+        "overlapped": overlapped,
         "seconds": round(time.perf_counter() - started, 1),
         "neighbours": round(seconds_knn, 1),
         "layout": round(seconds_layout, 1),

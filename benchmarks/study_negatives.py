@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SCGRAPH_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "benchmarks" / "results"
 # val_auc: the read-out's link AUC on the held-out (validation) edges against pairs over every cell.
+# What names a run: a rerun skips a row with the same values.
+KEY = ("source", "cells", "negatives", "seed", "preset", "batch_size", "epochs")
 KEEP = ("ari", "n_clusters", "noise", "val_auc", "seconds_train", "seconds_total", "steps_per_epoch")
 
 
@@ -90,10 +92,7 @@ def main() -> None:
     sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
     from bench_stages import synthesized
 
-    done = {
-        (r["source"], r["cells"], r["negatives"], r["seed"], r["preset"], r["batch_size"], r["epochs"])
-        for r in rows
-    }
+    done = {tuple(r[k] for k in KEY) for r in rows}
     for source in args.sources.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for negatives in args.negatives.split(","):
@@ -101,13 +100,7 @@ def main() -> None:
                 if key in done:
                     continue
                 made = synthesized(str(DATA / f"{source}.h5ad"), args.cells, Path(args.synth_dir), True)
-                row = dict(
-                    zip(
-                        ("source", "cells", "negatives", "seed", "preset", "batch_size", "epochs"),
-                        key,
-                        strict=True,
-                    )
-                )
+                row = dict(zip(KEY, key, strict=True))
                 row.update(one_run(made, negatives, seed, args))
                 with path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")

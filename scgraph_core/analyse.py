@@ -83,7 +83,7 @@ def analyse(
     # Above 50,000 cells one neighbour search serves the drawn UMAP, the layouts and Leiden (else None).
     knn = clustering.shared_neighbours(space, cluster.n_neighbors, seed=seed)
     if knn is not None:
-        parts["neighbours"], tick = time.perf_counter() - tick, time.perf_counter()
+        parts["neighbours"] = time.perf_counter() - tick
     own = model.clusters()
     # HDBSCAN on the drawn UMAP itself when asked for a 2-D UMAP with the drawing's min_dist (the paper's
     # recipe) needs the drawing first; otherwise the label-free clusters (their own UMAP) and the Leiden
@@ -93,35 +93,9 @@ def analyse(
         and cluster.cluster_umap_min_dist == cluster.umap_min_dist
         and cluster.method == "hdbscan"
     )
-    # One BLAS thread for the layouts, so their numbers do not depend on cores or timing (_one_blas_thread).
-    with _one_blas_thread(space.shape[0]):
-        background = None
-        pool = None
-        if own is None and not on_drawing and _overlap(space.shape[0]):
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgraph-clusters")
-            background = pool.submit(_choose_clusters, space, cluster, seed, knn, None)
-        try:
-            # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
-            umap_xy, layout_sample = clustering.drawn_layout(
-                space,
-                sample=cluster.umap_sample,
-                n_neighbors=cluster.n_neighbors,
-                min_dist=cluster.umap_min_dist,
-                n_epochs=cluster.umap_n_epochs,
-                seed=seed,
-                knn=knn,
-            )
-            parts["layout"], tick = time.perf_counter() - tick, time.perf_counter()
-            chosen = None
-            if background is not None:
-                chosen = background.result()
-            elif own is None:
-                chosen = _choose_clusters(space, cluster, seed, knn, umap_xy if on_drawing else None)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)  # an error in the drawing waits for the thread before it is raised
+    umap_xy, layout_sample, chosen, parts["layout"], overlapped = draw_and_choose(
+        space, cluster, seed, knn, choose=own is None, on_drawing=on_drawing
+    )
     a = Analysis(
         prepared=prepared,
         cluster=cluster,
@@ -257,7 +231,7 @@ def analyse(
     a.metrics["seconds_analysis"] = seconds
     a.metrics["analysis_parts"] = parts
     # True: "clusters" and "leiden" ran in a second thread beside "layout", so the parts overlap in time.
-    a.metrics["analysis_overlapped"] = background is not None
+    a.metrics["analysis_overlapped"] = overlapped
     a.metrics["seconds_export"] = seconds  # the name earlier runs used
     return Result(
         model=model.name,
@@ -274,6 +248,48 @@ def analyse(
         weights=model.state_dict(),
         views=a.views,
     )
+
+
+def draw_and_choose(
+    space: np.ndarray, cluster: ClusterParams, seed: int, knn: Any, *, choose: bool, on_drawing: bool
+) -> tuple[np.ndarray, dict | None, Any, float, bool]:
+    """The drawn 2-D UMAP of ``space`` and, with ``choose``, the label-free clusters and Leiden
+    (:func:`_choose_clusters`; ``on_drawing``: on that drawing, the paper's recipe). Returns the layout, its
+    sample note, the clusters (or None), the layout's seconds and whether the clusters ran in a second thread
+    while the layout was drawn (when :func:`_overlap` allows; the same numbers as one after the other)."""
+    from . import cluster as clustering
+
+    # One BLAS thread for the layouts, so their numbers do not depend on cores or timing (_one_blas_thread).
+    with _one_blas_thread(space.shape[0]):
+        background = None
+        pool = None
+        if choose and not on_drawing and _overlap(space.shape[0]):
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgraph-clusters")
+            background = pool.submit(_choose_clusters, space, cluster, seed, knn, None)
+        try:
+            tick = time.perf_counter()
+            # A 2-D UMAP of what is analysed, to draw (of a sample above cluster.umap_sample cells).
+            umap_xy, layout_sample = clustering.drawn_layout(
+                space,
+                sample=cluster.umap_sample,
+                n_neighbors=cluster.n_neighbors,
+                min_dist=cluster.umap_min_dist,
+                n_epochs=cluster.umap_n_epochs,
+                seed=seed,
+                knn=knn,
+            )
+            seconds_layout = time.perf_counter() - tick
+            chosen = None
+            if background is not None:
+                chosen = background.result()
+            elif choose:
+                chosen = _choose_clusters(space, cluster, seed, knn, umap_xy if on_drawing else None)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # an error in the drawing waits for the thread before it is raised
+    return umap_xy, layout_sample, chosen, seconds_layout, background is not None
 
 
 #: Up to this many cells the drawn UMAP and the label-free cluster choice run in two threads (see _overlap).
