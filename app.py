@@ -8,6 +8,8 @@ in ``pages/``. The address keeps the dataset, model, preset and active run, so a
 
 from __future__ import annotations
 
+import gc
+
 import streamlit as st
 
 from scgraph_app import sidebar, ui, url
@@ -61,3 +63,6 @@ finally:
     # Also when the page stops or reruns: the address always holds the latest choices.
     with ui.guard("the link"):
         url.sync()
+    # After a whole-page run only (Streamlit's own collection after every run, the live view's included, is
+    # off in .streamlit/config.toml): what a page dropped is freed before the next one.
+    gc.collect()
