@@ -35,8 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from scgraph_app import devserver  # noqa: E402
 
-CHROMIUM = os.environ.get("SCGRAPH_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
 SETTINGS = {
     "app": {},
     "gc-every-run": {"STREAMLIT_RUNNER_POST_SCRIPT_GC": "true"},
@@ -61,19 +59,6 @@ def _epochs(run: Path) -> int:
     return sum(1 for line in text.splitlines() if '"kind": "epoch"' in line)
 
 
-def _settle(page) -> None:
-    time.sleep(0.8)
-    deadline = time.time() + 120
-    while time.time() < deadline and page.locator("[data-testid='stStatusWidget']").count():
-        time.sleep(0.3)
-
-
-def _go(page, title: str) -> None:
-    page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
-    page.wait_for_selector(f"h1:has-text('{title.split(' ')[0]}')", timeout=60_000)
-    _settle(page)
-
-
 def one(setting: str, args: argparse.Namespace) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -81,17 +66,19 @@ def one(setting: str, args: argparse.Namespace) -> dict:
         home = Path(tmp)
         env = {"SCGRAPH_HOME": str(home), **SETTINGS[setting]}
         with devserver.serve(env, home / "streamlit.log") as (url, pid), sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            browser = p.chromium.launch(
+                executable_path=devserver.CHROMIUM, args=devserver.CHROMIUM_FLAGS, headless=True
+            )
             page = browser.new_page(viewport={"width": 1440, "height": 1100})
             page.goto(url)
             page.wait_for_selector("h1:has-text('Data')", timeout=120_000)
-            _settle(page)
-            _go(page, "Model & graph")
+            devserver.settle(page, 120)
+            devserver.go(page, "Model & graph")
             epochs = page.locator("[class*='-model-epochs']").get_by_role("spinbutton")
             epochs.fill("5000")
             epochs.press("Enter")
-            _settle(page)
-            _go(page, "Training")
+            devserver.settle(page, 120)
+            devserver.go(page, "Training")
             page.get_by_role("button", name="Start training").click()
             page.wait_for_selector("text=/Epoch \\d+ of 5000/", timeout=180_000)
             if setting == "not-watched":

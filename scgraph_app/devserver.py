@@ -1,7 +1,7 @@
-"""Start the app as a real ``streamlit run`` server on a free local port (browser tests and the page benchmark).
+"""Start the app as a real ``streamlit run`` server on a free local port (browser tests and the page benchmarks).
 
 Not used by the app itself: it is the one place that knows how to start it headless, wait for its health
-endpoint and stop it with everything it spawned.
+endpoint and stop it with everything it spawned, and how Chromium is started and a page waited for.
 """
 
 from __future__ import annotations
@@ -18,12 +18,42 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SCGRAPH_CHROMIUM", "/usr/bin/chromium")
+# Without these Chromium's connections are refused in this sandbox (and it tries to phone home).
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def settle(page, timeout_s: float = 60) -> None:
+    """Wait (Playwright page) until Streamlit has finished running the script: its status widget is gone."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_s * 1000)
+    deadline = time.time() + timeout_s
+    time.sleep(0.8)
+    while time.time() < deadline:
+        if page.locator("[data-testid='stStatusWidget']").count() == 0:
+            return
+        time.sleep(0.3)
+
+
+def go(page, title: str) -> None:
+    """Open a page by its title in the sidebar's navigation and wait until it has been drawn."""
+    page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+    page.wait_for_selector(f"h1:has-text('{title.split(' ')[0]}')", timeout=60_000)
+    settle(page)
 
 
 @contextlib.contextmanager

@@ -38,18 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("SCGRAPH_SCREENSHOTS", "/tmp/scgraph-screenshots"))
 if not SHOTS.is_absolute():
     SHOTS = REPO / SHOTS
-CHROMIUM = os.environ.get("SCGRAPH_CHROMIUM", "/usr/bin/chromium")
-# Without these Chromium's connections are refused in this sandbox (and it tries to phone home).
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM = devserver.CHROMIUM
+FLAGS = devserver.CHROMIUM_FLAGS
 TRAIN_TIMEOUT_S = 420
 VIEW_HEIGHT = 1100
 
@@ -92,21 +82,8 @@ def app_url(tmp_path_factory):
                 pass
 
 
-def _settle(page, timeout_s: float = 60) -> None:
-    """Wait until Streamlit has finished running the script (its status widget is gone)."""
-    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_s * 1000)
-    deadline = time.time() + timeout_s
-    time.sleep(0.8)
-    while time.time() < deadline:
-        if page.locator("[data-testid='stStatusWidget']").count() == 0:
-            return
-        time.sleep(0.3)
-
-
-def _go(page, title: str) -> None:
-    page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
-    page.wait_for_selector(f"h1:has-text('{title.split(' ')[0]}')", timeout=60_000)
-    _settle(page)
+_settle = devserver.settle
+_go = devserver.go
 
 
 def _no_exceptions(page) -> None:
