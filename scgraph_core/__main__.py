@@ -372,6 +372,9 @@ def cmd_work(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_HELP = "train a model and write a run folder (result.h5ad, metrics.json, tables)"
+
+
 def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
     from . import pipeline
     from .models import base
@@ -384,7 +387,7 @@ def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
     cls = base.get(model)
     p = sub.add_parser(
         "train",
-        help="train a model and write a run folder (result.h5ad, metrics.json, tables)",
+        help=TRAIN_HELP,
         description=f"Train a model. Flags below are those of {cls.title}; pass --model NAME --help for another.",
     )
     p.add_argument(
@@ -436,10 +439,6 @@ def _add_train_parser(sub, argv: Sequence[str] | None) -> None:
     for name, schema in pipeline.sections_for(model).items():
         params.add_arguments(p, schema, title={"model": f"{cls.title} model"}.get(name, name), section=name)
     p.set_defaults(func=cmd_train)
-
-    w = sub.add_parser("work", help="run a queued run folder (used by the app)")
-    w.add_argument("run_dir", metavar="RUN_DIR")
-    w.set_defaults(func=cmd_work)
 
 
 @functools.lru_cache(maxsize=16)
@@ -504,9 +503,17 @@ def command_line(record: dict) -> str:
 
 
 # ---- parser ----------------------------------------------------------------------------------
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    from . import data, graphs
+def _command_in(argv: Sequence[str] | None) -> str | None:
+    """The command named on the command line (its first word that is not an option), if any."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    return next((w for w in words if not w.startswith("-")), None)
 
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser. Only the command being run gets its flags: ``graph`` and ``train`` read
+    them from the preprocessing, graph and model settings, which means importing scanpy and torch (seconds),
+    so ``--help``, ``inspect`` and ``runs`` do not pay for them."""
+    command = _command_in(argv)
     parser = argparse.ArgumentParser(
         prog="python -m scgraph_core",
         description="scgraph: graph neural networks on single-cell RNA-seq data, from the command line.",
@@ -521,13 +528,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("graph", help="build a cell graph and report its statistics")
-    _add_input(p)
-    params.add_arguments(p, data.PrepareSpec, title="preprocessing")
-    params.add_arguments(p, graphs.GraphSpec, title="graph")
-    p.add_argument("--save-edges", metavar="CSV", help="also write the edge list (source, target[, weight])")
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    p.set_defaults(func=cmd_graph)
+    graph_help = "build a cell graph and report its statistics"
+    if command == "graph":
+        from . import data, graphs
+
+        p = sub.add_parser("graph", help=graph_help)
+        _add_input(p)
+        params.add_arguments(p, data.PrepareSpec, title="preprocessing")
+        params.add_arguments(p, graphs.GraphSpec, title="graph")
+        p.add_argument(
+            "--save-edges", metavar="CSV", help="also write the edge list (source, target[, weight])"
+        )
+        p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+        p.set_defaults(func=cmd_graph)
+    else:
+        sub.add_parser("graph", help=graph_help)
 
     p = sub.add_parser("runs", help="list, rename, stop, delete or finish runs in the run store")
     p.add_argument("action", choices=("list", "rename", "delete", "stop", "finish"))
@@ -541,7 +556,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 
-    _add_train_parser(sub, argv)
+    if command == "train":
+        _add_train_parser(sub, argv)
+    else:
+        sub.add_parser("train", help=TRAIN_HELP)
+
+    w = sub.add_parser("work", help="run a queued run folder (used by the app)")
+    w.add_argument("run_dir", metavar="RUN_DIR")
+    w.set_defaults(func=cmd_work)
     return parser
 
 

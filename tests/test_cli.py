@@ -47,6 +47,23 @@ def test_help_lists_commands():
         assert command in proc.stdout
 
 
+def test_help_and_runs_do_not_load_torch_or_scanpy(tmp_path):
+    """Only the command being run builds its flags: help and the run list answer at once."""
+    code = (
+        "import sys; from scgraph_core.__main__ import main\n"
+        "for argv in (['--help'], ['inspect', '--help'], ['runs', 'list', '--store', sys.argv[1]]):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('loaded:', sorted(m for m in ('torch', 'scanpy', 'sklearn') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True,
+                          text=True, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "loaded: []" in proc.stdout
+
+
 def test_inspect_valid_file(tmp_path):
     path = _counts_file(tmp_path / "x.h5ad")
     proc = _cli("inspect", str(path))

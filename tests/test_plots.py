@@ -128,9 +128,16 @@ def test_repeated_stages_share_one_legend_entry_per_family():
         "em (2 stages)",
     ]
     cluster = next(t for t in fig.data if t.name == "cluster (50 stages)")
-    # Each stage's epochs start again at 1: a gap between stages, never a line drawn back to epoch 1.
-    assert list(cluster.x).count(None) == 49 and len(cluster.x) == 50 * 3 + 49
+    # Each stage's epochs start again at 1: a gap (NaN, which plotly.js does not join) between stages, never
+    # a line drawn back to epoch 1.
+    x, y = np.asarray(cluster.x, dtype=float), np.asarray(cluster.y, dtype=float)
+    assert np.isnan(x).sum() == 49 and np.array_equal(np.isnan(x), np.isnan(y)) and len(x) == 50 * 3 + 49
+    assert not cluster.connectgaps
     assert cluster.customdata[0] == "cluster_r1_0" and cluster.customdata[-1] == "cluster_r2_24"
+    # The panels are laid out once per set of terms; a figure handed out is the caller's to change.
+    fig.update_layout(title_text="changed")
+    again = plots.loss_figure(history)
+    assert again.layout.title.text is None and len(again.data) == len(fig.data)
 
 
 def test_rounds_figure_draws_the_ari_against_the_stop_threshold():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -47,38 +49,39 @@ def loss_figure(history: pd.DataFrame, *, log_y: bool = False, height: int = 320
     share one colour, one legend entry and one line per term, broken between stages; hovering a point
     names its stage."""
     terms = loss_terms(history) if not history.empty else []
-    n = max(1, len(terms))
-    fig = make_subplots(rows=1, cols=n, subplot_titles=terms or ["loss"], horizontal_spacing=0.06)
+    fig = go.Figure(_loss_panels(tuple(terms), log_y, height))
+    traces = []
     stages = list(dict.fromkeys(history["stage"].astype(str))) if "stage" in history else []
     families: dict[str, list[str]] = {}
     for stage in stages:
         families.setdefault(stage_family(stage), []).append(stage)
+    stage_of = history["stage"].astype(str).to_numpy() if stages else None
+    epochs = (
+        history["epoch"].to_numpy(dtype=float) if "epoch" in history else np.arange(1.0, len(history) + 1)
+    )
     for i, term in enumerate(terms, start=1):
+        values = pd.to_numeric(history[term], errors="coerce").to_numpy(dtype=float)
         for j, (family, members) in enumerate(families.items() or [(term, [])]):
-            xs: list = []
-            ys: list = []
-            names: list = []
-            sizes: list = []
+            # numpy arrays, not lists: plotly validates a list value by value (most of a live redraw's time).
+            pieces: list[tuple[np.ndarray, np.ndarray, str]] = []
             for stage in members or [None]:
-                part = history if stage is None else history[history["stage"].astype(str) == stage]
-                part = part[part[term].notna()]
-                if part.empty:
-                    continue
-                if xs:  # a gap: the next stage's epochs start again at 1
-                    xs.append(None)
-                    ys.append(None)
-                    names.append("")
-                    sizes.append(0)
-                xs.extend(part["epoch"].tolist())
-                ys.extend(part[term].tolist())
-                names.extend([stage or term] * len(part))
-                # A stage of one epoch (the first epoch of a live run, a run stopped at once) has no line
-                # to draw: its point is shown as a dot, or the panel would look empty.
-                sizes.extend([6 if len(part) == 1 else 0] * len(part))
+                keep = ~np.isnan(values) if stage is None else (stage_of == stage) & ~np.isnan(values)
+                if keep.any():
+                    pieces.append((epochs[keep], values[keep], stage or term))
+            gap = (np.array([np.nan]), np.array([np.nan]), "")  # the next stage's epochs start again at 1
+            joined = [p for k, piece in enumerate(pieces) for p in ((gap, piece) if k else (piece,))]
+            xs = np.concatenate([x for x, _, _ in joined]) if joined else np.array([])
+            ys = np.concatenate([y for _, y, _ in joined]) if joined else np.array([])
+            names = np.array([n for x, _, n in joined for _ in range(len(x))], dtype=object)
+            # A stage of one epoch (the first epoch of a live run, a run stopped at once) has no line
+            # to draw: its point is shown as a dot, or the panel would look empty.
+            sizes = np.concatenate(
+                [np.full(len(x), 6 if len(x) == 1 and n else 0) for x, _, n in joined] or [np.array([], int)]
+            )
             label = family if len(members) <= 1 else f"{family} ({len(members)} stages)"
             colour = PALETTE[j % len(PALETTE)]
-            lone = any(sizes)
-            fig.add_trace(
+            lone = bool(sizes.any())
+            traces.append(
                 go.Scatter(
                     x=xs,
                     y=ys,
@@ -91,13 +94,23 @@ def loss_figure(history: pd.DataFrame, *, log_y: bool = False, height: int = 320
                     customdata=names,
                     hovertemplate="%{customdata}<br>epoch %{x}<br>%{y:.4g}<extra></extra>",
                     showlegend=i == 1 and len(families) > 1,
-                ),
-                row=1,
-                col=i,
+                    xaxis="x" if i == 1 else f"x{i}",
+                    yaxis="y" if i == 1 else f"y{i}",
+                )
             )
-        fig.update_xaxes(title_text="epoch", row=1, col=i)
-        if log_y:
-            fig.update_yaxes(type="log", row=1, col=i)
+    fig.add_traces(traces)
+    return fig
+
+
+@functools.lru_cache(maxsize=32)
+def _loss_panels(terms: tuple[str, ...], log_y: bool, height: int) -> go.Figure:
+    """The empty panels of :func:`loss_figure` (titles, axes, style): made once per set of terms, as the
+    live view redraws the curves every second or two and laying out the panels is half of that work."""
+    n = max(1, len(terms))
+    fig = make_subplots(rows=1, cols=n, subplot_titles=list(terms) or ["loss"], horizontal_spacing=0.06)
+    fig.update_xaxes(title_text="epoch")
+    if log_y:
+        fig.update_yaxes(type="log")
     fig.update_layout(**LAYOUT, height=height)
     return fig
 
