@@ -59,6 +59,19 @@ def _epochs(run: Path) -> int:
     return sum(1 for line in text.splitlines() if '"kind": "epoch"' in line)
 
 
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    """Wait until process ``pid`` has exited (its /proc entry gone or a zombie), at most ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.5)
+
+
 def one(setting: str, args: argparse.Namespace) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -92,6 +105,7 @@ def one(setting: str, args: argparse.Namespace) -> dict:
             rss = _rss_mb(pid)
             (run / "STOP").write_text("")
             browser.close()
+            _wait_gone(worker, 120)  # it writes the stopped run's results before it exits
     return {
         "setting": setting,
         "window_s": round(t1 - t0, 1),
