@@ -35,8 +35,6 @@ sys.path.insert(0, str(REPO))
 from scgraph_app import devserver  # noqa: E402
 
 SHARED = Path(os.environ.get("SCGRAPH_SHARED_DATA", REPO.parent / "shared" / "data"))
-CHROMIUM = os.environ.get("SCGRAPH_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
 # (navigation title, what marks the page as drawn)
 PAGES = (
     ("Embedding", ".js-plotly-plot"),
@@ -126,7 +124,9 @@ def time_pages(args: argparse.Namespace, home: Path, run: Path) -> dict:
     env = {"SCGRAPH_HOME": str(home), "SCGRAPH_DATA_ROOTS": str(home)}
     out: dict = {"first": {}, "again": {}}
     with devserver.serve(env, home / "streamlit.log") as (url, pid), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        browser = p.chromium.launch(
+            executable_path=devserver.CHROMIUM, args=devserver.CHROMIUM_FLAGS, headless=True
+        )
         page = browser.new_page(viewport={"width": 1440, "height": 1100})
         started = time.perf_counter()
         page.goto(f"{url}/?run={run.name}&model=cellvgae")
