@@ -61,23 +61,23 @@ def loss_figure(history: pd.DataFrame, *, log_y: bool = False, height: int = 320
     )
     for i, term in enumerate(terms, start=1):
         values = pd.to_numeric(history[term], errors="coerce").to_numpy(dtype=float)
+        finite = ~np.isnan(values)
         for j, (family, members) in enumerate(families.items() or [(term, [])]):
             # numpy arrays, not lists: plotly validates a list value by value (most of a live redraw's time).
             pieces: list[tuple[np.ndarray, np.ndarray, str]] = []
             for stage in members or [None]:
-                keep = ~np.isnan(values) if stage is None else (stage_of == stage) & ~np.isnan(values)
+                keep = finite if stage is None else (stage_of == stage) & finite
                 if keep.any():
                     pieces.append((epochs[keep], values[keep], stage or term))
             gap = (np.array([np.nan]), np.array([np.nan]), "")  # the next stage's epochs start again at 1
             joined = [p for k, piece in enumerate(pieces) for p in ((gap, piece) if k else (piece,))]
             xs = np.concatenate([x for x, _, _ in joined]) if joined else np.array([])
             ys = np.concatenate([y for _, y, _ in joined]) if joined else np.array([])
-            names = np.array([n for x, _, n in joined for _ in range(len(x))], dtype=object)
+            lengths = [len(x) for x, _, _ in joined]
+            names = np.repeat(np.array([n for _, _, n in joined], dtype=object), lengths)
             # A stage of one epoch (the first epoch of a live run, a run stopped at once) has no line
             # to draw: its point is shown as a dot, or the panel would look empty.
-            sizes = np.concatenate(
-                [np.full(len(x), 6 if len(x) == 1 and n else 0) for x, _, n in joined] or [np.array([], int)]
-            )
+            sizes = np.repeat([6 if len(x) == 1 and n else 0 for x, _, n in joined], lengths)
             label = family if len(members) <= 1 else f"{family} ({len(members)} stages)"
             colour = PALETTE[j % len(PALETTE)]
             lone = bool(sizes.any())
