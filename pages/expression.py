@@ -22,6 +22,8 @@ ui.need_view(
     "CellVGAE run (for models that impute, see the Imputation page).",
     empty_key="ex-none",
 )
+with ui.guard("the check of the learnt expression"):
+    ui.learnt_expression_note(run, adata)
 
 with ui.guard("the gene choice"):
     weights, genes = interpret.gene_weight_matrix(adata, "P_mu")

@@ -26,6 +26,8 @@ def gene_weight_section() -> None:
     clusters_key = views.get("clusters")
     available = [k for k in ("P_mu", "P_sigma") if interpret.gene_weight_matrix(adata, k) is not None]
     kept = mk.genes_per_dimension(run.config, model)
+    with ui.guard("the check of the learnt expression"):
+        ui.learnt_expression_note(run, adata)
 
     with ui.guard("the marker settings"):
         c = st.columns([1, 1, 2])

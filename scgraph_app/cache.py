@@ -170,6 +170,12 @@ def result(run: Run):
     return _load_result(str(run.path), result_stamp(run))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def learnt_agreement(path: str, stamp: float) -> dict[str, Any]:
+    """How far a result's learnt expression follows the measured one (for runs whose metrics lack it)."""
+    return interpret.learnt_expression_agreement(_load_result(path, stamp))
+
+
 @st.cache_data(max_entries=32, show_spinner="Clustering the stored embedding...")
 def recluster(path: str, stamp: float, method: str, options_json: str) -> dict[str, Any]:
     """Cluster a run's stored embedding again (HDBSCAN on its UMAP, or Leiden on the embedding)."""

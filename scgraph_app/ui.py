@@ -299,6 +299,34 @@ def verdict_box(run: Run, adata: Any = None) -> None:
                 )
 
 
+def learnt_expression_note(run: Run, adata: Any) -> None:
+    """A warning above the gene-level views (learnt expression, P_mu markers) when the run's learnt expression
+    does not follow the measured expression (scgraph_core.verdict.learnt_expression_problem). Runs written
+    before metrics.json recorded it are measured from their result once (cached)."""
+    from scgraph_core import verdict
+
+    from . import cache
+
+    metrics = run.read_json("metrics.json", {}) or {}
+    if "learnt_expression" not in metrics:
+        metrics = {
+            **metrics,
+            "learnt_expression": cache.learnt_agreement(str(run.path), cache.result_stamp(run)),
+        }
+    problem = verdict.learnt_expression_problem(metrics)
+    if problem:
+        weight = metrics.get("kl_weight")
+        cause = (
+            f" This run's KL weight ({weight:.3g}) is the likely cause: the Training page's verdict says what to "
+            "change."
+            if isinstance(weight, (int, float)) and weight > verdict.STRONG_KL
+            else ""
+        )
+        st.warning(
+            md(problem.replace("Its learnt", "This run's learnt", 1)) + cause, icon=":material/warning:"
+        )
+
+
 # Figure downloads: the camera button on every figure's toolbar saves it in the format chosen in the sidebar.
 FIGURE_FORMATS = {"PNG (for slides)": "png", "SVG (for papers; editable)": "svg"}
 _FIGURE_FORMAT_KEY = "figure_format"

@@ -429,5 +429,11 @@ def _gene_weights(model: Model, prepared: Prepared, a: Analysis) -> None:
         weights.p_mu, genes, n_genes=weights.n_markers
     )
     a.tables["latent_participation"] = interpret.latent_participation(emb, a.labels).reset_index()
+    # Whether the learnt expression (and so the P_mu markers) follows what was measured: the Expression and
+    # Markers pages warn when it does not.
+    cells = interpret.genes.agreement_cells(len(emb), interpret.genes.AGREEMENT_MAX_CELLS, 0)
+    agreement = interpret.expression_agreement(emb[cells], weights.p_mu, prepared.adata.X[cells][:, pos])
+    if agreement:
+        a.metrics["learnt_expression"] = agreement
     a.uns["feature_genes"] = np.asarray(genes, dtype=object)
     a.views["marker_table"] = "marker_genes"

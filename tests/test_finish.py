@@ -107,11 +107,7 @@ def test_a_crash_while_writing_results_loses_nothing(counts_file, tmp_path):
     assert run.state == "failed"  # recorded by the process, or read from its death
     assert not (out / "result.h5ad").exists() and not _leftovers(out)
     assert run.saved_stages() == ["stage0_train"]
-    finished = subprocess.run(
-        [sys.executable, "-m", "scgraph_core", "runs", "finish", str(out)],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
-    assert finished.returncode == 0, finished.stderr
+    assert main(["runs", "finish", str(out)]) == 0
     assert run.state == "done" and (out / "result.h5ad").is_file()
 
 

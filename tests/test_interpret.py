@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from scgraph_core.interpret import (
+    expression_agreement,
     head_summary,
     imputed_start_genes,
     latent_participation,
@@ -51,6 +52,30 @@ def test_learnt_expression_is_embedding_times_p_mu_row() -> None:
     np.testing.assert_allclose(learnt_expression(emb, p_mu, 2), emb @ p_mu[2])
     both = learnt_expression(emb, p_mu, [0, 4])
     np.testing.assert_allclose(both[:, 1], emb @ p_mu[4])
+
+
+def test_expression_agreement_reads_the_correlation_of_learnt_and_observed_expression() -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(300, 4))
+    p_mu = rng.normal(size=(6, 4))
+    observed = emb @ p_mu.T * 2.0 + 1.0  # each gene exactly its learnt expression, rescaled
+    same = expression_agreement(emb, p_mu, observed)
+    assert same["n_genes"] == 6 and same["median_r"] == pytest.approx(1.0)
+    assert same["share_positive"] == 1.0 and same["share_above_0_3"] == 1.0
+    assert 0.25 < same["top1_share"] < 0.9  # four independent directions share the variance
+    flipped = expression_agreement(emb, -p_mu, sp.csr_matrix(observed))  # sparse input too
+    assert flipped["median_r"] == pytest.approx(-1.0) and flipped["share_positive"] == 0.0
+    # One latent direction for every gene: every learnt map is the same picture, up to sign and scale.
+    rank1 = np.outer(rng.normal(size=6), rng.normal(size=4))
+    assert expression_agreement(emb, rank1, observed)["top1_share"] == pytest.approx(1.0)
+    # A gene that never varies has no correlation and is left out.
+    constant = observed.copy()
+    constant[:, 2] = 3.0
+    assert expression_agreement(emb, p_mu, constant)["n_genes"] == 5
+    with pytest.raises(ValueError, match="observed is"):
+        expression_agreement(emb, p_mu, observed[:, :5])
 
 
 def test_node_attention_modes() -> None:

@@ -241,3 +241,32 @@ def test_a_latent_at_chance_says_so_and_asks_for_training_again_not_reclustering
     assert not any("no structure" in f for f in decoder_only.findings)
     assert any("edge decoder does not predict links" in f for f in decoder_only.findings)
     assert "retrain" not in kinds(decoder_only)
+
+
+def test_learnt_expression_that_does_not_follow_the_data_is_a_finding_with_a_smaller_kl_weight_next():
+    labels = [f"t{i % 4}" for i in range(80)]
+    a = result([i % 4 for i in range(80)], labels)
+    poor = {
+        "n_genes": 250,
+        "median_r": -0.06,
+        "share_positive": 0.45,
+        "share_above_0_3": 0.18,
+        "top1_share": 0.9,
+    }
+    metrics = {"ari": 0.9, "nmi": 0.9, "n_clusters": 4, "learnt_expression": poor, "kl_weight": 3.0}
+    v = assess({**metrics, "n_cells": 700}, a, label_key="celltype")
+    (finding,) = [f for f in v.findings if "learnt expression" in f]
+    assert "45% of its 250 genes" in finding and "median r -0.06" in finding and "90%" in finding
+    assert kinds(v) == ["lower_kl"] and "1.4e-03 here" in v.next_steps[0].text
+    assert v.next_steps[0].page == "model"
+    # The paper's weight (1 / cells) is not blamed, though the finding stays.
+    v = assess({**metrics, "kl_weight": 1 / 700}, a, label_key="celltype")
+    assert any("learnt expression" in f for f in v.findings) and "lower_kl" not in kinds(v)
+    # Genes that correlate positively but share one picture: said too.
+    v = assess({**metrics, "learnt_expression": {**poor, "share_positive": 0.8, "top1_share": 0.95}}, a)
+    (finding,) = [f for f in v.findings if "learnt expression" in f]
+    assert "nearly one picture for every gene: 95%" in finding and "80% of its 250 genes" in finding
+    # Genes that follow the data, or a run without the check (older runs, models without P_mu): nothing.
+    for agreement in ({**poor, "share_positive": 0.9, "top1_share": 0.6}, None):
+        v = assess({**metrics, "learnt_expression": agreement}, a, label_key="celltype")
+        assert not any("learnt expression" in f for f in v.findings) and kinds(v) == []

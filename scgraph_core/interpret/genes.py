@@ -60,6 +60,63 @@ def learnt_expression(embedding: np.ndarray, p_mu: np.ndarray, gene_index: int |
     return emb @ rows.T if rows.ndim == 2 else emb @ rows
 
 
+AGREEMENT_MAX_CELLS = 20_000
+
+
+def learnt_expression_agreement(adata, max_cells: int = AGREEMENT_MAX_CELLS, seed: int = 0) -> dict:
+    """How far a result's learnt expression follows the measured expression (see :func:`expression_agreement`),
+    read from a result AnnData: its embedding, its P_mu rows and its ``X`` (what the Expression page draws
+    side by side). An empty dict when the result has no gene weights or embedding."""
+    found = gene_weight_matrix(adata, "P_mu")
+    key = result_views(adata).get("embedding")
+    if found is None or key is None or key not in adata.obsm:
+        return {}
+    weights, genes = found
+    cells = agreement_cells(adata.n_obs, max_cells, seed)
+    observed = adata.X[cells][:, adata.var_names.get_indexer(genes)]
+    return expression_agreement(np.asarray(adata.obsm[key])[cells], weights, observed)
+
+
+def agreement_cells(n: int, max_cells: int, seed: int) -> np.ndarray:
+    if n <= max_cells:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+
+
+def expression_agreement(embedding: np.ndarray, p_mu: np.ndarray, observed) -> dict:
+    """For every gene (a P_mu row and a column of ``observed``, cells x genes, dense or sparse): Pearson's r
+    across cells between its learnt expression (embedding x P_mu row) and its observed values.
+
+    Returns ``n_genes`` (genes that vary both ways), ``median_r``, ``share_positive`` (r > 0),
+    ``share_above_0_3`` and ``top1_share``: the share of the learnt expression's variance (cells x genes,
+    centred) along its first principal direction; near 1, every gene's learnt map is one picture up to sign
+    and scale. An empty dict when no gene varies.
+    """
+    import scipy.sparse as sp
+
+    learnt = np.asarray(embedding, dtype=np.float64) @ np.asarray(p_mu, dtype=np.float64).T
+    observed = observed.toarray() if sp.issparse(observed) else np.asarray(observed)
+    observed = np.asarray(observed, dtype=np.float64)
+    if observed.shape != learnt.shape:
+        raise ValueError(f"observed is {observed.shape}, the learnt expression {learnt.shape}")
+    lc = learnt - learnt.mean(axis=0)
+    oc = observed - observed.mean(axis=0)
+    norm = np.sqrt((lc**2).sum(axis=0) * (oc**2).sum(axis=0))
+    varying = norm > 0
+    if not varying.any():
+        return {}
+    r = (lc * oc).sum(axis=0)[varying] / norm[varying]
+    singular = np.linalg.svd(lc, compute_uv=False)
+    total = float((singular**2).sum())
+    return {
+        "n_genes": int(varying.sum()),
+        "median_r": float(np.median(r)),
+        "share_positive": float(np.mean(r > 0)),
+        "share_above_0_3": float(np.mean(r > 0.3)),
+        "top1_share": float(singular[0] ** 2 / total) if total > 0 else float("nan"),
+    }
+
+
 def top_genes_per_dimension(p_mu: np.ndarray, gene_names: Sequence[str], n_genes: int = 15) -> pd.DataFrame:
     """For every latent dimension, the ``n_genes`` genes with the largest signed P_μ value.
 

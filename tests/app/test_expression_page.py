@@ -93,3 +93,58 @@ def test_panels_of_a_large_run_draw_one_sample_of_cells_and_say_so(app_home, mon
     assert len(cells) == 4 and all(c == cells[0] for c in cells)  # the same 50 cells in every panel
     assert len(cells[0]) == 50 and len(set(cells[0])) == 50 and max(cells[0]) < 150
     assert any("a fixed random 50 of the 150 cells" in c for c in texts(at.caption))
+
+
+def _with_agreement(app_home, name: str, agreement: dict | None, kl_weight: float) -> str:
+    """A copy of the CellVGAE run whose metrics.json says ``agreement`` (None: the key is absent, as in runs
+    written before it was recorded)."""
+    import json
+
+    run_id = app_home.copy_run("cellvgae", name)
+    path = app_home.store.open(run_id).path / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics.pop("learnt_expression", None)
+    if agreement is not None:
+        metrics["learnt_expression"] = agreement
+    metrics["kl_weight"] = kl_weight
+    path.write_text(json.dumps(metrics))
+    return run_id
+
+
+def _learnt_warnings(at) -> list[str]:
+    return [w for w in texts(at.warning) if "This run's learnt expression" in w]
+
+
+def test_learnt_expression_that_does_not_follow_the_data_is_said_on_the_gene_pages(app_home):
+    poor = {
+        "n_genes": 40,
+        "median_r": -0.02,
+        "share_positive": 0.45,
+        "share_above_0_3": 0.05,
+        "top1_share": 0.9,
+    }
+    run_id = _with_agreement(app_home, "poor genes", poor, 3.0)
+    at = open_page("expression", active=run_id)
+    assert_clean(at)
+    (warning,) = _learnt_warnings(at)
+    assert "45% of its 40 genes" in warning and "90% of it lies along one direction" in warning
+    assert "KL weight (3)" in warning
+    at = open_page("markers", active=run_id)
+    assert_clean(at)
+    assert len(_learnt_warnings(at)) == 1
+
+    good = {**poor, "median_r": 0.3, "share_positive": 0.95, "top1_share": 0.4}
+    at = open_page("expression", active=_with_agreement(app_home, "good genes", good, 0.001))
+    assert_clean(at)
+    assert _learnt_warnings(at) == []
+    one_picture = {**good, "share_positive": 0.8, "top1_share": 0.95}
+    at = open_page("expression", active=_with_agreement(app_home, "one picture", one_picture, 0.3))
+    assert "nearly one picture for every gene" in _learnt_warnings(at)[0]
+
+    # A run whose metrics lack the check is measured from its result file, as the engine would have.
+    older = _with_agreement(app_home, "older run", None, 0.001)
+    measured = interpret.learnt_expression_agreement(app_home.store.open(older).read_result())
+    at = open_page("expression", active=older)
+    assert_clean(at)
+    flagged = measured["share_positive"] < 0.75 or measured["top1_share"] >= 0.8
+    assert len(_learnt_warnings(at)) == int(flagged)

@@ -77,7 +77,7 @@ def test_result_slots(tiny_run):
     m = result.metrics
     for key in ("ari", "nmi", "silhouette", "n_clusters", "noise", "seconds_per_epoch", "val_auc"):
         assert key in m
-    assert m["kl_weight"] == 3.0  # the quick preset's fixed weight at this size
+    assert m["kl_weight"] == pytest.approx(1 / m["n_cells"])  # the paper's 1 / cells, in both presets
     assert run.state == "done"
     # HDBSCAN ran on its own 10-D UMAP (stored) and the run was chosen by its silhouette, said in the rule.
     uns = out.uns["cellvgae"]
@@ -281,7 +281,7 @@ def test_edge_split_holds_out_and_excludes_positives():
     assert key(whole) == key(ei[:, ~self_loops]) and whole.shape[1] == len(key(whole))
 
 
-def test_cli_round_trip(tmp_path):
+def test_cli_round_trip(tmp_path, capsys):
     path = tmp_path / "toy.h5ad"
     toy_counts().write_h5ad(path)
     out = tmp_path / "run"
@@ -335,14 +335,18 @@ def test_cli_round_trip(tmp_path):
     assert config["train"]["seed"] == 3
     assert config["graph"]["seed"] == pipeline.resolve_config("cellvgae", "quick").graph.seed
     assert (out / "marker_genes.csv").exists() and (out / "result.h5ad").exists()
+    # How far the learnt expression follows the measured one, as the Expression page reads it from the file.
+    from scgraph_core import interpret
+
+    agreement = interpret.learnt_expression_agreement(ad.read_h5ad(out / "result.h5ad"))
+    assert agreement["n_genes"] > 0
+    for key, value in agreement.items():
+        assert metrics["learnt_expression"][key] == pytest.approx(value), key
     # The same folder again is refused: an existing run is never overwritten.
-    again = subprocess.run(
-        [sys.executable, "-m", "scgraph_core", "train", "--input", str(path), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert again.returncode == 2 and "already holds a run" in again.stderr
+    from scgraph_core.__main__ import main
+
+    assert main(["train", "--input", str(path), "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
 
 
 def test_quick_graph_is_built_on_pcs_of_the_demo():
@@ -444,7 +448,9 @@ def test_kl_weight_is_the_paper_one_over_cells_unless_fixed():
     scaled = pipeline.resolve_config("cellvgae", "paper", {"model": {"kl_factor": 50}}).params
     assert cv.model.kl_beta(scaled, 1000) == pytest.approx(0.05)
     quick = pipeline.resolve_config("cellvgae", "quick", {}).params
-    assert cv.model.kl_beta(quick, 100_000) == 3.0  # a fixed weight is used as given
+    assert cv.model.kl_beta(quick, 700) == pytest.approx(1 / 700)  # the quick preset too
+    fixed = pipeline.resolve_config("cellvgae", "quick", {"model": {"kl_weight": 3.0}}).params
+    assert cv.model.kl_beta(fixed, 100_000) == 3.0  # a fixed weight is used as given
 
 
 def test_bank_negatives_over_a_batch_of_every_cell_are_the_in_batch_pairs():

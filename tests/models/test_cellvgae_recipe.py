@@ -79,17 +79,19 @@ def _cells(n: int):
     return ad.AnnData(sp.csr_matrix((n, 20), dtype="float32"))
 
 
-def test_many_cells_turn_the_quick_presets_fixed_kl_weight_into_one_over_cells():
+def test_both_presets_weigh_the_kl_term_by_one_over_the_cells_and_quick_more_above_many_cells():
+    """The paper's 1 / cells (the quick preset's former fixed 3 left the encoder weights meaningless); above
+    LARGE_CELLS the quick preset's weight, unless changed, is LARGE_KL_FACTOR / cells, said in a note."""
+    for preset, n in (("quick", 700), ("quick", LARGE_CELLS), ("paper", 700), ("paper", 1_000_000)):
+        config, why = _adapt(_cells(n), preset=preset)
+        p = config.params
+        assert p.kl_weight is None and p.kl_factor == 1.0 and why is None
+        assert kl_beta(p, n) == pytest.approx(1 / n)
     config, why = _adapt(_cells(LARGE_CELLS + 1), preset="quick")
-    p = config.params
-    assert p.kl_weight is None and p.kl_factor == LARGE_KL_FACTOR
-    assert kl_beta(p, LARGE_CELLS + 1) == pytest.approx(LARGE_KL_FACTOR / (LARGE_CELLS + 1))
+    assert config.params.kl_factor == LARGE_KL_FACTOR
+    assert kl_beta(config.params, LARGE_CELLS + 1) == pytest.approx(LARGE_KL_FACTOR / (LARGE_CELLS + 1))
     assert why and f"{LARGE_CELLS + 1:,} cells" in why and "--kl-weight" in why
-    # At or below the threshold, with a weight the user chose, or with the paper's 1 / N: nothing changes.
-    assert _adapt(_cells(LARGE_CELLS), preset="quick")[0].params.kl_weight == 3.0
-    assert (
-        _adapt(_cells(LARGE_CELLS + 1), {"model": {"kl_weight": 2.0}}, preset="quick")[0].params.kl_weight
-        == 2.0
-    )
-    config, why = _adapt(_cells(LARGE_CELLS + 1))
-    assert config.params.kl_weight is None and config.params.kl_factor == 1.0 and why is None
+    # A weight or factor the user chose is kept.
+    for chosen in ({"kl_weight": 2.0}, {"kl_factor": 5.0}):
+        p = _adapt(_cells(50_000), {"model": chosen}, preset="quick")[0].params
+        assert (p.kl_weight, p.kl_factor) == (chosen.get("kl_weight"), chosen.get("kl_factor", 1.0))

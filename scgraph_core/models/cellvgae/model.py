@@ -68,9 +68,10 @@ class CellVGAEParams:
     )
     kl_factor: float = param(
         1.0,
-        "with kl_weight empty the KL weight is this divided by the number of cells (the paper: 1). A fixed weight "
-        "does not carry across sizes: on cells drawn from pbmc3k the quick preset's fixed 3 gave ARI 0.88 at 2,638 "
-        "cells but 0.74 at 100,000, where 0.03 or less gave 0.88; above 20,000 cells the quick preset uses 2,100",
+        "with kl_weight empty the KL weight is this divided by the number of cells (the paper, and both presets: 1). "
+        "A fixed weight does not carry across sizes (on cells drawn from pbmc3k a fixed 3 gave ARI 0.88 at 2,638 "
+        "cells but 0.74 at 100,000), and a large one (3) leaves the encoder weights, so the learnt expression and "
+        "the P_mu markers, meaningless; above 20,000 cells the quick preset uses 2,100",
         min=0.0,
         advanced=True,
         shown_if={"regularizer": "kl"},
@@ -307,14 +308,13 @@ def link_scores(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[s
     return {"auc": float(roc_auc_score(truth, logits)), "ap": float(average_precision_score(truth, logits))}
 
 
-# The quick preset (#21, benchmarks/NOTES.md 2026-12-05). With the paper's KL weight (1 / cells) a short run
-# squeezes the latent into a few directions, each cell population along one line (the median cell's 15 latent
-# neighbours vary 54 % along one direction, PCs of the genes 16 %), which the UMAP draws as strings. A KL weight
-# of 3 (β-VAE) keeps the populations round; a graph on 50 PCs of the graph genes with k = 10 (the paper
-# recipe's graph for large inputs, where k is 15 since) and scanpy's drawing min_dist (0.5) do the rest. Cells drawn
-# on strings fell from 41 % to 16 % (demo), 19 % to 2 % (pbmc3k_seurat250), 38 % to 12 % (scvgae_sample); ARI
-# 0.48 -> 0.52 (scanpy Leiden 0.52), 0.87 -> 0.86 (0.86-0.87), 0.63 -> 0.75 (0.74-0.79). Training stays a few
-# seconds on the demo. Above LARGE_CELLS cells that fixed weight gives way to LARGE_KL_FACTOR / cells (CellVGAE.adapt).
+# The quick preset (#21, benchmarks/NOTES.md 2026-12-05): a small network (2 x 64 hidden, 3 heads, latent 16, lr 5e-3,
+# 60 epochs) on a graph of 50 PCs of the graph genes with k = 10, drawn with scanpy's min_dist (0.5). Its KL weight
+# is the paper's, 1 / cells (session 47): a fixed 3 (a beta-VAE, chosen in #21 to draw populations round rather than
+# as strings) left the encoder weights meaningless: learnt expression (embedding x P_mu row) correlated positively
+# with the observed expression for 38-76 % of the genes (chance is half) and lay 89-97 % along one direction, on
+# every suite set; with 1 / cells 85-98 % and 37-64 %, ARI median over the seven sets 0.485 -> 0.509 (worst level).
+# Above LARGE_CELLS cells its weight is LARGE_KL_FACTOR / cells (CellVGAE.adapt).
 QUICK = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax"},
     "graph": {"kind": "knn", "k": 10, "metric": "euclidean", "use": "pca", "n_pcs": 50},
@@ -324,7 +324,6 @@ QUICK = {
         "attn_dropout": (0.2,),
         "feature_dropout": 0.2,
         "latent": 16,
-        "kl_weight": 3.0,
         "lr": 5e-3,
         "epochs": 60,
     },
@@ -363,16 +362,14 @@ ADAPTED_RECIPE: dict[str, dict[str, Any]] = {
 }
 
 
-# A preset's fixed KL weight (quick: 3) is kept up to LARGE_CELLS cells; above, unless changed, the weight becomes
-# LARGE_KL_FACTOR / cells (0.021 at 100,000). On cells drawn from pbmc3k a fixed 3 gave ARI 0.879 at 2,638 cells but
-# 0.736 at 100,000 (CD8 T merged into T), where weights of 0.03 and below gave 0.874-0.879 and 0.3 gave 0.754; drawn
-# from pbmc4k, 0.605 at 4,271 cells, 0.422 at 100,000 with 3 and 0.579 with 3.8e-4. On the seven real sets
-# (1,000-5,685 cells, seed 0) 2,100 / cells against the fixed 3 was mixed: better on pbmc4k (+0.18), kidney (+0.06),
-# bladder and worm (+0.01), worse on scvgae_sample (-0.17), pbmc3k (-0.10) and paul15 (-0.01); so below the threshold
-# nothing changes. Nothing was measured between 5,685 and 100,000 cells.
-# benchmarks/NOTES.md, 2026-12-06 (seventh session).
+# Above LARGE_CELLS cells the quick preset's KL weight, unless changed, is LARGE_KL_FACTOR / cells (0.021 at 100,000)
+# instead of its 1 / cells. 100,000 cells drawn from pbmc3k, quick, seed 0: 0.021 gave ARI 0.851 [9 clusters], 1e-5
+# (1 / cells) 0.756 [5], the learnt expression alike (86 % and 85 % of genes positive); earlier, weights of 1e-4 to
+# 0.03 gave 0.874-0.889 there and 0.3 to 3 gave 0.74-0.75 (NOTES.md, seventh session and session 47); the 1,000,000-cell
+# runs used 0.0021. The weight jumps at the threshold (5e-5 to 0.105); nothing was measured between 5,685 and 100,000.
 LARGE_CELLS = 20_000
 LARGE_KL_FACTOR = 2100.0
+LARGE_KL_PRESETS = ("quick",)
 
 
 def kl_beta(p: CellVGAEParams, n_cells: int) -> float:
@@ -558,19 +555,19 @@ class CellVGAE(Model):
 
     @classmethod
     def _adapt_kl(cls, config: Any, adata: Any) -> tuple[Any, str | None]:
-        """Above :data:`LARGE_CELLS` cells a preset's fixed KL weight, when not changed, becomes
+        """Above :data:`LARGE_CELLS` cells the quick preset's 1 / cells, when not changed, becomes
         :data:`LARGE_KL_FACTOR` / cells."""
         p = config.params
-        fixed = cls.presets.get(config.preset, {}).get("model", {}).get("kl_weight")
         n = adata.n_obs
-        if fixed is None or p.kl_weight != fixed or p.regularizer != "kl" or n <= LARGE_CELLS:
+        unchanged = p.kl_weight is None and p.kl_factor == 1.0 and p.regularizer == "kl"
+        if config.preset not in LARGE_KL_PRESETS or not unchanged or n <= LARGE_CELLS:
             return config, None
-        params = dataclasses.replace(p, kl_weight=None, kl_factor=LARGE_KL_FACTOR)
+        params = dataclasses.replace(p, kl_factor=LARGE_KL_FACTOR)
         why = (
             f"The input holds {n:,} cells (more than {LARGE_CELLS:,}), so the KL weight became "
-            f"{LARGE_KL_FACTOR:,.0f} / cells = {LARGE_KL_FACTOR / n:.3g} instead of the preset's fixed {fixed:g}: on "
-            "100,000 cells drawn from pbmc3k and from pbmc4k a fixed 3 merged close cell types (ARI 0.74 and 0.42, "
-            "against 0.88 and 0.58 with a weight of 0.03 or less). --kl-weight keeps a fixed weight."
+            f"{LARGE_KL_FACTOR:,.0f} / cells = {LARGE_KL_FACTOR / n:.3g} instead of 1 / cells: on 100,000 cells drawn "
+            "from pbmc3k the quick preset clustered better with it (ARI 0.85 against 0.76). --kl-weight or "
+            "--kl-factor keeps another weight."
         )
         return dataclasses.replace(config, params=params), why
 
