@@ -51,7 +51,7 @@ COUNT_MODEL = "attentionae"
 NOISE_LABELS = ("noise", "-1")
 CHANCE_AUC = 0.55  # validation AUC of the edge decoder at or below this: the latent learnt no structure
 # Learnt expression (embedding x P_mu row) that correlates positively with the observed expression for fewer than
-# LEARNT_MIN_POSITIVE of the model's genes does not follow what was measured (half would by chance); with more than
+# LEARNT_MIN_POSITIVE of the model's genes does not follow what was measured (half would by chance); with at least
 # LEARNT_MAX_TOP1 of its variance along one latent direction it is one picture for every gene. On the seven suite
 # sets (two seeds) CellVGAE's quick preset with its former KL weight of 3 gave 33-82 % of genes positive and
 # 0.88-0.98 along one direction, the paper's 1 / cells 84-98 % and 0.37-0.67 (benchmarks/NOTES.md, session 47).

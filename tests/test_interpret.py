@@ -74,6 +74,9 @@ def test_expression_agreement_reads_the_correlation_of_learnt_and_observed_expre
     constant = observed.copy()
     constant[:, 2] = 3.0
     assert expression_agreement(emb, p_mu, constant)["n_genes"] == 5
+    diverged = p_mu.copy()
+    diverged[0, 0] = np.nan
+    assert expression_agreement(emb, diverged, observed) == {}
     with pytest.raises(ValueError, match="observed is"):
         expression_agreement(emb, p_mu, observed[:, :5])
 

@@ -90,7 +90,7 @@ def expression_agreement(embedding: np.ndarray, p_mu: np.ndarray, observed) -> d
     Returns ``n_genes`` (genes that vary both ways), ``median_r``, ``share_positive`` (r > 0),
     ``share_above_0_3`` and ``top1_share``: the share of the learnt expression's variance (cells x genes,
     centred) along its first principal direction; near 1, every gene's learnt map is one picture up to sign
-    and scale. An empty dict when no gene varies.
+    and scale. An empty dict when no gene varies or a value is not finite.
     """
     import scipy.sparse as sp
 
@@ -99,6 +99,8 @@ def expression_agreement(embedding: np.ndarray, p_mu: np.ndarray, observed) -> d
     observed = np.asarray(observed, dtype=np.float64)
     if observed.shape != learnt.shape:
         raise ValueError(f"observed is {observed.shape}, the learnt expression {learnt.shape}")
+    if not (np.isfinite(learnt).all() and np.isfinite(observed).all()):
+        return {}  # a diverged model or missing values: no reading rather than a failed run
     lc = learnt - learnt.mean(axis=0)
     oc = observed - observed.mean(axis=0)
     norm = np.sqrt((lc**2).sum(axis=0) * (oc**2).sum(axis=0))

@@ -312,8 +312,8 @@ def link_scores(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[s
 # 60 epochs) on a graph of 50 PCs of the graph genes with k = 10, drawn with scanpy's min_dist (0.5). Its KL weight
 # is the paper's, 1 / cells (session 47): a fixed 3 (a beta-VAE, chosen in #21 to draw populations round rather than
 # as strings) left the encoder weights meaningless: learnt expression (embedding x P_mu row) correlated positively
-# with the observed expression for 38-76 % of the genes (chance is half) and lay 89-97 % along one direction, on
-# every suite set; with 1 / cells 85-98 % and 37-64 %, ARI median over the seven sets 0.485 -> 0.509 (worst level).
+# with the observed expression for 33-82 % of the genes (chance is half) and lay 88-98 % along one direction, on
+# every suite set; with 1 / cells 84-98 % and 37-67 %, ARI median over the seven sets 0.485 -> 0.509 (worst level).
 # Above LARGE_CELLS cells its weight is LARGE_KL_FACTOR / cells (CellVGAE.adapt).
 QUICK = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax"},
