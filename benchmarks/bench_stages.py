@@ -64,6 +64,8 @@ def one_run(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict:
         "cluster_rule",
         "val_auc",
         "graph",
+        "kl_weight",
+        "learnt_expression",
     )
     return {"wall_seconds": wall, **{k: metrics.get(k) for k in STAGES}, **{k: metrics.get(k) for k in keep}}
 
