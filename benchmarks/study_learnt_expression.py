@@ -19,6 +19,7 @@ line with that weight, then reads back:
 One JSON line per finished run in ``--jsonl``; a rerun skips what is done. ``--table`` prints medians.
 
     python benchmarks/study_learnt_expression.py --kl 3,0.3,inv --seeds 0,1
+    python benchmarks/study_learnt_expression.py --kl inv --seeds 0,1 --flags "--recipe auto"
     python benchmarks/study_learnt_expression.py --table
 
 ``inv`` is the paper's weight, 1 / cells (the paper preset's default).
@@ -75,7 +76,7 @@ def shape(result: Path) -> dict:
     return {"flat": described["flat"], "strings": described["strings"]}
 
 
-def run_one(dataset: str, kl: str, seed: int, preset: str, work: Path) -> dict:
+def run_one(dataset: str, kl: str, seed: int, preset: str, work: Path, flags: str = "") -> dict:
     import anndata as ad
 
     if dataset == "demo":  # the built-in 700 cells; their types are bulk_labels
@@ -88,7 +89,7 @@ def run_one(dataset: str, kl: str, seed: int, preset: str, work: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "scgraph_core", "train", "--model", "cellvgae", "--input", str(path)]
     cmd += ["--preset", preset, "--label-key", label, "--seed", str(seed), "--kl-weight", repr(weight)]
-    cmd += ["--out", str(out), "--quiet"]
+    cmd += ["--out", str(out), "--quiet", *flags.split()]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - start
@@ -100,6 +101,7 @@ def run_one(dataset: str, kl: str, seed: int, preset: str, work: Path) -> dict:
         "preset": preset,
         "kl": kl,
         "kl_weight": weight,
+        "flags": flags,
         "seed": seed,
         "ari": metrics.get("ari"),
         "nmi": metrics.get("nmi"),
@@ -117,6 +119,8 @@ def table(rows: list[dict]) -> None:
     under another tag (same set, weight and seed) counts once: the first one's scores, the later one's layout."""
     first: dict[tuple, dict] = {}
     for r in rows:
+        if r.get("flags"):  # a variant: its own column
+            r = {**r, "kl": f"{r['kl']} {r['flags']}"}
         key = (r["dataset"], r["kl"], r["seed"])
         first[key] = {**r, **first[key]} if key in first else r
     rows = list(first.values())
@@ -162,6 +166,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--preset", default="quick")
     p.add_argument("--jsonl", default=str(REPO / "benchmarks" / "results" / "learnt_expression.jsonl"))
+    p.add_argument("--flags", default="", help="more train flags for every run, e.g. '--recipe auto'")
     p.add_argument(
         "--tag", default="", help="names a batch of runs, kept apart from the others when resuming"
     )
@@ -176,15 +181,17 @@ def main() -> None:
     if args.table:
         table([r for r in rows if r.get("preset") == args.preset])
         return
-    done = {(r["dataset"], r["preset"], r["kl"], r["seed"], r.get("tag", "")) for r in rows}
+    done = {
+        (r["dataset"], r["preset"], r["kl"], r["seed"], r.get("tag", ""), r.get("flags", "")) for r in rows
+    }
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="scgraph_lx_") as tmp:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for dataset in args.datasets.split(","):
                 for kl in args.kl.split(","):
-                    if (dataset, args.preset, kl, seed, args.tag) in done:
+                    if (dataset, args.preset, kl, seed, args.tag, args.flags) in done:
                         continue
-                    row = {**run_one(dataset, kl, seed, args.preset, Path(tmp)), "tag": args.tag}
+                    row = {**run_one(dataset, kl, seed, args.preset, Path(tmp), args.flags), "tag": args.tag}
                     print(json.dumps(row), flush=True)
                     with jsonl.open("a") as f:
                         f.write(json.dumps(row) + "\n")

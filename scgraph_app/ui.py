@@ -313,7 +313,7 @@ def learnt_expression_note(run: Run, adata: Any) -> None:
             **metrics,
             "learnt_expression": cache.learnt_agreement(str(run.path), cache.result_stamp(run)),
         }
-    problem = verdict.learnt_expression_problem(metrics)
+    problem = verdict.learnt_expression_problem(metrics, subject="This run's")
     if problem:
         weight = metrics.get("kl_weight")
         cause = (
@@ -322,9 +322,7 @@ def learnt_expression_note(run: Run, adata: Any) -> None:
             if isinstance(weight, (int, float)) and weight > verdict.STRONG_KL
             else ""
         )
-        st.warning(
-            md(problem.replace("Its learnt", "This run's learnt", 1)) + cause, icon=":material/warning:"
-        )
+        st.warning(md(problem) + cause, icon=":material/warning:")
 
 
 # Figure downloads: the camera button on every figure's toolbar saves it in the format chosen in the sidebar.

@@ -413,10 +413,10 @@ def assess(
     return v
 
 
-def learnt_expression_problem(metrics: dict) -> str | None:
+def learnt_expression_problem(metrics: dict, subject: str = "Its") -> str | None:
     """A sentence when the run's learnt expression does not follow the measured expression, or is one picture
     for every gene (``metrics``'s ``learnt_expression``, see :func:`scgraph_core.interpret.expression_agreement`);
-    else None."""
+    else None. ``subject`` opens the sentence ("Its", or "This run's" where no run was named before)."""
     agreement = (metrics or {}).get("learnt_expression") or {}
     positive, genes = _num(agreement.get("share_positive")), _num(agreement.get("n_genes"))
     median, top1 = _num(agreement.get("median_r")), _num(agreement.get("top1_share"))
@@ -426,7 +426,7 @@ def learnt_expression_problem(metrics: dict) -> str | None:
     care = ". Read its gene-level results (Expression page, P_mu markers) with care."
     if positive < LEARNT_MIN_POSITIVE:
         text = (
-            f"Its learnt expression barely follows the measured expression: {positive:.0%} of its {int(genes):,} "
+            f"{subject} learnt expression barely follows the measured expression: {positive:.0%} of its {int(genes):,} "
             f"genes correlate positively with their observed values across cells (half would by chance{median_text})"
         )
         if top1 is not None and top1 >= LEARNT_MAX_TOP1:
@@ -434,7 +434,7 @@ def learnt_expression_problem(metrics: dict) -> str | None:
         return text + care
     if top1 is not None and top1 >= LEARNT_MAX_TOP1:
         return (
-            f"Its learnt expression is nearly one picture for every gene: {top1:.0%} of it lies along one latent "
+            f"{subject} learnt expression is nearly one picture for every gene: {top1:.0%} of it lies along one latent "
             f"direction, so a gene's learnt map says little about that gene ({positive:.0%} of its {int(genes):,} "
             f"genes correlate positively with their observed values{median_text})" + care
         )
