@@ -154,10 +154,16 @@ if resolved is not None:
                     "statistics below are for the settings above and may differ from it.",
                     icon=":material/info:",
                 )
+            from scgraph_core.models import base as model_base
+
+            # The graph the run will build: a preset's recipe can adapt to this input (many genes, many cells).
+            built, adapted_why = model_base.get(resolved.model).adapt(resolved, adata)
+            if adapted_why:
+                st.caption(f":material/tune: {ui.md(adapted_why)}")
             preview = cache.graph_preview(
                 source,
-                {f.name: getattr(resolved.prepare, f.name) for f in dataclasses.fields(resolved.prepare)},
-                {f.name: getattr(resolved.graph, f.name) for f in dataclasses.fields(resolved.graph)},
+                {f.name: getattr(built.prepare, f.name) for f in dataclasses.fields(built.prepare)},
+                {f.name: getattr(built.graph, f.name) for f in dataclasses.fields(built.graph)},
             )
         if preview is not None:
             s = preview["stats"]

@@ -121,3 +121,26 @@ def test_figures_download_in_the_format_chosen_in_the_sidebar():
     options = ui.chart_config({"scrollZoom": True})
     assert options["toImageButtonOptions"] == {"format": "png", "filename": "scgraph-figure", "scale": 2}
     assert options["scrollZoom"] and options["displaylogo"] is False
+
+
+def test_the_graph_preview_is_the_one_the_run_builds_on_many_genes(tmp_path):
+    """On an input of more than 1,000 genes the quick preset's recipe adapts (graph on 50 PCs of 2,000 genes, k
+    15): the preview builds that graph and says why, instead of the preset's graph the run would not use."""
+    from tests.helpers import toy_counts
+
+    path = tmp_path / "wide.h5ad"
+    toy_counts(n_cells=200, n_genes=1200).write_h5ad(path)
+    dataset = {"path": str(path), "orientation": "auto", "format": None, "name": "wide.h5ad", "kind": "path"}
+    at = open_page("model", state={"dataset": dataset})
+    assert_clean(at)
+    assert (
+        next(n for n in at.number_input if n.label == "Neighbours (k)").value == 10
+    )  # the preset as written
+    captions = texts(at.caption)
+    assert any("1,200 genes" in c and "k = 15" in c for c in captions), captions
+    built = next(c for c in captions if c.startswith("Built in"))
+    assert (
+        "on 1200 graph genes" in built and "reads 1000 genes" in built
+    )  # the preset as written: 250 and 250
+    # Neighbours: with k = 15 and a symmetric union every cell has at least 15.
+    assert float(metric(at, "mean degree")) >= 15

@@ -1,7 +1,8 @@
-"""CellVGAE's paper preset adapts its data recipe to an input of many genes, and says so."""
+"""CellVGAE's presets adapt their data recipe to an input of many genes, and say so."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from scgraph_core import pipeline
 from scgraph_core.models import base
 from scgraph_core.models.cellvgae import ADAPTED_RECIPE, RECIPE_MIN_GENES
-from scgraph_core.models.cellvgae.model import LARGE_CELLS, LARGE_KL_FACTOR, kl_beta
+from scgraph_core.models.cellvgae.model import KL_RAMP, LARGE_KL_FACTOR, kl_beta, quick_kl_weight
 from scgraph_core.runs import Run
 from tests.helpers import toy_counts
 
@@ -43,8 +44,24 @@ def test_settings_the_user_changed_are_kept_and_fixed_changes_nothing():
     assert "k = " not in why and "n_hvg" not in why
     config, why = _adapt(wide, {"model": {"recipe": "fixed"}})
     assert why is None and config.graph.k == 5
-    config, why = _adapt(wide, preset="quick")  # only the paper preset adapts
-    assert why is None
+    config, why = _adapt(wide, {"model": {"recipe": "fixed"}}, preset="quick")
+    assert why is None and (config.prepare.n_hvg, config.graph.k) == (250, 10)
+
+
+def test_the_quick_preset_adapts_to_many_genes_too():
+    """The quick preset's small network on 1,000 HVGs and a graph on 50 PCs of 2,000 (its k 10 becomes 15); an
+    input of 1,000 genes or fewer keeps the preset as written."""
+    config, why = _adapt(toy_counts(n_cells=60, n_genes=RECIPE_MIN_GENES + 1), preset="quick")
+    assert (config.prepare.n_hvg, config.prepare.n_graph_genes) == (1000, 2000)
+    assert (config.graph.use, config.graph.n_pcs, config.graph.k) == ("pca", 50, 15)
+    assert (config.params.hidden, config.params.epochs) == ((64, 64), 60)
+    assert why and "--recipe fixed" in why
+    config, why = _adapt(toy_counts(n_cells=60, n_genes=RECIPE_MIN_GENES), preset="quick")
+    assert why is None and (config.prepare.n_hvg, config.prepare.n_graph_genes, config.graph.k) == (
+        250,
+        250,
+        10,
+    )
 
 
 def test_the_run_records_what_was_chosen_and_why(tmp_path):
@@ -81,16 +98,27 @@ def _cells(n: int):
 
 def test_both_presets_weigh_the_kl_term_by_one_over_the_cells_and_quick_more_above_many_cells():
     """The paper's 1 / cells (the quick preset's former fixed 3 left the encoder weights meaningless); above
-    LARGE_CELLS the quick preset's weight, unless changed, is LARGE_KL_FACTOR / cells, said in a note."""
-    for preset, n in (("quick", 700), ("quick", LARGE_CELLS), ("paper", 700), ("paper", 1_000_000)):
+    KL_RAMP[0] cells the quick preset's weight, unless changed, rises on a log scale to LARGE_KL_FACTOR / cells at
+    KL_RAMP[1] and follows it above, said in a note; it never jumps with the number of cells."""
+    low, high = KL_RAMP
+    for preset, n in (("quick", 700), ("quick", low), ("paper", 700), ("paper", 1_000_000)):
         config, why = _adapt(_cells(n), preset=preset)
         p = config.params
         assert p.kl_weight is None and p.kl_factor == 1.0 and why is None
         assert kl_beta(p, n) == pytest.approx(1 / n)
-    config, why = _adapt(_cells(LARGE_CELLS + 1), preset="quick")
-    assert config.params.kl_factor == LARGE_KL_FACTOR
-    assert kl_beta(config.params, LARGE_CELLS + 1) == pytest.approx(LARGE_KL_FACTOR / (LARGE_CELLS + 1))
-    assert why and f"{LARGE_CELLS + 1:,} cells" in why and "--kl-weight" in why
+    for n in (low + 1, 50_000, high, 1_000_000):
+        config, why = _adapt(_cells(n), preset="quick")
+        assert kl_beta(config.params, n) == pytest.approx(quick_kl_weight(n))
+        assert why and f"{n:,} cells" in why and "--kl-weight" in why
+    assert quick_kl_weight(high) == pytest.approx(LARGE_KL_FACTOR / high)
+    assert quick_kl_weight(1_000_000) == pytest.approx(LARGE_KL_FACTOR / 1_000_000)
+    # Continuous at both ends and rising in between (log-linear: the midpoint is the geometric mean).
+    assert quick_kl_weight(low + 1) == pytest.approx(1 / low, rel=1e-3)
+    assert quick_kl_weight(high - 1) == pytest.approx(LARGE_KL_FACTOR / high, rel=1e-2)
+    mid = int(round((low * high) ** 0.5))
+    assert quick_kl_weight(mid) == pytest.approx((1 / low * LARGE_KL_FACTOR / high) ** 0.5, rel=1e-3)
+    ramp = [quick_kl_weight(n) for n in range(low, high + 1, 1000)]
+    assert all(b > a for a, b in itertools.pairwise(ramp))
     # A weight or factor the user chose is kept.
     for chosen in ({"kl_weight": 2.0}, {"kl_factor": 5.0}):
         p = _adapt(_cells(50_000), {"model": chosen}, preset="quick")[0].params
