@@ -315,10 +315,11 @@ def link_scores(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[s
 # as strings) left the encoder weights meaningless: learnt expression (embedding x P_mu row) correlated positively
 # with the observed expression for 33-82 % of the genes (chance is half) and lay 88-98 % along one direction, on
 # every suite set; with 1 / cells 84-98 % and 37-67 %, ARI median over the seven sets 0.485 -> 0.509 (worst level).
-# Above KL_RAMP[0] cells its weight rises towards LARGE_KL_FACTOR / cells (quick_kl_weight, CellVGAE.adapt). Its recipe adapts to many genes as
-# the paper preset's does (session 48, seven sets x two seeds): ARI median 0.509 -> 0.625, worst 0.071 -> 0.314
-# (worm_neuron 0.07 -> 0.46 with 10-13 clusters instead of 73-182); learnt expression positive for a median 92 %
-# of the genes (95 % before), paul15's 72 % the worst (95 % before: 1,000 genes hold more weak ones than 250).
+# Above KL_RAMP[0] cells its weight rises towards LARGE_KL_FACTOR / cells (quick_kl_weight, CellVGAE.adapt). Its
+# recipe adapts to many genes as the paper preset's does (session 48, seven sets x two seeds): ARI median 0.509 ->
+# 0.625, worst 0.071 -> 0.314 (worm_neuron 0.07 -> 0.46 with 10-13 clusters instead of 73-182); learnt expression
+# positive for a median 92 % of the genes (95 % before), paul15's 72 % the worst (95 % before: 1,000 genes hold more
+# weak ones than 250).
 QUICK = {
     "prepare": {"n_hvg": 250, "n_graph_genes": 250, "scale": "minmax"},
     "graph": {"kind": "knn", "k": 10, "metric": "euclidean", "use": "pca", "n_pcs": 50},
