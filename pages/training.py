@@ -231,6 +231,14 @@ def run_view(run_id: str) -> None:
     with ui.guard("the live view"):
         run = state.store().open(run_id)
         p = jobs.progress(run)
+        # Once the run ends, redraw the whole app so the sidebar and page list catch up, before anything of the
+        # finished run is drawn here: drawn in the live view first, its verdict showed twice while the app reran
+        # (the live view's copy, then the page's), which a browser test caught.
+        seen = st.session_state.setdefault("_seen_state", {})
+        if seen.get(run.id) not in (None, p.state) and p.finished:
+            seen[run.id] = p.state
+            st.rerun(scope="app")
+        seen[run.id] = p.state
         if p.state == "queued":
             st.info(
                 "Starting the training process (loading the libraries takes a few seconds)...",
@@ -331,12 +339,6 @@ def run_view(run_id: str) -> None:
                     cols[3].page_link(
                         ui.PAGES["imputation"], label="Imputation", icon=":material/auto_fix_high:"
                     )
-        # Once the run ends, redraw the whole app once so the sidebar and page list catch up.
-        seen = st.session_state.setdefault("_seen_state", {})
-        if seen.get(run.id) not in (None, p.state) and p.finished:
-            seen[run.id] = p.state
-            st.rerun(scope="app")
-        seen[run.id] = p.state
 
 
 # Redrawn every REFRESH_S seconds while the run trains (the worker writes the folder, this reads it).
