@@ -106,16 +106,18 @@ with ui.guard("the run list"):
         st.caption(f"{len(live)} runs are training at once; they share this machine's processor.")
     # The widget follows the active run (which Start or the sidebar may have just changed); set on every
     # run so the browser also gets the current label (a rename changes it).
-    st.session_state[WATCH] = active if active in choices else choices[0]
+    watch_key = state.run_picker_key(WATCH)
+    st.session_state[watch_key] = active if active in choices else choices[0]
     st.selectbox(
         "Run to watch",
         choices,
         format_func=lambda rid: labels.get(rid, str(rid)),
-        key=WATCH,
-        on_change=lambda: state.pick_run(st.session_state.get(WATCH)),
+        key=watch_key,
+        on_change=state.pick_run_from,
+        args=(watch_key,),
         help="Every run on disk; the one you pick becomes the active run for the explore pages.",
     )
-    picked = st.session_state[WATCH]
+    picked = st.session_state[watch_key]
     watched = state.store().open(picked)
 
 

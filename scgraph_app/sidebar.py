@@ -36,10 +36,6 @@ def _label(info) -> str:
     return f"{info.name} · {info.model} · {info.state}"
 
 
-def _on_pick() -> None:
-    state.pick_run(st.session_state.get(_WIDGET))
-
-
 def _damaged(info: RunInfo) -> None:
     """The active run's files cannot be trusted: say why, and offer to delete it."""
     st.warning(f"**This run is damaged:** {ui.md(info.damage)}", icon=":material/report:")
@@ -66,17 +62,19 @@ def draw() -> None:
             labels = ui.run_labels(infos, _label)
             # Set on every run, not only when it differs: the browser then gets the current label too (a run's
             # label changes with its state), rather than keeping the one it showed before.
-            st.session_state[_WIDGET] = active
+            key = state.run_picker_key(_WIDGET)
+            st.session_state[key] = active
             st.selectbox(
                 "Active run",
                 ids,
-                key=_WIDGET,
+                key=key,
                 format_func=lambda rid: labels.get(rid, str(rid)),
-                on_change=_on_pick,
+                on_change=state.pick_run_from,
+                args=(key,),
                 help="The run the explore pages (Embedding, Attention, Markers, ...) show. Every run "
                 "on disk is listed, newest first; the Runs page manages them.",
             )
-            picked = by_id.get(st.session_state.get(_WIDGET))
+            picked = by_id.get(st.session_state.get(key))
             if picked is not None and picked.damaged:
                 _damaged(picked)
             running = [i for i in infos if i.state in ("running", "queued")]

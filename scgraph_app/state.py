@@ -18,6 +18,7 @@ from scgraph_core.runs import RunInfo, RunStore
 DATASET = "dataset"
 CONFIG = "config"
 ACTIVE = "active_run"
+_GENERATION = "_active_run_generation"
 
 DEMO_SOURCE: dict[str, Any] = {
     "path": data.DEMO_PATH,
@@ -96,12 +97,33 @@ def active_run_id() -> str | None:
     current = st.session_state.get(ACTIVE)
     if current not in ids:
         current = default_run(infos)
-        st.session_state[ACTIVE] = current
+        set_active_run(current)
     return current
 
 
 def set_active_run(run_id: str | None) -> None:
+    if st.session_state.get(ACTIVE) != run_id:
+        st.session_state[_GENERATION] = st.session_state.get(_GENERATION, 0) + 1
     st.session_state[ACTIVE] = run_id
+
+
+def run_picker_key(base: str) -> str:
+    """The widget key of a run list that shows and picks the active run (the sidebar's, the Training page's).
+
+    It changes whenever the active run changes. Each rerun carries every widget value the browser holds,
+    and a browser that has not yet drawn the newest page still holds the previous active run in these lists:
+    with one key for good, that value read as a fresh pick (for example when a live view's timer fired just
+    after a pick in the sidebar, the Training page's list sent the run it still showed and took the active
+    run back). Under a new key the old list is another widget, and :func:`pick_run_from` ignores it."""
+    return f"{base}:{st.session_state.get(_GENERATION, 0)}"
+
+
+def pick_run_from(key: str) -> None:
+    """``on_change`` of a run list made with ``key = run_picker_key(...)``: a pick in the list on show moves
+    the active run; a value from a list drawn before the active run last changed is an echo, not a pick."""
+    if key != run_picker_key(key.rsplit(":", 1)[0]):
+        return
+    pick_run(st.session_state.get(key))
 
 
 def pick_run(value: Any) -> None:

@@ -370,18 +370,56 @@ def graph_matrix_shape(p, use: str) -> tuple[int, int]:
 
 # ---- scanpy and real data ----------------------------------------------------------------------
 @pytest.mark.slow
-def test_scanpy_neighbors_above_4096_cells():
-    """Guards the pinned scanpy/scipy pair: scanpy 1.11.5 with scipy 1.17 fails from 4,096 cells on
-    ('csr_array' object has no attribute 'getnnz') whenever pynndescent runs: any non-euclidean
-    metric from 4,096 cells, euclidean from 8,192. Cosine on 5,000 cells takes that path."""
-    import anndata as ad
-    import scanpy as sc
-
+def _blobs_5000() -> np.ndarray:
     rng = np.random.default_rng(0)
-    a = ad.AnnData(rng.normal(size=(5000, 10)).astype(np.float32))
-    sc.pp.neighbors(a, n_neighbors=15, use_rep="X", metric="cosine", random_state=0)
-    C = a.obsp["connectivities"]
+    centres = rng.normal(scale=6.0, size=(5, 10))
+    return (centres[rng.integers(0, 5, 5000)] + rng.normal(size=(5000, 10))).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_leiden_above_the_exact_limit_without_faiss_goes_through_scanpy_and_pynndescent(monkeypatch):
+    """Guards the pinned scanpy/scipy pair: scanpy 1.11.5 with scipy 1.17 fails ('csr_array' object has no
+    attribute 'getnnz') whenever pynndescent's transformer gives scanpy the neighbours, which is Leiden's
+    path above the exact-search limit without faiss. The limit is lowered so that 5,000 cells take it."""
+    from scgraph_core.cluster import partition
+    from scgraph_core.numba_cache import import_umap
+
+    import_umap()  # as leiden does first: pynndescent's compiled code then comes from numba's disk cache
+    from pynndescent import PyNNDescentTransformer
+
+    monkeypatch.setattr(partition, "EXACT_KNN_MAX_CELLS", 4000)
+    monkeypatch.setattr(G, "HAVE_FAISS", False)
+    fitted = []
+    fit = PyNNDescentTransformer.fit
+    monkeypatch.setattr(
+        PyNNDescentTransformer, "fit", lambda self, *a, **k: fitted.append(k) or fit(self, *a, **k)
+    )
+    X = _blobs_5000()
+    C = partition._knn_connectivities(X, 15, seed=0)
+    assert fitted == [{"compress_index": False}]  # pynndescent, and no search index prepared
     assert C.shape == (5000, 5000) and C.nnz >= 5000 * 14
+    assert abs(C - C.T).max() < 1e-6  # UMAP's fuzzy union is symmetric
+
+
+def test_leiden_above_the_exact_limit_with_faiss_uses_the_shared_search(monkeypatch):
+    """Above the limit the euclidean neighbours come from the search the layouts share (no pynndescent)."""
+    from scgraph_core.cluster import layout, partition
+
+    if not G.HAVE_FAISS:
+        pytest.skip("faiss-cpu is not installed (pip install -r requirements.txt)")
+    monkeypatch.setattr(partition, "EXACT_KNN_MAX_CELLS", 4000)
+    monkeypatch.setattr(layout, "EXACT_KNN_MAX_CELLS", 4000)
+    monkeypatch.setattr(partition, "_graph_only_nndescent", lambda **k: pytest.fail("pynndescent was used"))
+    X = _blobs_5000()
+    C = partition._knn_connectivities(X, 15, seed=0)
+    assert C.shape == (5000, 5000) and C.nnz >= 5000 * 14
+    exact = partition._knn_connectivities(X[:4000], 15, seed=0)  # at the limit: scanpy's exact search
+    big = partition.leiden(X, resolution=0.3, seed=0)
+    small = partition.leiden(X[:4000], resolution=0.3, seed=0)
+    assert exact.nnz >= 4000 * 14
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(big[:4000], small) > 0.95
 
 
 def test_pbmc3k_knn_graph():

@@ -32,7 +32,7 @@ def leiden(
 
     ``X_or_graph`` is either a cells x features matrix, from which scanpy builds its kNN graph
     (``n_neighbors`` including the cell itself, UMAP connectivities as weights; exact neighbours up to
-    50,000 cells, pynndescent above), or a cell graph: an ``igraph.Graph`` (edge attribute "weight" if
+    50,000 cells, faiss or pynndescent above: :func:`_knn_connectivities`), or a cell graph: an ``igraph.Graph`` (edge attribute "weight" if
     present) or a square sparse adjacency matrix. ``graph=None`` treats a square sparse matrix as a graph;
     set ``graph=False`` for a sparse feature matrix that happens to be square. Directed input is used as
     undirected. ``knn`` (indices, distances, each cell itself first; e.g. from
@@ -63,16 +63,8 @@ def leiden(
         min_cells(n, 3, "Leiden on a kNN graph")
         if n_neighbors < 2:
             raise ConfigError(f"n_neighbors must be at least 2; got {n_neighbors}.")
-        adata = ad.AnnData(X=X)
-        sc.pp.neighbors(
-            adata,
-            n_neighbors=min(n_neighbors, n - 1),
-            use_rep="X",
-            metric=metric,
-            random_state=seed,
-            transformer="sklearn" if n <= EXACT_KNN_MAX_CELLS else "pynndescent",
-        )
-        adjacency = adata.obsp["connectivities"]
+        adjacency = _knn_connectivities(X, min(n_neighbors, n - 1), metric=metric, seed=seed)
+        adata = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(n)]))
     sc.tl.leiden(
         adata,
         resolution=resolution,
@@ -83,6 +75,49 @@ def leiden(
         directed=False,
     )
     return adata.obs["leiden"].astype(int).to_numpy()
+
+
+def _knn_connectivities(
+    X: Any, n_neighbors: int, *, metric: str = "euclidean", seed: int = 0
+) -> sp.csr_matrix:
+    """scanpy's kNN graph of a feature matrix (UMAP connectivities; ``n_neighbors`` counts the cell itself).
+
+    Exact neighbours up to :data:`EXACT_KNN_MAX_CELLS` cells. Above, euclidean neighbours come from the
+    search the layouts share (faiss, :func:`~scgraph_core.cluster.layout.shared_neighbours`); without faiss,
+    or for another metric, from pynndescent without the search index that its scikit-learn transformer
+    compresses after every fit: nothing queries it here, and preparing it compiles numba code for 30-60 s
+    in every new process."""
+    import anndata as ad
+    import scanpy as sc
+
+    n = X.shape[0]
+    if n > EXACT_KNN_MAX_CELLS:
+        if metric == "euclidean":
+            from .layout import shared_neighbours
+
+            knn = shared_neighbours(X, n_neighbors, seed=seed)
+            if knn is not None:
+                return _connectivities(knn, n_neighbors)
+        transformer: Any = _graph_only_nndescent(n_neighbors=n_neighbors, metric=metric, random_state=seed)
+    else:
+        transformer = "sklearn"
+    adata = ad.AnnData(X=X)
+    sc.pp.neighbors(
+        adata, n_neighbors=n_neighbors, use_rep="X", metric=metric, random_state=seed, transformer=transformer
+    )
+    return adata.obsp["connectivities"]
+
+
+def _graph_only_nndescent(**kwargs: Any) -> Any:
+    """pynndescent's scikit-learn transformer whose ``fit_transform`` returns the kNN graph and stops there."""
+    from pynndescent import PyNNDescentTransformer
+
+    class GraphOnly(PyNNDescentTransformer):
+        def fit_transform(self, X, y=None, **fit_params):
+            self.fit(X, compress_index=False)
+            return self.transform(X=None)
+
+    return GraphOnly(**kwargs)
 
 
 def _connectivities(knn: tuple[np.ndarray, np.ndarray], k: int) -> sp.csr_matrix:

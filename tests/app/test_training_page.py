@@ -352,6 +352,45 @@ def _home_with_a_done_and_a_running_run(app_home, tmp_path, monkeypatch, name: s
     return store, done.id, running
 
 
+def _watch_list(at):
+    """The Training page's "Run to watch" list (its key changes with the active run: state.run_picker_key)."""
+    return next(s for s in at.main.selectbox if s.label == "Run to watch")
+
+
+def _active_run_list(at):
+    return next(s for s in at.sidebar.selectbox if s.label == "Active run")
+
+
+def test_a_run_list_drawn_before_the_active_run_changed_does_not_take_it_back(
+    app_home, tmp_path, monkeypatch
+):
+    """Every rerun carries each widget value the browser holds. After a pick, a rerun sent by a browser that
+    had not yet drawn the new page (a live view's timer firing) carried a run list still showing the previous
+    run, which read as a pick and took the active run back (seen in the browser test: a selection saved into
+    the wrong run). Here that rerun is sent for the Training page's list. The sidebar's list is keyed the
+    same way (AppTest drops the sidebar after a rerun, so its echo cannot be sent here)."""
+    _store, previous, running = _home_with_a_done_and_a_running_run(app_home, tmp_path, monkeypatch)
+    assert _active_run_list(open_page("data", active=running.id)).key.startswith("sidebar_run:")
+    at = open_page("training", active=running.id)
+    assert_clean(at)
+    stale_id = _watch_list(at).id
+    assert _watch_list(at).value == running.id
+    _watch_list(at).set_value(previous).run()  # a pick
+    assert at.session_state["active_run"] == previous
+    assert _watch_list(at).value == previous and _watch_list(at).id != stale_id
+    # The browser's next rerun still holds the list it drew before the pick, showing the running run.
+    echo = _watch_list(at)
+    echo.id = stale_id
+    echo.set_value(running.id)
+    at.run()
+    assert not at.exception
+    assert at.session_state["active_run"] == previous
+    assert _watch_list(at).value == previous
+    # A pick in the list on show still moves the active run.
+    _watch_list(at).set_value(running.id).run()
+    assert at.session_state["active_run"] == running.id
+
+
 def test_a_stale_label_from_the_browser_does_not_move_the_active_run(app_home, tmp_path, monkeypatch):
     """The run lists send back the label the browser last showed. A run's label changes when it stops or
     is renamed (the sidebar reads 'name · model · state', the Training page 'name · model · time'), and a
@@ -361,21 +400,21 @@ def test_a_stale_label_from_the_browser_does_not_move_the_active_run(app_home, t
     store, previous, running = _home_with_a_done_and_a_running_run(app_home, tmp_path, monkeypatch)
     at = open_page("training", active=running.id)
     assert_clean(at)
-    old = at.selectbox(key="watch_run").options[0]
+    old = _watch_list(at).options[0]
     assert old.startswith("watched run · ")
     running.set_status("stopped", "stopped by the user")  # no result yet: it is still being written
     store.rename(running.id, "renamed while watched")
     at.run()
-    box = at.selectbox(key="watch_run")
+    box = _watch_list(at)
     assert box.value == running.id and box.options[0].startswith("renamed while watched · ")
     box.options[0] = old  # the browser still holds the label it showed before the rename
     box.set_value(old)
     at.run()
     assert not at.exception
     assert at.session_state["active_run"] == running.id != previous
-    assert at.selectbox(key="watch_run").value == running.id
+    assert _watch_list(at).value == running.id
     # A real pick still moves it.
-    at.selectbox(key="watch_run").set_value(previous).run()
+    _watch_list(at).set_value(previous).run()
     assert at.session_state["active_run"] == previous
 
 
@@ -394,12 +433,12 @@ def test_runs_that_read_alike_are_told_apart_in_every_run_list(app_home, tmp_pat
     shutil.copytree(done.path, store.root / second)
     at = open_page("data", active=first)  # app.py's sidebar is kept in AppTest's tree on the first page
     assert_clean(at)
-    box = at.sidebar.selectbox(key="sidebar_run")
+    box = _active_run_list(at)
     assert len(set(box.options)) == len(box.options) == 2, box.options
     box.set_value(second).run()
     assert at.session_state["active_run"] == second
-    for page, key in (("runs", "runs_pick"), ("training", "watch_run")):
+    for page, pick in (("runs", lambda at: at.selectbox(key="runs_pick")), ("training", _watch_list)):
         at = open_page(page, active=first)
         assert_clean(at)
-        box = at.selectbox(key=key)
+        box = pick(at)
         assert len(set(box.options)) == len(box.options) == 2, (page, box.options)

@@ -293,6 +293,9 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
     # On a busy 2-core machine the save can wait behind the stopped run, which clusters in the background.
     saved = _saved_result(run, lambda a: "rank_genes_groups_selection_1" in a.uns, timeout_s=90)
     _no_exceptions(page)
+    assert "selection_1" in saved.obs, (
+        f"the selection was not saved into {run.name}; the page shows {_query(page)}"
+    )
     # The contract: an annotation is an obs column, its genes an uns table in rank_genes_groups' layout.
     assert (saved.obs["selection_1"].astype(str) == "selection 1").sum() == n_selected
     rgg = saved.uns["rank_genes_groups_selection_1"]
@@ -434,8 +437,8 @@ def test_demo_trains_and_every_view_appears(browser, app_url):
 
 def _raw_count_file(tmp_path: Path) -> Path:
     """Part of scvgae_sample from ../shared/data when it is there (real counts for the README's screenshots:
-    600 of its 1,000 cells drawn at random, the 2,000 of its 5,000 genes with the most counts, which halves
-    the two trainings); otherwise Poisson counts made here, so the test runs in a fresh clone too."""
+    400 of its 1,000 cells drawn at random, the 1,000 of its 5,000 genes with the most counts, which cuts
+    the two trainings to a fifth); otherwise Poisson counts made here, so the test runs in a fresh clone too."""
 
     real = SHARED_DATA / "scvgae_sample.h5ad"
     if real.exists():
@@ -443,8 +446,8 @@ def _raw_count_file(tmp_path: Path) -> Path:
         import numpy as np
 
         full = anndata.read_h5ad(real)
-        cells = np.sort(np.random.default_rng(0).choice(full.n_obs, 600, replace=False))
-        genes = np.sort(np.argsort(-np.asarray(full.X.sum(axis=0)).ravel(), kind="stable")[:2000])
+        cells = np.sort(np.random.default_rng(0).choice(full.n_obs, 400, replace=False))
+        genes = np.sort(np.argsort(-np.asarray(full.X.sum(axis=0)).ravel(), kind="stable")[:1000])
         path = tmp_path / "scvgae_sample_part.h5ad"
         full[cells][:, genes].copy().write_h5ad(path)
         return path
