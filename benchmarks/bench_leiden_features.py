@@ -37,7 +37,10 @@ truth = rng.integers(0, 12, n)
 X = (centres[truth] + rng.normal(size=(n, dims))).astype(np.float32)
 import_umap()
 tick = time.perf_counter()
-if path == "scgraph":
+if path.startswith("scgraph"):
+    if path == "scgraph-no-faiss":  # pynndescent without the search index
+        from scgraph_core import graphs
+        graphs.HAVE_FAISS = False
     labels = partition.leiden(X, resolution=0.5, seed=seed)
 else:  # what partition.leiden ran before: scanpy with pynndescent's transformer
     import anndata as ad, scanpy as sc
@@ -55,7 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", default="60000", help="comma-separated cell counts (default 60000)")
     ap.add_argument("--dims", type=int, default=30, help="features per cell (default 30, a latent space)")
-    ap.add_argument("--paths", default="scanpy-pynndescent,scgraph", help="which paths to run")
+    ap.add_argument(
+        "--paths", default="scanpy-pynndescent,scgraph,scgraph-no-faiss", help="which paths to run"
+    )
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--jsonl", type=Path, default=REPO / "benchmarks/results/leiden_features.jsonl")
     args = ap.parse_args()
