@@ -32,8 +32,8 @@ def leiden(
 
     ``X_or_graph`` is either a cells x features matrix, from which scanpy builds its kNN graph
     (``n_neighbors`` including the cell itself, UMAP connectivities as weights; exact neighbours up to
-    50,000 cells, faiss or pynndescent above: :func:`_knn_connectivities`), or a cell graph: an ``igraph.Graph`` (edge attribute "weight" if
-    present) or a square sparse adjacency matrix. ``graph=None`` treats a square sparse matrix as a graph;
+    50,000 cells, faiss or pynndescent above: :func:`_knn_connectivities`), or a cell graph: an
+    ``igraph.Graph`` (edge attribute "weight" if present) or a square sparse adjacency matrix. ``graph=None`` treats a square sparse matrix as a graph;
     set ``graph=False`` for a sparse feature matrix that happens to be square. Directed input is used as
     undirected. ``knn`` (indices, distances, each cell itself first; e.g. from
     :func:`~scgraph_core.cluster.layout.shared_neighbours`) replaces the neighbour search for a feature
